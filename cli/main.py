@@ -1,0 +1,22 @@
+"""The ``gait`` command: one entry point for every stage of the pipeline."""
+
+from __future__ import annotations
+
+import click
+
+from gaitcli.synth import synth
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="gait")
+def cli() -> None:
+    """gait: gait recognition from silhouettes, end to end.
+
+    \b
+    Stages:
+      gait synth    make raw silhouette sequences in the CASIA-B / OU-MVLP layouts
+    Run `gait COMMAND --help` for each command's options.
+    """
+
+
+cli.add_command(synth)

@@ -1,0 +1,296 @@
+"""``gait synth``: procedural raw silhouette datasets, a preview montage and a tree summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from gaitprep.synth import (
+    CASIA_B,
+    LAYOUTS,
+    Artifacts,
+    SequenceSpec,
+    SynthError,
+    SynthJob,
+    parse_subjects,
+    render_sequence,
+    summarize,
+    synthesize,
+)
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    w, sep, h = text.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit()) or int(w) < 16 or int(h) < 16:
+        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT (e.g. 320x240, both >= 16)")
+    return int(w), int(h)
+
+
+def _artifacts(clean: bool, pairs: tuple[str, ...]) -> Artifacts:
+    rates: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            rates[name.strip().replace("-", "_")] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r} is not NAME=RATE (e.g. speckle=0.5)") from None
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not NAME=RATE (e.g. speckle=0.5)")
+    base = Artifacts.none() if clean else Artifacts()
+    try:
+        return base.with_rates(rates)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _progress(total_frames: int, per_seq: int):
+    def wrap(results: Iterator[dict], n: int) -> Iterator[dict]:
+        bar = tqdm(total=total_frames, unit="frame", unit_scale=True, desc="synth", smoothing=0.1)
+        for r in results:
+            bar.update(per_seq)
+            yield r
+        bar.close()
+
+    return wrap
+
+
+def _options(layout_name: str):
+    layout = LAYOUTS[layout_name]
+    w, h = layout.size
+    recordings = ", ".join(f"{c}-{s:02d}" for c, s in layout.recordings)
+
+    def decorate(f):
+        for opt in reversed(
+            [
+                click.argument("out", type=click.Path(path_type=Path)),
+                click.option(
+                    "--subjects",
+                    default="10",
+                    show_default=True,
+                    help="How many subjects (ids 1..N), or ids and ranges: 1-74,80.",
+                ),
+                click.option(
+                    "--frames",
+                    type=click.IntRange(1, 10000),
+                    default=30,
+                    show_default=True,
+                    help="Frames per sequence (25 frames/s).",
+                ),
+                click.option(
+                    "--views",
+                    default=None,
+                    help=f"Comma-separated view angles [default: all of "
+                    f"{', '.join(f'{v:03d}' for v in layout.views)}].",
+                ),
+                click.option(
+                    "--conditions",
+                    default=None,
+                    help=f"Comma-separated recordings [default: all of {recordings}]."
+                    + (
+                        " A bare condition (nm) means all its numbers."
+                        if layout_name == "casia-b"
+                        else ""
+                    ),
+                ),
+                click.option(
+                    "--size",
+                    default=None,
+                    metavar="WxH",
+                    help=f"Frame size in pixels [default: {w}x{h}].",
+                ),
+                click.option(
+                    "--seed",
+                    type=int,
+                    default=0,
+                    show_default=True,
+                    help="Population seed: same arguments + seed = identical bytes.",
+                ),
+                click.option(
+                    "--workers",
+                    type=click.IntRange(1, 512),
+                    default=os.cpu_count(),
+                    show_default="all cores",
+                    help="Parallel processes.",
+                ),
+                click.option(
+                    "--clean", is_flag=True, help="Switch every segmentation artifact off."
+                ),
+                click.option(
+                    "--artifact",
+                    "artifact_rates",
+                    multiple=True,
+                    metavar="NAME=RATE",
+                    help="Set one artifact's rate (repeatable): speckle, ragged, holes, "
+                    "blob, empty (per frame); shadow, out_of_frame, short "
+                    "(per sequence). See docs/synth.md.",
+                ),
+                click.option(
+                    "--overwrite",
+                    is_flag=True,
+                    help="Replace an existing synth tree made with other arguments.",
+                ),
+            ]
+        ):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def _run(
+    layout_name: str,
+    out,
+    subjects,
+    frames,
+    views,
+    conditions,
+    size,
+    seed,
+    workers,
+    clean,
+    artifact_rates,
+    overwrite,
+) -> None:
+    layout = LAYOUTS[layout_name]
+    try:
+        job = SynthJob(
+            layout=layout,
+            subjects=parse_subjects(subjects),
+            recordings=layout.parse_recordings(conditions),
+            views=layout.parse_views(views),
+            frames=frames,
+            size=_size(size) or layout.size,
+            seed=seed,
+            artifacts=_artifacts(clean, artifact_rates),
+        )
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    n = len(job.subjects) * len(job.recordings) * len(job.views)
+    click.echo(
+        f"{layout.name}: {len(job.subjects)} subjects x {len(job.recordings)} recordings x "
+        f"{len(job.views)} views = {n} sequences of {frames} frames -> {out}",
+        err=True,
+    )
+    try:
+        stats = synthesize(
+            out, job, workers=workers, overwrite=overwrite, progress=_progress(n * frames, frames)
+        )
+    except (SynthError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    skipped = f", {stats['skipped']} already there" if stats["skipped"] else ""
+    click.echo(
+        f"wrote {stats['frames']} frames in {stats['seconds']:.1f} s "
+        f"({stats['frames_per_second']:.0f} frames/s){skipped}",
+        err=True,
+    )
+
+
+@click.group()
+def synth() -> None:
+    """Make raw silhouette sequences with a procedural walker (no download needed).
+
+    Each subject is a persistent 3D body (proportions, widths, stride, cadence, arm swing,
+    posture) walking past a pinhole camera; bags (bg) and coats (cl) change the outline, and
+    segmentation artifacts mimic real background subtraction. See docs/synth.md.
+    """
+
+
+@synth.command("casia-b")
+@_options("casia-b")
+def synth_casia_b(**kwargs) -> None:
+    """Write OUT/{sid}/{cond}-{nn}/{view}/{sid}-{cond}-{nn}-{view}-{frame}.png (CASIA-B layout).
+
+    Example: gait synth casia-b build/raw --subjects 24 --frames 30
+    """
+    _run("casia-b", **kwargs)
+
+
+@synth.command("ou-mvlp")
+@_options("ou-mvlp")
+def synth_ou_mvlp(**kwargs) -> None:
+    """Write OUT/Silhouette_{view}-{seq}/{sid}/{frame}.png (OU-MVLP layout).
+
+    Example: gait synth ou-mvlp build/oumvlp --subjects 20 --size 640x490
+    """
+    _run("ou-mvlp", **kwargs)
+
+
+@synth.command("preview")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--subject", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--frame",
+    type=click.IntRange(1),
+    default=12,
+    show_default=True,
+    help="Which frame of each sequence to show.",
+)
+@click.option(
+    "--clean/--artifacts",
+    default=True,
+    show_default=True,
+    help="Show clean silhouettes or the default artifacts.",
+)
+def synth_preview(out: Path, subject: int, seed: int, frame: int, clean: bool) -> None:
+    """Write a PNG montage of one subject: 11 CASIA-B views (columns) x nm, bg-01, bg-02, cl."""
+    w, h = CASIA_B.size
+    rows = []
+    for cond, seq in (("nm", 1), ("bg", 1), ("bg", 2), ("cl", 1)):
+        row = []
+        for view in CASIA_B.views:
+            spec = SequenceSpec(
+                "casia-b",
+                subject,
+                cond,
+                seq,
+                view,
+                frame,
+                w,
+                h,
+                seed,
+                Artifacts.none() if clean else Artifacts(),
+            )
+            img = render_sequence(spec)[-1]
+            img = cv2.rectangle(img.copy(), (0, 0), (w - 1, h - 1), 90, 1)
+            row.append(img)
+        rows.append(np.hstack(row))
+    montage = cv2.resize(np.vstack(rows), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), montage):
+        raise click.ClickException(f"could not write {out}; check the folder and the .png suffix")
+    click.echo(f"wrote {out} ({montage.shape[1]}x{montage.shape[0]})")
+
+
+@synth.command("summary")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def synth_summary(root: Path, as_json: bool) -> None:
+    """Count the sequences, frames and bytes of a raw tree."""
+    try:
+        info = summarize(root)
+    except SynthError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    job = info["job"] or {}
+    click.echo(f"tree       {info['root']}")
+    if job:
+        click.echo(f"dataset    {job['dataset']} (seed {job['seed']})")
+        click.echo(f"subjects   {len(job['subjects'])}")
+        click.echo(f"recordings {', '.join(job['recordings'])}")
+        click.echo(f"views      {', '.join(f'{v:03d}' for v in job['views'])}")
+    click.echo(f"sequences  {info['sequences']}")
+    click.echo(f"frames     {info['frames']} ({info['megabytes']} MB of PNG)")
+    if info["complete"] is not None:
+        click.echo(f"complete   {'yes' if info['complete'] else 'no (run the same command again)'}")

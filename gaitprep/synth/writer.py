@@ -1,0 +1,186 @@
+"""Write a synthetic raw dataset tree: many sequences, in parallel, resumable, atomic per sequence.
+
+Each sequence is rendered and written into a hidden temporary folder, then renamed into place,
+so a folder that exists is complete. The tree's root holds ``.gait-synth.json`` with the exact
+arguments; running the same command again after a crash skips the sequences already written,
+while different arguments are refused unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from joblib import Parallel, delayed
+
+from gaitprep.synth.artifacts import Artifacts
+from gaitprep.synth.layouts import Layout
+from gaitprep.synth.sequence import SequenceSpec, render_sequence
+
+MARKER = ".gait-synth.json"
+_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10: skipping filters is 5x faster
+    _PNG += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+class SynthError(Exception):
+    """A problem with the arguments or the output folder, explained in one line."""
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """Everything that defines a synthetic tree."""
+
+    layout: Layout
+    subjects: tuple[int, ...]
+    recordings: tuple[tuple[str, int], ...]
+    views: tuple[int, ...]
+    frames: int
+    size: tuple[int, int]
+    seed: int
+    artifacts: Artifacts
+
+    def specs(self) -> list[SequenceSpec]:
+        w, h = self.size
+        return [
+            SequenceSpec(
+                self.layout.name, sid, cond, seq, view, self.frames, w, h, self.seed, self.artifacts
+            )
+            for sid in self.subjects
+            for cond, seq in self.recordings
+            for view in self.views
+        ]
+
+    def describe(self) -> dict:
+        """The arguments as JSON-able data (what the marker file records)."""
+        return {
+            "dataset": self.layout.name,
+            "subjects": list(self.subjects),
+            "recordings": [f"{c}-{s:02d}" for c, s in self.recordings],
+            "views": list(self.views),
+            "frames": self.frames,
+            "size": list(self.size),
+            "seed": self.seed,
+            "artifacts": self.artifacts.as_dict(),
+        }
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """Encode one 8-bit single-channel frame as PNG bytes."""
+    ok, buf = cv2.imencode(".png", img, _PNG)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG frame")
+    return buf.tobytes()
+
+
+def write_sequence(root: Path, layout: Layout, spec: SequenceSpec) -> dict:
+    """Render ``spec`` and write its frames under ``root``; returns counts for the summary."""
+    final = root / layout.sequence_dir(spec.subject, spec.condition, spec.seq, spec.view)
+    if final.is_dir():
+        return {"frames": 0, "empty": 0, "skipped": 1}
+    frames = render_sequence(spec)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for i, img in enumerate(frames, start=1):
+        name = layout.frame_name(spec.subject, spec.condition, spec.seq, spec.view, i)
+        (tmp / name).write_bytes(encode_png(img))
+    os.replace(tmp, final)
+    empty = int((~frames.reshape(len(frames), -1).any(1)).sum())
+    return {"frames": len(frames), "empty": empty, "skipped": 0}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
+    """Create ``root`` or check that it holds a resumable run of the same job."""
+    marker = root / MARKER
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root} exists and is not a folder; choose another output path")
+    if root.is_dir() and any(root.iterdir()):
+        if not marker.is_file():
+            raise SynthError(
+                f"{root} is not empty and is not a gait synth tree; choose an empty or new folder"
+            )
+        previous = json.loads(marker.read_text()).get("job")
+        if overwrite:
+            shutil.rmtree(root)
+        elif previous != job.describe():
+            raise SynthError(
+                f"{root} holds a gait synth tree made with other arguments; "
+                "pass --overwrite to replace it, or choose another folder"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        _write_json(marker, {"job": job.describe(), "complete": False})
+
+
+def synthesize(
+    root: Path,
+    job: SynthJob,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[Iterator[dict], int], Iterator[dict]] | None = None,
+) -> dict:
+    """Write the whole tree of ``job`` under ``root``; returns the run's statistics.
+
+    ``progress`` wraps the stream of per-sequence results (e.g. with a progress bar). The output
+    is byte-identical for any number of ``workers``.
+    """
+    root = Path(root)
+    prepare_root(root, job, overwrite)
+    specs = job.specs()
+    start = time.perf_counter()
+    if workers <= 1:
+        results: Iterator[dict] = (write_sequence(root, job.layout, s) for s in specs)
+    else:
+        results = Parallel(n_jobs=workers, return_as="generator_unordered")(
+            delayed(write_sequence)(root, job.layout, s) for s in specs
+        )
+    if progress is not None:
+        results = progress(results, len(specs))
+    totals = {"sequences": len(specs), "frames": 0, "empty": 0, "skipped": 0}
+    for r in results:
+        for k in ("frames", "empty", "skipped"):
+            totals[k] += r[k]
+    wall = time.perf_counter() - start
+    totals["seconds"] = round(wall, 3)
+    totals["frames_per_second"] = round(totals["frames"] / wall, 1) if wall > 0 else 0.0
+    _write_json(root / MARKER, {"job": job.describe(), "complete": True, "stats": totals})
+    return totals
+
+
+def summarize(root: Path) -> dict:
+    """Count what a raw tree holds: sequences (folders with frames), frames and bytes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SynthError(f"{root} is not a folder")
+    sequences = frames = size = 0
+    for folder, _dirs, files in os.walk(root):
+        pngs = [f for f in files if f.endswith(".png")]
+        if pngs and not Path(folder).name.startswith(".tmp-"):
+            sequences += 1
+            frames += len(pngs)
+            size += sum(os.path.getsize(os.path.join(folder, f)) for f in pngs)
+    marker = root / MARKER
+    info = json.loads(marker.read_text()) if marker.is_file() else {}
+    return {
+        "root": str(root),
+        "sequences": sequences,
+        "frames": frames,
+        "megabytes": round(size / 1e6, 2),
+        "complete": info.get("complete"),
+        "job": info.get("job"),
+    }
