@@ -18,30 +18,30 @@ import numpy as np
 
 #: Relative (or, for angles and fractions, absolute) standard deviations of identity traits.
 SPREAD: dict[str, float] = {
-    "height": 0.055,  # relative
-    "leg": 0.035,  # relative, leg length as a fraction of stature
-    "torso": 0.04,  # relative
-    "arm": 0.04,  # relative
-    "head": 0.07,  # relative
-    "build": 0.12,  # relative, all widths together
-    "shoulders": 0.08,  # relative
-    "chest": 0.08,
-    "waist": 0.12,
-    "belly": 0.15,
-    "hips": 0.08,
-    "limbs": 0.10,  # relative, limb thickness
-    "stride": 0.08,  # relative
-    "cadence": 0.06,  # relative
-    "arm_swing": 7.0,  # degrees
-    "elbow": 6.0,  # degrees
-    "lean": 3.0,  # degrees
-    "head_lean": 5.0,  # degrees
-    "knee_swing": 6.0,  # degrees
-    "knee_stance": 4.0,  # degrees
-    "hip_amp": 0.10,  # relative
-    "pelvis_twist": 2.0,  # degrees
-    "toe_out": 5.0,  # degrees
-    "asym": 0.10,  # relative left/right arm-swing ratio
+    "height": 0.06,  # relative
+    "leg": 0.088,  # relative, leg length as a fraction of stature
+    "torso": 0.1,  # relative
+    "arm": 0.1,  # relative
+    "head": 0.175,  # relative
+    "build": 0.3,  # relative, all widths together
+    "shoulders": 0.2,  # relative
+    "chest": 0.2,
+    "waist": 0.3,
+    "belly": 0.375,
+    "hips": 0.2,
+    "limbs": 0.25,  # relative, limb thickness
+    "stride": 0.2,  # relative
+    "cadence": 0.15,  # relative
+    "arm_swing": 17.5,  # degrees
+    "elbow": 15,  # degrees
+    "lean": 7.5,  # degrees
+    "head_lean": 12.5,  # degrees
+    "knee_swing": 15,  # degrees
+    "knee_stance": 10,  # degrees
+    "hip_amp": 0.25,  # relative
+    "pelvis_twist": 5,  # degrees
+    "toe_out": 12.5,  # degrees
+    "asym": 0.25,  # relative left/right arm-swing ratio
 }
 
 
@@ -118,11 +118,14 @@ def sample_subject(seed: int, sid: int, spread_scale: float = 1.0) -> Subject:
     rng = _rng(seed, 1, sid)
     s = {k: v * spread_scale for k, v in SPREAD.items()}
 
+    def z() -> float:  # a standard normal draw, truncated at 2.5 SD to avoid absurd bodies
+        return float(np.clip(rng.normal(), -2.5, 2.5))
+
     def rel(name: str) -> float:
-        return float(np.exp(rng.normal(0.0, s[name])))
+        return float(np.exp(z() * s[name]))
 
     def absn(name: str, mean: float) -> float:
-        return float(mean + rng.normal(0.0, s[name]))
+        return mean + z() * s[name]
 
     h = 1.70 * rel("height")
     leg = rel("leg")
@@ -159,14 +162,14 @@ def sample_subject(seed: int, sid: int, spread_scale: float = 1.0) -> Subject:
         hip_amp=21.0 * rel("hip_amp"),
         knee_stance=absn("knee_stance", 15.0),
         knee_swing=absn("knee_swing", 62.0),
-        arm_swing=max(3.0, absn("arm_swing", 22.0)),
-        elbow=max(2.0, absn("elbow", 16.0)),
+        arm_swing=float(np.clip(absn("arm_swing", 22.0), 4.0, 40.0)),
+        elbow=float(np.clip(absn("elbow", 16.0), 2.0, 40.0)),
         lean=absn("lean", 4.0),
         head_lean=absn("head_lean", 5.0),
         pelvis_twist=max(0.0, absn("pelvis_twist", 5.0)),
         toe_out=absn("toe_out", 7.0),
         arm_ratio=rel("asym"),
-        shoulder_drop=float(rng.normal(0.0, 0.008 * spread_scale)) * h,
+        shoulder_drop=0.008 * spread_scale * z() * h,
     )
 
 

@@ -156,9 +156,9 @@ def pose(s: Subject, outfit: Outfit, phase: np.ndarray) -> Figure:
         caps.append((leg["ankle"], mid, 0.02 * limb, foot_r))
         caps.append((leg["heel"], leg["toe"], foot_r, 0.8 * foot_r))
     for arm in arms.values():
-        caps.append((arm["shoulder"], arm["elbow"], 0.028 * limb + coat, 0.021 * limb + 0.8 * coat))
+        caps.append((arm["shoulder"], arm["elbow"], 0.028 * limb + 0.6 * coat, 0.021 * limb + 0.5 * coat))
         caps.append(
-            (arm["elbow"], arm["wrist"], 0.020 * limb + 0.6 * coat, 0.014 * limb + 0.5 * coat)
+            (arm["elbow"], arm["wrist"], 0.020 * limb + 0.4 * coat, 0.014 * limb + 0.3 * coat)
         )
         caps.append((arm["wrist"], arm["hand"], 0.017 * limb, 0.012 * limb))
     caps.append((top, neck_top, 0.03 * h, 0.026 * h))
