@@ -30,7 +30,7 @@ PROBES = {"NM": [("nm", 5), ("nm", 6)], "BG": [("bg", 1), ("bg", 2)], "CL": [("c
 
 
 def gei(spec: SequenceSpec) -> np.ndarray | None:
-    """The Gait Energy Image of one sequence (mean normalized frame), or None if no frame is valid."""
+    """A sequence's Gait Energy Image (its mean normalized frame); None if no frame is valid."""
     frames = [normalize_frame(f)[0] for f in render_sequence(spec)]
     frames = [f for f in frames if f is not None]
     if not frames:
@@ -96,7 +96,8 @@ def evaluate(geis, subjects, energy) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     ap.add_argument("--subjects", type=int, default=50)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
@@ -111,16 +112,24 @@ def main() -> None:
     geis = compute_geis(subjects, args.frames, args.seed, args.clean, args.workers)
     result = evaluate(geis, subjects, args.energy)
     result.update(
-        subjects=args.subjects, frames=args.frames, seed=args.seed, clean=args.clean,
-        energy=args.energy, seconds=round(time.perf_counter() - t0, 1),
-        command="python bench/gei_baseline.py " + " ".join(
-            f"--{k} {v}" for k, v in (("subjects", args.subjects), ("frames", args.frames),
-                                      ("seed", args.seed)))
+        subjects=args.subjects,
+        frames=args.frames,
+        seed=args.seed,
+        clean=args.clean,
+        energy=args.energy,
+        seconds=round(time.perf_counter() - t0, 1),
+        command="python bench/gei_baseline.py "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (("subjects", args.subjects), ("frames", args.frames), ("seed", args.seed))
+        )
         + (" --clean" if args.clean else ""),
     )
     views = [f"{v:03d}" for v in CASIA_B.views]
-    print(f"GEI + PCA ({result['pca_components']} components) + 1-NN, rank-1 %, "
-          f"{args.subjects - args.subjects // 2} test subjects, identical views excluded")
+    print(
+        f"GEI + PCA ({result['pca_components']} components) + 1-NN, rank-1 %, "
+        f"{args.subjects - args.subjects // 2} test subjects, identical views excluded"
+    )
     print("probe view " + " ".join(f"{v:>5}" for v in views) + "   mean")
     for name, c in result["conditions"].items():
         cells = " ".join(f"{100 * c['per_view'][v]:5.1f}" for v in views)

@@ -39,13 +39,15 @@ def cli_rate(subjects: int, frames: int, workers: int) -> dict:
 def render_rate(frames: int, sequences: int = 40) -> float:
     t0 = time.perf_counter()
     for i in range(sequences):
-        render_sequence(SequenceSpec("casia-b", 1 + i, "nm", 1, 18 * (i % 11), frames, 320, 240,
-                                     0, Artifacts()))
+        render_sequence(
+            SequenceSpec("casia-b", 1 + i, "nm", 1, 18 * (i % 11), frames, 320, 240, 0, Artifacts())
+        )
     return sequences * frames / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     ap.add_argument("--subjects", type=int, default=24)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--json", type=Path, default=Path("bench/results/synth_bench.json"))
@@ -57,12 +59,21 @@ def main() -> None:
     print(f"gait synth casia-b --subjects {args.subjects} --frames {args.frames} (end to end)")
     print(f"{'workers':>7} {'frames':>8} {'seconds':>8} {'frames/s':>9} {'vs render-only':>15}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['frames']:>8} {r['seconds']:>8.2f} {r['fps']:>9.0f} "
-              f"{r['fps'] / render:>15.2f}")
-    print(f"render only (1 process, no PNG, no disk): {render:.0f} frames/s; "
-          f"2 workers vs 1: {speedup:.2f}x")
-    result = {"subjects": args.subjects, "frames_per_sequence": args.frames, "rows": rows,
-              "render_only_fps": round(render, 1), "speedup_2_vs_1": round(speedup, 3)}
+        print(
+            f"{r['workers']:>7} {r['frames']:>8} {r['seconds']:>8.2f} {r['fps']:>9.0f} "
+            f"{r['fps'] / render:>15.2f}"
+        )
+    print(
+        f"render only (1 process, no PNG, no disk): {render:.0f} frames/s; "
+        f"2 workers vs 1: {speedup:.2f}x"
+    )
+    result = {
+        "subjects": args.subjects,
+        "frames_per_sequence": args.frames,
+        "rows": rows,
+        "render_only_fps": round(render, 1),
+        "speedup_2_vs_1": round(speedup, 3),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -26,8 +26,17 @@ def test_sample_data_matches_its_command() -> None:
                 files = sorted(folder.glob("*.png"))
                 assert len(files) == job["frames"], folder
                 stored = np.stack([cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files])
-                spec = SequenceSpec("casia-b", sid, cond, int(nn), view, job["frames"],
-                                    *job["size"], job["seed"], Artifacts())
+                spec = SequenceSpec(
+                    "casia-b",
+                    sid,
+                    cond,
+                    int(nn),
+                    view,
+                    job["frames"],
+                    *job["size"],
+                    job["seed"],
+                    Artifacts(),
+                )
                 np.testing.assert_array_equal(stored, render_sequence(spec), err_msg=str(folder))
                 sequences += 1
     assert sequences == 6 * 10 * 3

@@ -42,8 +42,19 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
 
 def test_casia_b_layout_is_exact(tmp_path: Path) -> None:
     out = tmp_path / "raw"
-    result = run("synth", "casia-b", out, "--subjects", "2", "--frames", "3",
-                 "--views", "0,90,180", "--workers", "1")
+    result = run(
+        "synth",
+        "casia-b",
+        out,
+        "--subjects",
+        "2",
+        "--frames",
+        "3",
+        "--views",
+        "0,90,180",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     expected = {
         f"{s:03d}/{r}/{v:03d}/{s:03d}-{r}-{v:03d}-{f:03d}.png"
@@ -63,8 +74,12 @@ def test_casia_b_layout_is_exact(tmp_path: Path) -> None:
 
 def test_casia_b_all_views_and_recordings_by_default(tmp_path: Path) -> None:
     out = tmp_path / "raw"
-    assert run("synth", "casia-b", out, "--subjects", "1", "--frames", "1", "--clean",
-               "--workers", "1").exit_code == 0
+    assert (
+        run(
+            "synth", "casia-b", out, "--subjects", "1", "--frames", "1", "--clean", "--workers", "1"
+        ).exit_code
+        == 0
+    )
     views = sorted({p.parent.name for p in out.rglob("*.png")})
     assert views == [f"{v:03d}" for v in range(0, 181, 18)]
     recordings = sorted({p.parent.parent.name for p in out.rglob("*.png")})
@@ -73,8 +88,21 @@ def test_casia_b_all_views_and_recordings_by_default(tmp_path: Path) -> None:
 
 def test_ou_mvlp_layout_is_exact(tmp_path: Path) -> None:
     out = tmp_path / "oumvlp"
-    result = run("synth", "ou-mvlp", out, "--subjects", "3", "--frames", "2",
-                 "--views", "0,15,90,180,270", "--size", "160x122", "--workers", "1")
+    result = run(
+        "synth",
+        "ou-mvlp",
+        out,
+        "--subjects",
+        "3",
+        "--frames",
+        "2",
+        "--views",
+        "0,15,90,180,270",
+        "--size",
+        "160x122",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     expected = {
         f"Silhouette_{v:03d}-{q:02d}/{s:05d}/{f:04d}.png"
@@ -106,8 +134,19 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
 
 def test_resume_rewrites_only_missing_sequences(tmp_path: Path) -> None:
     out = tmp_path / "raw"
-    args = ["synth", "casia-b", out, "--subjects", "1", "--frames", "3", "--views", "90",
-            "--workers", "1"]
+    args = [
+        "synth",
+        "casia-b",
+        out,
+        "--subjects",
+        "1",
+        "--frames",
+        "3",
+        "--views",
+        "90",
+        "--workers",
+        "1",
+    ]
     assert run(*args).exit_code == 0
     before = tree_digest(out)
     victim = out / "001/bg-01/090"
@@ -149,8 +188,19 @@ def test_refuses_foreign_folder_and_changed_arguments(tmp_path: Path) -> None:
     assert (foreign / "notes.txt").read_text() == "precious"
 
     out = tmp_path / "raw"
-    base = ["synth", "casia-b", out, "--subjects", "1", "--frames", "1", "--views", "0",
-            "--workers", "1"]
+    base = [
+        "synth",
+        "casia-b",
+        out,
+        "--subjects",
+        "1",
+        "--frames",
+        "1",
+        "--views",
+        "0",
+        "--workers",
+        "1",
+    ]
     assert run(*base).exit_code == 0
     result = run(*base[:-2], "--seed", "5", "--workers", "1")
     assert result.exit_code == 1 and "--overwrite" in result.output
@@ -165,15 +215,40 @@ def test_help_texts() -> None:
     for sub in ("casia-b", "ou-mvlp", "preview", "summary"):
         assert sub in synth.output
     casia = run("synth", "casia-b", "--help")
-    for opt in ("--subjects", "--frames", "--views", "--conditions", "--size", "--seed",
-                "--workers", "--clean", "--artifact"):
+    for opt in (
+        "--subjects",
+        "--frames",
+        "--views",
+        "--conditions",
+        "--size",
+        "--seed",
+        "--workers",
+        "--clean",
+        "--artifact",
+    ):
         assert opt in casia.output
 
 
 def test_summary_and_preview(tmp_path: Path) -> None:
     out = tmp_path / "raw"
-    assert run("synth", "casia-b", out, "--subjects", "2", "--frames", "2", "--views", "90",
-               "--conditions", "nm", "--workers", "1").exit_code == 0
+    assert (
+        run(
+            "synth",
+            "casia-b",
+            out,
+            "--subjects",
+            "2",
+            "--frames",
+            "2",
+            "--views",
+            "90",
+            "--conditions",
+            "nm",
+            "--workers",
+            "1",
+        ).exit_code
+        == 0
+    )
     summary = run("synth", "summary", out)
     assert summary.exit_code == 0
     assert "sequences  12" in summary.output and "frames     24" in summary.output

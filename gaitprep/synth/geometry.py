@@ -156,7 +156,8 @@ def pose(s: Subject, outfit: Outfit, phase: np.ndarray) -> Figure:
         caps.append((leg["ankle"], mid, 0.02 * limb, foot_r))
         caps.append((leg["heel"], leg["toe"], foot_r, 0.8 * foot_r))
     for arm in arms.values():
-        caps.append((arm["shoulder"], arm["elbow"], 0.028 * limb + 0.6 * coat, 0.021 * limb + 0.5 * coat))
+        upper = (0.028 * limb + 0.6 * coat, 0.021 * limb + 0.5 * coat)
+        caps.append((arm["shoulder"], arm["elbow"], *upper))
         caps.append(
             (arm["elbow"], arm["wrist"], 0.020 * limb + 0.4 * coat, 0.014 * limb + 0.3 * coat)
         )
