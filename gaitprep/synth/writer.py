@@ -115,7 +115,7 @@ def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
                 f"{root} is not empty and is not a gait synth tree; choose an empty or new folder"
             )
         previous = json.loads(marker.read_text()).get("job")
-        if overwrite:
+        if previous != job.describe() and overwrite:
             shutil.rmtree(root)
         elif previous != job.describe():
             raise SynthError(
