@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gaitcli.prep import prep
 from gaitcli.synth import synth
 
 
@@ -15,8 +16,10 @@ def cli() -> None:
     \b
     Stages:
       gait synth    make raw silhouette sequences in the CASIA-B / OU-MVLP layouts
+      gait prep     normalize raw frames into one HDF5 pack (resumable, with a manifest)
     Run `gait COMMAND --help` for each command's options.
     """
 
 
 cli.add_command(synth)
+cli.add_command(prep)

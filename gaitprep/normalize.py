@@ -2,17 +2,20 @@
 
 Steps, for a single-channel uint8 frame:
 
-1. drop the frame if its grey-value sum is at most ``min_sum`` (10000 by default, about 40
+1. optionally keep only the largest 8-connected component (``largest_blob``), which removes
+   shadows and specks that would stretch the crop;
+2. drop the frame if its grey-value sum is at most ``min_sum`` (10000 by default, about 40
    white pixels: too little body to normalize);
-2. optionally keep only the largest connected component (``largest_blob``);
 3. crop to the rows that contain foreground;
-4. resize to height ``size`` keeping the aspect ratio (bicubic);
+4. resize to height ``size`` keeping the aspect ratio, width ``int(size * (W / h))`` as in
+   OpenGait (bicubic);
 5. find the horizontal centre: the first column where the cumulative column mass exceeds half
-   the total (a centre in column 0 is valid, unlike OpenGait's check);
+   the total (a centre in column 0 is valid; OpenGait rejects it);
 6. cut a ``size`` x ``size`` window centred there, zero-padding where it leaves the image;
 7. optionally binarize (``binarize``: values > 127 become 255, the rest 0).
 
-Every step is a pure numpy/OpenCV operation on the whole frame.
+Every step is a whole-array OpenCV/numpy operation; the output equals a literal
+implementation of these steps pixel for pixel (tests/test_normalize.py holds this).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 #: Reasons a frame is dropped, as written to manifests.
 TOO_SMALL = "too little foreground"
+TOO_NARROW = "nothing left after resizing"
 
 
 def largest_component(img: np.ndarray) -> np.ndarray:
@@ -60,22 +64,24 @@ def normalize_frame(
     (frame, reason)
         ``frame`` is uint8 (S, S), or None when dropped, with ``reason`` saying why.
     """
-    if int(img.sum(dtype=np.int64)) <= min_sum:
-        return None, TOO_SMALL
     if largest_blob:
         img = largest_component(img)
-        if int(img.sum(dtype=np.int64)) <= min_sum:
-            return None, TOO_SMALL
-    rows = np.flatnonzero(img.any(axis=1))
-    img = img[rows[0] : rows[-1] + 1]
-    width = max(1, int(size * img.shape[1] / img.shape[0]))
-    img = cv2.resize(img, (width, size), interpolation=cv2.INTER_CUBIC)
-    mass = img.sum(axis=0, dtype=np.int64).cumsum()
+    x, y, w, h = cv2.boundingRect(img)  # the box of non-zero pixels; all mass lies inside
+    if w == 0 or int(cv2.sumElems(img[y : y + h, x : x + w])[0]) <= min_sum:
+        return None, TOO_SMALL
+    strip = img[y : y + h]  # crop to the rows with foreground, full width
+    width = int(size * (strip.shape[1] / h))  # OpenGait's rounding of the aspect ratio
+    if width < 1:
+        return None, TOO_NARROW
+    resized = cv2.resize(strip, (width, size), interpolation=cv2.INTER_CUBIC)
+    mass = cv2.reduce(resized, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().cumsum()
+    if mass[-1] == 0:
+        return None, TOO_NARROW
     centre = int(np.argmax(mass > mass[-1] / 2))
-    half = size // 2
-    padded = np.zeros((size, width + 2 * half), np.uint8)
-    padded[:, half : half + width] = img
-    out = padded[:, centre : centre + size]
+    out = np.zeros((size, size), np.uint8)
+    left = centre - size // 2  # window [left, left + size) in resized columns
+    lo, hi = max(left, 0), min(left + size, width)
+    out[:, lo - left : hi - left] = resized[:, lo:hi]
     if binarize:
         out = np.where(out > 127, 255, 0).astype(np.uint8)
-    return np.ascontiguousarray(out), None
+    return out, None

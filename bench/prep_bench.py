@@ -1,0 +1,127 @@
+"""Throughput of `gait prep casia-b` against the PNG decode-only bound, and pack size.
+
+On a `gait synth` tree (default: 8 subjects x 110 sequences x 30 frames = 26,400 frames, made
+once into build/bench/raw), with the page cache warmed first:
+
+* decode-only bound: every frame read with `cv2.imread(path, cv2.IMREAD_GRAYSCALE)` and nothing
+  else, one process, one OpenCV thread;
+* `run_prep` with 1 worker (everything in this process: read, normalize, compress, write) and
+  with 2 workers (two reader/normalizer processes + this process as the single writer);
+* pack size against the raw uint8 size of its frames (N x S x S bytes).
+
+    python bench/prep_bench.py [--subjects 8] [--frames 30]
+
+Prints a table and writes bench/results/prep_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from gaitprep.layout import CASIA_B, discover
+from gaitprep.pack import Pack
+from gaitprep.prep import PrepJob, run_prep
+
+
+def make_tree(root: Path, subjects: int, frames: int) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gaitcli",
+        "synth",
+        "casia-b",
+        str(root),
+        "--subjects",
+        str(subjects),
+        "--frames",
+        str(frames),
+        "--seed",
+        "0",
+        "--overwrite",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def decode_only(paths: list[str]) -> float:
+    cv2.setNumThreads(1)
+    t0 = time.perf_counter()
+    for p in paths:
+        cv2.imread(p, cv2.IMREAD_GRAYSCALE)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def prep_rate(raw: Path, out: Path, workers: int) -> tuple[float, dict]:
+    job = PrepJob(raw=raw, out=out, dataset="casia-b", layout=CASIA_B)
+    t0 = time.perf_counter()
+    manifest = run_prep(job, workers=workers, overwrite=True)
+    return manifest["frames"]["read"] / (time.perf_counter() - t0), manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--subjects", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--raw", type=Path, default=Path("build/bench/raw"))
+    ap.add_argument("--json", type=Path, default=Path("bench/results/prep_bench.json"))
+    args = ap.parse_args()
+
+    make_tree(args.raw, args.subjects, args.frames)
+    seqs = discover(args.raw, CASIA_B)
+    paths = [str(args.raw / s.folder / f) for s in seqs for f in s.files]
+    for p in paths:  # warm the page cache so that every row reads from memory
+        Path(p).read_bytes()
+    out = Path(tempfile.mkdtemp(prefix="prep-bench-")) / "bench.h5"
+
+    bound = decode_only(paths)
+    one, manifest = prep_rate(args.raw, out, 1)
+    two, _ = prep_rate(args.raw, out, 2)
+    bound_again = decode_only(paths)  # the machine drifts: bracket the prep runs
+    bound = (bound + bound_again) / 2
+    with Pack(out) as pack:
+        raw_bytes = int(pack.length.sum()) * pack.size**2
+    ratio_size = out.stat().st_size / raw_bytes
+
+    rows = [
+        ("decode-only bound (cv2.imread)", bound, 1.0),
+        ("gait prep, 1 worker", one, one / bound),
+        ("gait prep, 2 workers", two, two / bound),
+    ]
+    print(f"{len(paths)} frames, {len(seqs)} sequences ({args.raw})")
+    print(f"{'':34} {'frames/s':>9} {'vs bound':>9}")
+    for name, fps, r in rows:
+        print(f"{name:34} {fps:>9.0f} {r:>9.2f}")
+    print(
+        f"per worker: {one / bound:.1%} of the decode-only rate; 2 workers vs 1: {two / one:.2f}x"
+    )
+    print(
+        f"pack: {out.stat().st_size / 1e6:.2f} MB = {ratio_size:.1%} of the raw uint8 frames "
+        f"({raw_bytes / 1e6:.1f} MB; {manifest['frames']['kept']} frames kept)"
+    )
+    result = {
+        "frames": len(paths),
+        "sequences": len(seqs),
+        "decode_fps": round(bound, 1),
+        "prep_fps_1": round(one, 1),
+        "prep_fps_2": round(two, 1),
+        "per_worker_vs_decode": round(one / bound, 4),
+        "speedup_2_vs_1": round(two / one, 4),
+        "pack_bytes": out.stat().st_size,
+        "raw_uint8_bytes": raw_bytes,
+        "pack_vs_raw": round(ratio_size, 4),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
