@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.synth import synth
 
@@ -17,9 +18,13 @@ def cli() -> None:
     Stages:
       gait synth    make raw silhouette sequences in the CASIA-B / OU-MVLP layouts
       gait prep     normalize raw frames into one HDF5 pack (resumable, with a manifest)
+      gait inspect  summarize a pack (--json, --montage)
+      gait pack     merge the shards of a `gait prep --shard` job array
     Run `gait COMMAND --help` for each command's options.
     """
 
 
 cli.add_command(synth)
 cli.add_command(prep)
+cli.add_command(inspect_cmd)
+cli.add_command(pack_group)

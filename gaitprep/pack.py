@@ -2,7 +2,7 @@
 
 Layout of a pack::
 
-    /frames            uint8 [N, S, S]   every kept frame, sequences back to back (chunked, compressed)
+    /frames            uint8 [N, S, S]   every kept frame, sequences back to back (chunked, gzip)
     /frame_source      int32 [N]         each frame's index in its raw sequence
     /sequences/subject, condition, seq, view, source   UTF-8 strings, one row per sequence
     /sequences/start, length           int64: sequence i is /frames[start[i] : start[i] + length[i]]

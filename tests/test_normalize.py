@@ -54,3 +54,24 @@ def test_binarize() -> None:
     img[40:200, 150:191] = 255
     out, _ = normalize_frame(img, binarize=True)
     assert set(np.unique(out)) <= {0, 255}
+
+
+def test_equals_the_literal_steps_on_every_sample_frame() -> None:
+    from pathlib import Path
+
+    import cv2
+
+    from tests.reference import reference_normalize
+
+    root = Path(__file__).resolve().parents[1] / "sample_data" / "casia-b"
+    files = sorted(root.rglob("*.png"))
+    assert len(files) == 2160
+    for size in (64, 128):
+        for f in files[::3] if size == 128 else files:
+            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+            fast, _ = normalize_frame(img, size=size)
+            slow = reference_normalize(img, size=size)
+            if slow is None:
+                assert fast is None, f
+            else:
+                np.testing.assert_array_equal(fast, slow, err_msg=str(f))

@@ -1,0 +1,85 @@
+"""``gait inspect`` and ``gait pack merge``: look into packs and combine shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import cv2
+
+from gaitprep.inspect import montage, summarize
+from gaitprep.merge import merge_packs
+from gaitprep.pack import Pack, PackError
+
+
+@click.command("inspect")
+@click.argument("pack", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--montage",
+    "montage_png",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a PNG of sample sequences (rows) and frames (columns).",
+)
+@click.option(
+    "--sequences", type=click.IntRange(1), default=8, show_default=True, help="Rows of the montage."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Which sequences the montage shows."
+)
+def inspect_cmd(
+    pack: Path, as_json: bool, montage_png: Path | None, sequences: int, seed: int
+) -> None:
+    """Summarize a pack: subjects, conditions, views, sequences, frames, lengths."""
+    try:
+        with Pack(pack) as p:
+            info = summarize(p)
+            if montage_png is not None:
+                img = montage(p, sequences=sequences, seed=seed)
+                montage_png.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(montage_png), img):
+                    raise click.ClickException(f"could not write {montage_png}; use a .png name")
+    except PackError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(
+        f"pack       {info['path']} ({info['format']} v{info['version']}, "
+        f"{info['dataset']}, {info['size']}x{info['size']})"
+    )
+    click.echo(f"subjects   {info['subjects']}")
+    click.echo("conditions " + ", ".join(f"{k}: {v}" for k, v in info["conditions"].items()))
+    click.echo("views      " + ", ".join(f"{k}: {v}" for k, v in info["views"].items()))
+    click.echo(f"sequences  {info['sequences']}")
+    click.echo(
+        f"frames     {info['frames']} (per sequence: min {info['length']['min']}, "
+        f"mean {info['length']['mean']}, max {info['length']['max']})"
+    )
+    click.echo("lengths    " + "  ".join(f"{k}: {v}" for k, v in info["length_histogram"].items()))
+    if montage_png is not None:
+        click.echo(f"montage    {montage_png}")
+
+
+@click.group("pack")
+def pack_group() -> None:
+    """Operations on gait packs."""
+
+
+@pack_group.command("merge")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "shards", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True)
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+def merge_cmd(out: Path, shards: tuple[Path, ...], overwrite: bool) -> None:
+    """Combine the shards written by `gait prep ... --shard K/N` into OUT (sorted by key).
+
+    All N shards of one job must be given; manifests are combined too when present.
+    """
+    try:
+        info = merge_packs(out, list(shards), overwrite=overwrite)
+    except PackError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {info['pack']}: {info['sequences']} sequences from {info['shards']} shards")
