@@ -27,13 +27,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# At this stage the demo synthesizes a CASIA-B-layout tree and summarizes it.
+# At this stage the demo synthesizes a CASIA-B-layout tree, packs it and summarizes the pack.
 demo: install
 	$(BIN)/gait synth casia-b build/demo/raw --subjects 24 --frames 30 --seed $(SEED) --workers $(WORKERS) --overwrite
 	$(BIN)/gait synth summary build/demo/raw
+	$(BIN)/gait prep casia-b build/demo/raw build/demo/casia-b.h5 --workers $(WORKERS) --overwrite
+	$(BIN)/gait inspect build/demo/casia-b.h5 --montage build/demo/pack-montage.png
 
 bench: install
 	$(BIN)/python bench/synth_bench.py
+	$(BIN)/python bench/prep_bench.py
 	$(BIN)/python bench/gei_baseline.py
 
 clean:

@@ -7,6 +7,8 @@ once into build/bench/raw), with the page cache warmed first:
   else, one process, one OpenCV thread;
 * `run_prep` with 1 worker (everything in this process: read, normalize, compress, write) and
   with 2 workers (two reader/normalizer processes + this process as the single writer);
+* a naive baseline in the style of OpenGait's pretreatment: the literal steps
+  (tests/reference.py) and one pickle per sequence, one process;
 * pack size against the raw uint8 size of its frames (N x S x S bytes).
 
     python bench/prep_bench.py [--subjects 8] [--frames 30]
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -25,10 +28,14 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from gaitprep.layout import CASIA_B, discover
 from gaitprep.pack import Pack
 from gaitprep.prep import PrepJob, run_prep
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/reference.py
+from tests.reference import reference_normalize  # noqa: E402
 
 
 def make_tree(root: Path, subjects: int, frames: int) -> None:
@@ -58,6 +65,25 @@ def decode_only(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
+def naive_rate(seqs, raw: Path, out: Path) -> float:
+    """OpenGait-style: literal numpy steps per frame, one pickle file per sequence."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    n = 0
+    for i, s in enumerate(seqs):
+        frames = []
+        for f in s.files:
+            img = cv2.imread(str(raw / s.folder / f), cv2.IMREAD_GRAYSCALE)
+            norm = reference_normalize(img)
+            if norm is not None:
+                frames.append(norm)
+            n += 1
+        if frames:
+            with open(out / f"{i}.pkl", "wb") as fh:
+                pickle.dump(np.stack(frames), fh)
+    return n / (time.perf_counter() - t0)
+
+
 def prep_rate(raw: Path, out: Path, workers: int) -> tuple[float, dict]:
     job = PrepJob(raw=raw, out=out, dataset="casia-b", layout=CASIA_B)
     t0 = time.perf_counter()
@@ -83,6 +109,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="prep-bench-")) / "bench.h5"
 
     bound = decode_only(paths)
+    naive = naive_rate(seqs, args.raw, out.parent / "naive")
     one, manifest = prep_rate(args.raw, out, 1)
     two, _ = prep_rate(args.raw, out, 2)
     bound_again = decode_only(paths)  # the machine drifts: bracket the prep runs
@@ -93,6 +120,7 @@ def main() -> None:
 
     rows = [
         ("decode-only bound (cv2.imread)", bound, 1.0),
+        ("naive, OpenGait-style (1 process)", naive, naive / bound),
         ("gait prep, 1 worker", one, one / bound),
         ("gait prep, 2 workers", two, two / bound),
     ]
@@ -101,7 +129,9 @@ def main() -> None:
     for name, fps, r in rows:
         print(f"{name:34} {fps:>9.0f} {r:>9.2f}")
     print(
-        f"per worker: {one / bound:.1%} of the decode-only rate; 2 workers vs 1: {two / one:.2f}x"
+        f"per worker: {one / bound:.1%} of the decode-only rate with 1 worker, "
+        f"{two / 2 / bound:.1%} with 2; 2 workers vs 1: {two / one:.2f}x; "
+        f"1 worker vs naive: {one / naive:.2f}x"
     )
     print(
         f"pack: {out.stat().st_size / 1e6:.2f} MB = {ratio_size:.1%} of the raw uint8 frames "
@@ -111,6 +141,7 @@ def main() -> None:
         "frames": len(paths),
         "sequences": len(seqs),
         "decode_fps": round(bound, 1),
+        "naive_fps": round(naive, 1),
         "prep_fps_1": round(one, 1),
         "prep_fps_2": round(two, 1),
         "per_worker_vs_decode": round(one / bound, 4),

@@ -113,19 +113,25 @@ class PackWriter:
         self.rows.append(row)
         self.count += n
         if self.count - self.written >= BLOCK_FRAMES:
-            self._write_pending()
+            self._write_pending(everything=False)
         return row
 
-    def _write_pending(self) -> None:
+    def _write_pending(self, everything: bool = True) -> None:
+        """Write buffered frames: all of them, or only up to the last whole chunk (so that no
+        chunk is compressed twice)."""
         if not self._pending:
             return
         frames = np.concatenate([f for f, _ in self._pending])
         source = np.concatenate([s for _, s in self._pending])
+        end = self.count if everything else self.count - self.count % CHUNK_FRAMES
+        n = end - self.written
+        if n <= 0:
+            return
         for name, data in (("frames", frames), ("frame_source", source)):
-            self.file[name].resize(self.count, axis=0)
-            self.file[name][self.written : self.count] = data
-        self.written = self.count
-        self._pending = []
+            self.file[name].resize(end, axis=0)
+            self.file[name][self.written : end] = data[:n]
+        self._pending = [(frames[n:], source[n:])] if end < self.count else []
+        self.written = end
 
     def flush(self) -> None:
         """Write buffered frames and flush the file to the operating system."""
