@@ -11,6 +11,8 @@ once into build/bench/raw), with the page cache warmed first:
   (tests/reference.py) and one pickle per sequence, one process;
 * pack size against the raw uint8 size of its frames (N x S x S bytes).
 
+Each configuration runs --repeats times, interleaved, and the medians are reported.
+
     python bench/prep_bench.py [--subjects 8] [--frames 30]
 
 Prints a table and writes bench/results/prep_bench.json.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +101,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=8)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--raw", type=Path, default=Path("build/bench/raw"))
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/prep_bench.json"))
     args = ap.parse_args()
 
@@ -108,12 +112,15 @@ def main() -> None:
         Path(p).read_bytes()
     out = Path(tempfile.mkdtemp(prefix="prep-bench-")) / "bench.h5"
 
-    bound = decode_only(paths)
-    naive = naive_rate(seqs, args.raw, out.parent / "naive")
-    one, manifest = prep_rate(args.raw, out, 1)
-    two, _ = prep_rate(args.raw, out, 2)
-    bound_again = decode_only(paths)  # the machine drifts: bracket the prep runs
-    bound = (bound + bound_again) / 2
+    # The machine is noisy: interleave the configurations and report medians of --repeats runs.
+    runs: dict[str, list[float]] = {"bound": [], "naive": [], "one": [], "two": []}
+    for _ in range(args.repeats):
+        runs["bound"].append(decode_only(paths))
+        runs["naive"].append(naive_rate(seqs, args.raw, out.parent / "naive"))
+        fps, manifest = prep_rate(args.raw, out, 1)
+        runs["one"].append(fps)
+        runs["two"].append(prep_rate(args.raw, out, 2)[0])
+    bound, naive, one, two = (statistics.median(runs[k]) for k in ("bound", "naive", "one", "two"))
     with Pack(out) as pack:
         raw_bytes = int(pack.length.sum()) * pack.size**2
     ratio_size = out.stat().st_size / raw_bytes
@@ -124,7 +131,10 @@ def main() -> None:
         ("gait prep, 1 worker", one, one / bound),
         ("gait prep, 2 workers", two, two / bound),
     ]
-    print(f"{len(paths)} frames, {len(seqs)} sequences ({args.raw})")
+    print(
+        f"{len(paths)} frames, {len(seqs)} sequences ({args.raw}); "
+        f"medians of {args.repeats} interleaved runs"
+    )
     print(f"{'':34} {'frames/s':>9} {'vs bound':>9}")
     for name, fps, r in rows:
         print(f"{name:34} {fps:>9.0f} {r:>9.2f}")
@@ -149,6 +159,7 @@ def main() -> None:
         "pack_bytes": out.stat().st_size,
         "raw_uint8_bytes": raw_bytes,
         "pack_vs_raw": round(ratio_size, 4),
+        "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
