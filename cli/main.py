@@ -7,6 +7,7 @@ import click
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.synth import synth
+from gaitcli.train import train_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,6 +21,7 @@ def cli() -> None:
       gait prep     normalize raw frames into one HDF5 pack (resumable, with a manifest)
       gait inspect  summarize a pack (--json, --montage)
       gait pack     merge the shards of a `gait prep --shard` job array
+      gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
     Run `gait COMMAND --help` for each command's options.
     """
 
@@ -28,3 +30,4 @@ cli.add_command(synth)
 cli.add_command(prep)
 cli.add_command(inspect_cmd)
 cli.add_command(pack_group)
+cli.add_command(train_cmd)

@@ -175,6 +175,12 @@ class Pack:
         self.length = table["length"][()]
         self._index = {k: i for i, k in enumerate(self.keys())}
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_pid")} | {
+            "_file": None,
+            "_pid": None,
+        }
+
     @property
     def file(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():

@@ -1,0 +1,176 @@
+"""Training costs on this machine: the model step, each loss against batch size, the data loader.
+
+1. Forward + backward + optimizer step, in ms per iteration, for the paper-scale shape
+   (configs/casia-b.yaml: P x K 8 x 16, 30 frames of 64 x 44, widths 32/64/128, 31 x 256) and the
+   tiny shape (configs/tiny.yaml), with the Center-ranked loss.
+2. Each loss alone (forward + backward on random [31, P*K, 256] features), P x K from 8 x 4 to
+   32 x 16.
+3. The DataLoader's frames/s (pack reading, frame sampling, cropping in worker processes) against
+   the frames/s the model consumes at each shape: the loader must not be the bottleneck.
+
+    python bench/train_bench.py [--repeats 3]
+
+Prints tables and writes bench/results/train_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from gaitprep.layout import CASIA_B
+from gaitprep.prep import PrepJob, run_prep
+from gaittrain.config import load_config
+from gaittrain.data.dataset import PackDataset, collate
+from gaittrain.data.sampler import PKSampler
+from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+from gaittrain.models import SetModel
+from gaittrain.objective import Objective
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def model_step(config: str, repeats: int) -> dict:
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml")
+    torch.manual_seed(0)
+    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim)
+    p, k = cfg.data.batch.p, cfg.data.batch.k
+    objective = Objective(cfg, num_classes=p, parts=model.parts)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    h = cfg.data.height
+    w = h - 2 * round(10 * h / 64)
+    x = torch.rand(p * k, cfg.data.frames, h, w)
+    y = torch.arange(p).repeat_interleave(k)
+
+    def step() -> None:
+        opt.zero_grad()
+        objective(model(x), y).backward()
+        opt.step()
+
+    ms = median_ms(step, repeats)
+    frames = p * k * cfg.data.frames
+    return {
+        "config": config,
+        "batch": f"{p}x{k}",
+        "frames": frames,
+        "input": f"{h}x{w}",
+        "ms": round(ms, 1),
+        "frames_per_s": round(frames / ms * 1000, 1),
+    }
+
+
+LOSSES = {
+    "center_ranked": lambda n: CenterRankedLoss(),
+    "center_ranked(sample)": lambda n: CenterRankedLoss(anchor="sample"),
+    "ranked_list": lambda n: RankedListLoss(),
+    "triplet": lambda n: TripletLoss(),
+    "cross_entropy": lambda n: PartCrossEntropyLoss(n, 256, 31),
+}
+
+
+def loss_times(repeats: int) -> list[dict]:
+    rows = []
+    for p, k in ((8, 4), (8, 8), (16, 8), (8, 16), (32, 16)):
+        y = torch.arange(p).repeat_interleave(k)
+        torch.manual_seed(0)
+        f = torch.randn(31, p * k, 256, requires_grad=True)
+        row = {"batch": f"{p}x{k}"}
+        for name, make in LOSSES.items():
+            loss = make(p)
+            step = lambda loss=loss, f=f, y=y: loss(f, y).backward()  # noqa: E731
+            row[name] = round(median_ms(step, repeats), 2)
+        rows.append(row)
+    return rows
+
+
+def loader_rate(pack: Path, config: str, workers: int, batches: int = 30) -> float:
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml")
+    data = PackDataset([pack], frames=cfg.data.frames, height=cfg.data.height)
+    p = min(cfg.data.batch.p, len(data.subjects))
+    sampler = PKSampler(data.labels, p, cfg.data.batch.k, seed=0, iterations=batches)
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+    it = iter(loader)
+    first = next(it)  # exclude worker start-up
+    t0 = time.perf_counter()
+    n = 0
+    for frames, _ in it:
+        n += frames.shape[0] * frames.shape[1]
+    del first
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=Path("bench/results/train_bench.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+
+    steps = [model_step(c, args.repeats) for c in ("tiny", "casia-b")]
+    print(f"model step (forward + backward + Adam), CPU, {torch.get_num_threads()} threads")
+    print(f"{'config':9} {'P x K':>7} {'input':>7} {'frames':>7} {'ms/it':>9} {'frames/s':>9}")
+    for s in steps:
+        print(
+            f"{s['config']:9} {s['batch']:>7} {s['input']:>7} {s['frames']:>7} {s['ms']:>9.1f} "
+            f"{s['frames_per_s']:>9.0f}"
+        )
+
+    rows = loss_times(args.repeats)
+    print("\nloss forward + backward, ms, features [31, P*K, 256]")
+    print(f"{'P x K':>7} " + " ".join(f"{n:>22}" for n in LOSSES))
+    for r in rows:
+        print(f"{r['batch']:>7} " + " ".join(f"{r[n]:>22.2f}" for n in LOSSES))
+
+    pack = Path(tempfile.mkdtemp(prefix="train-bench-")) / "sample.h5"
+    run_prep(
+        PrepJob(raw=ROOT / "sample_data" / "casia-b", out=pack, dataset="casia-b", layout=CASIA_B),
+        workers=1,
+    )
+    loaders = []
+    print("\ndata loader (sample_data pack) against what the model consumes")
+    print(
+        f"{'config':9} {'workers':>7} {'loader frames/s':>16} {'model frames/s':>15} {'ratio':>6}"
+    )
+    for s in steps:
+        for workers in (1, 2):
+            rate = loader_rate(pack, s["config"], workers)
+            ratio = rate / s["frames_per_s"]
+            loaders.append(
+                {
+                    "config": s["config"],
+                    "workers": workers,
+                    "loader_frames_per_s": round(rate, 1),
+                    "ratio": round(ratio, 2),
+                }
+            )
+            print(
+                f"{s['config']:9} {workers:>7} {rate:>16.0f} {s['frames_per_s']:>15.0f} "
+                f"{ratio:>6.1f}"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"model_step": steps, "losses_ms": rows, "loader": loaders}, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Subject splits from protocol files (``gaittrain/protocols/*.yaml``) or explicit lists.
+
+A selector is a string: ranges and lists of numeric ids (``001-074``, ``1-10,15``), ``odd`` or
+``even``, or ``first:N`` (the first N subjects of the pack in natural order). Subjects are matched
+by numeric value, so ``1`` and ``001`` name the same subject; non-numeric ids match as text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+
+
+class SplitError(ValueError):
+    """A protocol or subject selector that cannot be used."""
+
+
+def load_protocol(name: str) -> dict:
+    """A protocol by name (``casia-b-lt``) or by path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOLS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROTOCOLS.glob("*.yaml")))
+        raise SplitError(f"unknown protocol {name!r}; known: {known} (or a path to a .yaml)")
+    data = yaml.safe_load(path.read_text())
+    missing = {"name", "train", "test"} - set(data)
+    if missing:
+        raise SplitError(f"protocol {path} lacks {', '.join(sorted(missing))}")
+    return data
+
+
+def _number(subject: str) -> int | None:
+    return int(subject) if subject.isdigit() else None
+
+
+def select(subjects: list[str], selector: str) -> list[str]:
+    """The members of ``subjects`` named by ``selector``, in natural order."""
+    ordered = sorted(set(subjects), key=lambda s: (_number(s) is None, _number(s) or 0, s))
+    sel = str(selector).strip()
+    if sel in ("odd", "even"):
+        parity = 1 if sel == "odd" else 0
+        return [s for s in ordered if _number(s) is not None and _number(s) % 2 == parity]
+    if sel.startswith("first:"):
+        n = sel.split(":", 1)[1]
+        if not n.isdigit():
+            raise SplitError(f"{selector!r}: use first:N with a whole number N")
+        return ordered[: int(n)]
+    wanted_numbers: set[int] = set()
+    wanted_text: set[str] = set()
+    for token in (t.strip() for t in sel.split(",") if t.strip()):
+        lo, dash, hi = token.partition("-")
+        if dash and lo.isdigit() and hi.isdigit():
+            if int(hi) < int(lo):
+                raise SplitError(f"{token!r} is an empty range")
+            wanted_numbers.update(range(int(lo), int(hi) + 1))
+        elif token.isdigit():
+            wanted_numbers.add(int(token))
+        else:
+            wanted_text.add(token)
+    return [s for s in ordered if _number(s) in wanted_numbers or s in wanted_text]
+
+
+def train_subjects(subjects: list[str], protocol: str, override: str | None = None) -> list[str]:
+    """Training subjects: ``override`` (e.g. ``--train-subjects``) or the protocol's split.
+
+    Raises SplitError when the selection is empty.
+    """
+    selector = override if override else load_protocol(protocol)["train"]
+    chosen = select(subjects, selector)
+    if not chosen:
+        raise SplitError(
+            f"no subject of the pack matches the training split {selector!r} "
+            f"(pack subjects: {', '.join(sorted(set(subjects))[:5])}...)"
+        )
+    return chosen

@@ -1,0 +1,75 @@
+"""Device selection and the torchrun / DDP process group, with no CUDA assumptions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class DeviceError(RuntimeError):
+    """A device that cannot be used here, explained in one line."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process computes and its place among the DDP processes."""
+
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Under torchrun, ``auto`` and ``cuda`` use the GPU of this process's local rank.
+    """
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "auto":
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {spec}: this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is False); use --device cpu or auto"
+            )
+        index = int(spec.split(":", 1)[1]) if ":" in spec else local_rank
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA devices")
+        return torch.device("cuda", index)
+    raise DeviceError(f"--device {spec!r} is not auto, cpu, cuda or cuda:N")
+
+
+def setup(spec: str = "auto") -> Runtime:
+    """Pick the device and, when started by torchrun (WORLD_SIZE > 1), join the process group:
+    NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(spec, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, local_rank=local, world_size=world)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

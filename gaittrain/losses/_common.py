@@ -1,0 +1,105 @@
+"""What every part-wise loss shares: the input contract, the precision rule, distances, statistics.
+
+A part-wise loss takes features ``[parts, batch, dim]`` (one feature per horizontal strip of a gait
+model, per sample) and labels ``[batch]`` and returns a scalar. The losses here compare distances:
+in float16/bfloat16 the differences they threshold are lost to rounding, so the computation always
+runs in float32 (or float64 when given float64), outside any autocast region.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_HALF = (torch.float16, torch.bfloat16)
+
+# Squared distances are clamped here before the square root: sqrt has an infinite slope at 0,
+# which identical points (a sample and its own center when its class has one sample) would hit.
+_SQUARED_EPS = 1e-12
+
+
+class PartLoss(nn.Module):
+    """Base of the part-wise losses: ``loss(features, labels) -> scalar``, statistics in ``stats``.
+
+    Subclasses implement :meth:`compute`. ``forward`` checks the inputs, casts half-precision
+    features to float32, disables autocast around :meth:`compute`, and replaces ``stats`` with the
+    statistics of the call as plain Python floats (one device synchronization per call).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict[str, float] = {}
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        check_inputs(features, labels)
+        with torch.autocast(features.device.type, enabled=False):
+            if features.dtype in _HALF:
+                features = features.float()
+            loss, stats = self.compute(features, labels)
+        self.stats = to_floats(stats)
+        return loss
+
+    def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss (scalar) and its statistics (scalar tensors, computed without gradient)."""
+        raise NotImplementedError
+
+
+def check_inputs(features: Tensor, labels: Tensor) -> None:
+    """Raise ValueError unless features is floating [parts, batch, dim] and labels int64 [batch]."""
+    if features.dim() != 3 or not features.is_floating_point():
+        raise ValueError(
+            f"features must be a floating tensor [parts, batch, dim], got {features.dtype} "
+            f"{tuple(features.shape)}"
+        )
+    if labels.dim() != 1 or labels.dtype != torch.int64:
+        raise ValueError(
+            f"labels must be an int64 tensor [batch], got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if labels.shape[0] != features.shape[1] or labels.shape[0] == 0:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must match the non-empty batch of features "
+            f"{tuple(features.shape)}"
+        )
+    if labels.device != features.device:
+        raise ValueError(f"labels on {labels.device}, features on {features.device}")
+
+
+def pairwise_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Distances ``[..., n, m]`` between the rows of x ``[..., n, d]`` and y ``[..., m, d]``.
+
+    Computed from squared norms and one matrix product (no ``[n, m, d]`` difference tensor); the
+    squared distance is clamped to 1e-12 so the gradient stays finite at coincident points (there
+    it is 0).
+    """
+    squared = (
+        x.pow(2).sum(-1, keepdim=True)
+        + y.pow(2).sum(-1).unsqueeze(-2)
+        - 2 * x @ y.transpose(-1, -2)
+    )
+    return squared.clamp_min(_SQUARED_EPS).sqrt()
+
+
+def pair_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Boolean ``[batch, batch]`` masks of the positive pairs (same label, i ≠ j) and negatives."""
+    same = labels[:, None] == labels[None, :]
+    itself = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & ~itself, ~same
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of values where the (broadcast) mask is true; nan when the mask is empty."""
+    mask = mask.expand_as(values)
+    return values.masked_fill(~mask, 0).sum() / mask.sum()
+
+
+@torch.no_grad()
+def distance_stats(dist: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+    """Mean distance of the positive pairs ("pos_dist") and of the negative pairs ("neg_dist")."""
+    return {"pos_dist": masked_mean(dist, pos), "neg_dist": masked_mean(dist, neg)}
+
+
+@torch.no_grad()
+def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
+    """Scalar tensors to Python floats, with a single device-to-host copy."""
+    values = torch.stack([value.to(torch.float64) for value in stats.values()]).tolist()
+    return dict(zip(stats, values, strict=True))

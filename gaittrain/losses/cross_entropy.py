@@ -1,0 +1,74 @@
+"""Cross-entropy per part: a separate linear classifier on each part's feature.
+
+For part p with classifier W_p ``[dim, num_classes]`` the logits of sample i are ``z = f_{p,i} W_p``
+and, with label smoothing ε over C classes (the target is (1 − ε) on y_i plus ε / C everywhere)::
+
+    ℓ_p(i) = −(1 − ε) log softmax(z)_{y_i} − (ε / C) Σ_c log softmax(z)_c
+
+The loss is the mean over the samples, then over the parts. It carries parameters (the classifiers),
+so it is trained with the model; the trainer adds it, weighted, to a metric loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gaittrain.losses._common import PartLoss
+
+
+class PartCrossEntropyLoss(PartLoss):
+    """Per-part linear classifiers trained with (label-smoothed) cross-entropy.
+
+    ``loss(features [parts, batch, dim], labels [batch]) -> scalar``. The labels are class indices
+    in ``[0, num_classes)``: the trainer maps subject ids to indices. ``stats`` after a call:
+    "accuracy" (top-1 accuracy of the classifiers, mean over the parts).
+
+    Args:
+        num_classes: number of training identities.
+        dim: feature size of a part.
+        parts: number of parts.
+        label_smoothing: ε in [0, 1], as in ``torch.nn.functional.cross_entropy``.
+    """
+
+    def __init__(
+        self, num_classes: int, dim: int, parts: int, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        for name, value in {"num_classes": num_classes, "dim": dim, "parts": parts}.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
+        # nn.Linear's default scale: logits start small whatever the feature size.
+        bound = 1 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(parts, dim, num_classes).uniform_(-bound, bound))
+
+    def extra_repr(self) -> str:
+        parts, dim, num_classes = self.weight.shape
+        return (
+            f"num_classes={num_classes}, dim={dim}, parts={parts}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
+
+    def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        parts, dim, _ = self.weight.shape
+        if features.shape[0] != parts or features.shape[2] != dim:
+            raise ValueError(
+                f"features {tuple(features.shape)} do not match the classifiers: "
+                f"[{parts}, batch, {dim}]"
+            )
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"labels must be class indices in [0, {self.num_classes})")
+        logits = features @ self.weight.to(features.dtype)  # [parts, batch, classes]
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), labels.repeat(parts), label_smoothing=self.label_smoothing
+        )
+        with torch.no_grad():
+            stats = {"accuracy": (logits.argmax(-1) == labels).to(features.dtype).mean()}
+        return loss, stats

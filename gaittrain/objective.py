@@ -1,0 +1,60 @@
+"""The training objective named by a config: one metric loss, plus optional part cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gaittrain.config import Config
+from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+
+
+def metric_loss(cfg: Config) -> nn.Module:
+    c = cfg.loss
+    if c.name == "center_ranked":
+        return CenterRankedLoss(
+            alpha=c.alpha,
+            margin=c.margin,
+            t_n=c.t_n,
+            t_p=c.t_p,
+            lam=c.lam,
+            anchor=c.anchor,
+            detach_center=c.detach_center,
+        )
+    if c.name == "ranked_list":
+        return RankedListLoss(alpha=c.alpha, margin=c.margin, t_n=c.t_n, t_p=c.t_p, lam=c.lam)
+    return TripletLoss(margin=c.margin)
+
+
+class Objective(nn.Module):
+    """``metric(features, labels) + weight * cross_entropy(features, labels)``.
+
+    ``stats`` after a call holds each part's statistics, prefixed by its name.
+    """
+
+    def __init__(self, cfg: Config, num_classes: int, parts: int):
+        super().__init__()
+        self.metric = metric_loss(cfg)
+        self.name = cfg.loss.name
+        self.ce_weight = cfg.cross_entropy.weight
+        self.ce = (
+            PartCrossEntropyLoss(
+                num_classes, cfg.model.dim, parts, label_smoothing=cfg.cross_entropy.label_smoothing
+            )
+            if self.ce_weight > 0
+            else None
+        )
+        self.stats: dict[str, float] = {}
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        features = features.float()
+        metric = self.metric(features, labels)
+        total = metric
+        self.stats = {f"{self.name}/{k}": v for k, v in self.metric.stats.items()}
+        self.stats[f"{self.name}/loss"] = float(metric.detach())
+        if self.ce is not None:
+            ce = self.ce(features, labels)
+            total = total + self.ce_weight * ce
+            self.stats.update({f"cross_entropy/{k}": v for k, v in self.ce.stats.items()})
+            self.stats["cross_entropy/loss"] = float(ce.detach())
+        return total
