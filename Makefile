@@ -37,6 +37,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/synth_bench.py
 	$(BIN)/python bench/prep_bench.py
+	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/gei_baseline.py
 
 clean:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from gaitcli.options import workers_option
 from gaitprep.layout import PRESETS, LayoutError
 from gaitprep.pack import COMPRESSIONS
 from gaitprep.prep import PrepError, PrepJob, run_prep
@@ -60,13 +60,7 @@ def _options(f):
             show_default=True,
             help="Frame compression in the pack (gzip level 1).",
         ),
-        click.option(
-            "--workers",
-            type=click.IntRange(1, 512),
-            default=os.cpu_count(),
-            show_default="all cores",
-            help="Parallel reader/normalizer processes.",
-        ),
+        workers_option("Parallel reader/normalizer processes."),
         click.option(
             "--shard",
             callback=_shard,

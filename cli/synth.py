@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from gaitcli.options import workers_option
 from gaitprep.synth import (
     CASIA_B,
     LAYOUTS,
@@ -114,13 +114,7 @@ def _options(layout_name: str):
                     show_default=True,
                     help="Population seed: same arguments + seed = identical bytes.",
                 ),
-                click.option(
-                    "--workers",
-                    type=click.IntRange(1, 512),
-                    default=os.cpu_count(),
-                    show_default="all cores",
-                    help="Parallel processes.",
-                ),
+                workers_option("Parallel processes."),
                 click.option(
                     "--clean", is_flag=True, help="Switch every segmentation artifact off."
                 ),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gaittrain import checkpoint
 from gaittrain.config import Config, dump_config, load_config
-from gaittrain.data.dataset import PackDataset, collate
+from gaittrain.data.dataset import PackDataset, collate, pack_subjects
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
 from gaittrain.device import Runtime
@@ -112,13 +112,14 @@ def _prepare_run_dir(paths: RunPaths, cfg: Config, resume: bool, main: bool) -> 
                 "resume with the same config and options (only --iterations may change)"
             )
         return last
+    if not main:  # rank 0 checks and creates the folder
+        return None
     if last is not None or paths.log.exists():
         raise TrainError(
             f"{paths.root} already holds a run; pass --resume to continue it "
             "or choose another --out"
         )
-    if main:
-        paths.root.mkdir(parents=True, exist_ok=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
     return None
 
 
@@ -150,8 +151,7 @@ def train(
     seed_everything(cfg.seed, cfg.train.deterministic, device)
 
     # Data: the training subjects, a deterministic P x K sampler, workers that sample frames.
-    probe = PackDataset(packs, frames=None, cut=False)
-    subjects = train_subjects(list(probe.subjects), cfg.data.protocol, train_split)
+    subjects = train_subjects(pack_subjects(packs), cfg.data.protocol, train_split)
     data = PackDataset(
         packs,
         subjects,

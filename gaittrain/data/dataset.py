@@ -12,6 +12,15 @@ from torch.utils.data import Dataset
 from gaitprep.pack import Pack
 
 
+def pack_subjects(packs: list[Path]) -> list[str]:
+    """Every subject id found in ``packs``."""
+    found: set[str] = set()
+    for path in packs:
+        with Pack(path) as p:
+            found.update(p.columns["subject"])
+    return sorted(found)
+
+
 def cut_width(size: int) -> int:
     """Columns removed on each side by the standard width cut: 10 at S=64, 20 at S=128."""
     return round(10 * size / 64)
