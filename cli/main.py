@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gaitcli.evaluate import embed_cmd, eval_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.synth import synth
@@ -22,6 +23,8 @@ def cli() -> None:
       gait inspect  summarize a pack (--json, --montage)
       gait pack     merge the shards of a `gait prep --shard` job array
       gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
+      gait embed    embed the sequences of a pack with a trained model
+      gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
     Run `gait COMMAND --help` for each command's options.
     """
 
@@ -31,3 +34,5 @@ cli.add_command(prep)
 cli.add_command(inspect_cmd)
 cli.add_command(pack_group)
 cli.add_command(train_cmd)
+cli.add_command(embed_cmd)
+cli.add_command(eval_cmd)

@@ -212,5 +212,10 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     return _strict(Config, data, "").validate()
 
 
+def config_from_dict(data: dict) -> Config:
+    """A validated Config from a plain mapping (e.g. the copy stored in a checkpoint)."""
+    return _strict(Config, data, "").validate()
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

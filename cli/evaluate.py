@@ -1,0 +1,194 @@
+"""``gait embed`` and ``gait eval``: embeddings of test sequences, protocol numbers, reports."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from gaitprep.pack import PackError
+from gaittrain.data.dataset import PackDataset, pack_subjects
+from gaittrain.data.splits import SplitError, select
+from gaittrain.device import DeviceError, resolve_device
+from gaittrain.evaluation.embed import embed_dataset, load_model, read_embeddings, write_embeddings
+from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from gaittrain.evaluation.report import to_csv, to_html, to_json
+
+ERRORS = (PackError, SplitError, DeviceError, FileNotFoundError, ValueError, KeyError)
+
+
+def _memory(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r} is not a size like 256MB or 2GB") from None
+
+
+def _embed(
+    ckpt: Path, pack: Path, out: Path, subjects: list[str] | None, device: str, max_frames: int
+) -> Path:
+    dev = resolve_device(device)
+    model, cfg = load_model(ckpt, dev)
+    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    t0 = time.perf_counter()
+    emb = embed_dataset(model, data, dev, max_frames=max_frames)
+    write_embeddings(
+        out,
+        data,
+        emb,
+        {
+            "checkpoint": model.checkpoint_path,
+            "pack": str(pack),
+            "max_frames": max_frames,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+    return out
+
+
+@click.command("embed")
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True))
+@click.argument("pack", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Embeddings file [default: RUN/embeddings-PACKNAME.h5 or next to the checkpoint].",
+)
+@click.option("--subjects", metavar="SEL", help="Only these subjects (e.g. 075-124); default all.")
+@click.option(
+    "--max-frames",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Use at most this many evenly spaced frames per sequence (0: all).",
+)
+@click.option("--device", default="auto", show_default=True)
+def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
+    """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder)."""
+    try:
+        sel = select(pack_subjects([pack]), subjects) if subjects else None
+        out = out or _default_embeddings(checkpoint, pack)
+        _embed(checkpoint, pack, out, sel, device, max_frames)
+    except ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out}")
+
+
+def _default_embeddings(run: Path, pack: Path) -> Path:
+    folder = run if run.is_dir() else run.parent
+    return folder / f"embeddings-{pack.stem}.h5"
+
+
+@click.command("eval")
+@click.argument("run", type=click.Path(path_type=Path, exists=True))
+@click.option("--pack", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--protocol",
+    default="casia-b-lt",
+    show_default=True,
+    help="Protocol name (gaittrain/protocols) or a YAML file.",
+)
+@click.option("--test-subjects", metavar="SEL", help="Test subjects instead of the protocol's.")
+@click.option(
+    "--report", "fmt", type=click.Choice(["html", "json", "csv"]), default="json", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Report file [default: RUN/report.FORMAT].",
+)
+@click.option("--include-identical", is_flag=True, help="Keep identical probe/gallery views.")
+@click.option(
+    "--metric",
+    type=click.Choice(["euclidean", "cosine"]),
+    default="euclidean",
+    show_default=True,
+    help="Euclidean distance averaged over parts, or cosine.",
+)
+@click.option(
+    "--max-memory",
+    default="256MB",
+    show_default=True,
+    help="Memory cap of the blocked distance computation.",
+)
+@click.option("--max-frames", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def eval_cmd(
+    run,
+    pack,
+    protocol,
+    test_subjects,
+    fmt,
+    out,
+    include_identical,
+    metric,
+    max_memory,
+    max_frames,
+    device,
+) -> None:
+    """Evaluate RUN (a run folder or checkpoint) on PACK by a published protocol.
+
+    Embeddings are computed once into RUN/embeddings-PACKNAME.h5 and reused while the checkpoint
+    is unchanged. Prints the NM/BG/CL summary; --report html writes a self-contained page.
+    """
+    try:
+        proto = load_eval_protocol(protocol)
+        subjects = pack_subjects([pack])
+        test = select(subjects, test_subjects or proto.test)
+        if not test:
+            raise SplitError(
+                f"no subject of {pack} is a test subject ({test_subjects or proto.test})"
+            )
+        emb_path = _default_embeddings(run, pack)
+        fresh = False
+        if emb_path.exists():
+            _, attrs = read_embeddings(emb_path)
+            latest = load_model(run, resolve_device("cpu"))[0].checkpoint_path
+            fresh = attrs.get("checkpoint") == latest and attrs.get("max_frames") == max_frames
+        if not fresh:
+            _embed(run, pack, emb_path, test, device, max_frames)
+        embeddings, attrs = read_embeddings(emb_path)
+        result = evaluate(
+            embeddings, proto, test, include_identical, metric, max_memory=_memory(max_memory)
+        )
+    except ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack))
+    for name, c in result["conditions"].items():
+        value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
+        click.echo(f"{name}: rank-1 {value} %")
+    folder = run if run.is_dir() else run.parent
+    out = out or folder / f"report.{fmt}"
+    if fmt == "json":
+        text = to_json(result)
+    elif fmt == "csv":
+        text = to_csv(result)
+    else:
+        log_path = folder / "log.jsonl"
+        log = (
+            [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+        )
+        cfg = folder / "config.yaml"
+        text = to_html(
+            result,
+            title=f"{folder.name} on {pack.name}",
+            embeddings=embeddings,
+            protocol=proto,
+            pack_path=pack,
+            log=log,
+            config_text=cfg.read_text() if cfg.exists() else "",
+            provenance={
+                "run": str(folder),
+                "checkpoint": attrs.get("checkpoint"),
+                "protocol": proto.name,
+            },
+        )
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    click.echo(f"report: {out}")

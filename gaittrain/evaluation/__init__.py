@@ -1,0 +1,1 @@
+"""Evaluation: embeddings of test sequences, published protocols, metrics and reports."""

@@ -1,0 +1,155 @@
+"""`gait embed` and `gait eval` end to end, and the HTML report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gaitcli.main import cli
+from gaitprep.layout import CASIA_B
+from gaitprep.prep import PrepJob, run_prep
+from gaittrain.evaluation.embed import read_embeddings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def gait(*args) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("report")
+    pack = base / "sample.h5"
+    run_prep(
+        PrepJob(raw=ROOT / "sample_data" / "casia-b", out=pack, dataset="casia-b", layout=CASIA_B),
+        workers=1,
+    )
+    run = base / "run <img src=x onerror=alert(1)>"  # data-borne markup must be escaped
+    r = gait(
+        "train",
+        ROOT / "configs" / "tiny.yaml",
+        "--pack",
+        pack,
+        "--out",
+        run,
+        "--iterations",
+        "4",
+        "--train-subjects",
+        "001-003",
+        "--set",
+        "data.batch.p=3",
+        "--set",
+        "data.batch.k=2",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "data.frames=6",
+    )
+    assert r.exit_code == 0, r.output
+    return run, pack
+
+
+def test_embed_writes_every_sequence(trained, tmp_path: Path) -> None:
+    run, pack = trained
+    out = tmp_path / "emb.h5"
+    r = gait("embed", run, pack, "--out", out, "--subjects", "004-006", "--max-frames", "5")
+    assert r.exit_code == 0, r.output
+    emb, attrs = read_embeddings(out)
+    assert len(emb) == 3 * 10 * 3 and {k[0] for k in emb} == {"004", "005", "006"}
+    assert next(iter(emb.values())).shape == (15, 64)
+    assert attrs["checkpoint"].endswith("iter-000004.pt") and attrs["max_frames"] == 5
+
+
+def test_json_and_csv_reports(trained, tmp_path: Path) -> None:
+    run, pack = trained
+    js = tmp_path / "r.json"
+    r = gait(
+        "eval", run, "--pack", pack, "--test-subjects", "004-006", "--report", "json", "--out", js
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(js.read_text())
+    for group in ("NM", "BG", "CL"):
+        c = data["conditions"][group]
+        assert 0.0 <= c["rank1"] <= 1.0 and set(c["per_view"]) == {"036", "090", "144"}
+        assert c["rank1"] == pytest.approx(np.mean(list(c["per_view"].values())))
+        assert f"{group}: rank-1 {100 * c['rank1']:.1f} %" in r.output
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                gait(
+                    "eval",
+                    run,
+                    "--pack",
+                    pack,
+                    "--test-subjects",
+                    "004-006",
+                    "--report",
+                    "csv",
+                    "--out",
+                    tmp_path / "r.csv",
+                ).output
+                and (tmp_path / "r.csv").read_text()
+            )
+        )
+    )
+    assert len(rows) == 3 * 4 and rows[3] == {
+        "condition": "NM",
+        "probe_view": "mean",
+        "rank1": f"{data['conditions']['NM']['rank1']:.6f}",
+    }
+
+
+def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> None:
+    run, pack = trained
+    page = tmp_path / "report.html"
+    r = gait(
+        "eval", run, "--pack", pack, "--test-subjects", "004-006", "--report", "html", "--out", page
+    )
+    assert r.exit_code == 0, r.output
+    html = page.read_text()
+    assert "<img src=x onerror" not in html and "&lt;img src=x onerror" in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert html.count("data:image/png;base64,") >= 5  # heatmaps, CMC, loss, thumbnails
+    if CHROMIUM is None:
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        dom.returncode == 0
+        and 'id="summary"' in dom.stdout
+        and "Rank-1 per probe view" in dom.stdout
+    )
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[:2] == (1600, 1200)
+    assert (img < 128).mean() > 0.01  # text and figures, not a blank page
