@@ -85,30 +85,15 @@ def test_json_and_csv_reports(trained, tmp_path: Path) -> None:
         assert 0.0 <= c["rank1"] <= 1.0 and set(c["per_view"]) == {"036", "090", "144"}
         assert c["rank1"] == pytest.approx(np.mean(list(c["per_view"].values())))
         assert f"{group}: rank-1 {100 * c['rank1']:.1f} %" in r.output
-    rows = list(
-        csv.DictReader(
-            io.StringIO(
-                gait(
-                    "eval",
-                    run,
-                    "--pack",
-                    pack,
-                    "--test-subjects",
-                    "004-006",
-                    "--report",
-                    "csv",
-                    "--out",
-                    tmp_path / "r.csv",
-                ).output
-                and (tmp_path / "r.csv").read_text()
-            )
-        )
+    out = tmp_path / "r.csv"
+    r = gait(
+        "eval", run, "--pack", pack, "--test-subjects", "004-006", "--report", "csv", "--out", out
     )
-    assert len(rows) == 3 * 4 and rows[3] == {
-        "condition": "NM",
-        "probe_view": "mean",
-        "rank1": f"{data['conditions']['NM']['rank1']:.6f}",
-    }
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    nm_mean = f"{data['conditions']['NM']['rank1']:.6f}"
+    assert len(rows) == 3 * 4
+    assert rows[3] == {"condition": "NM", "probe_view": "mean", "rank1": nm_mean}
 
 
 def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> None:
