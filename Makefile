@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SEED   ?= 0
 WORKERS ?= 2
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo pipeline bench clean
 
 install: $(STAMP)
 
@@ -27,12 +27,28 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# At this stage the demo synthesizes a CASIA-B-layout tree, packs it and summarizes the pack.
+# prep -> train -> eval -> report on any raw tree:
+#   make pipeline DATASET=casia-b RAW=path/to/CASIA-B WORK=build/casia-b [CONFIG=configs/casia-b.yaml]
+# Re-running continues where it stopped (the pack is kept, the run is resumed).
+DATASET ?= casia-b
+CONFIG  ?= configs/tiny.yaml
+TRAIN_ARGS ?=
+TEST_ARGS  ?=
+pipeline: install
+	@test -n "$(RAW)" -a -n "$(WORK)" || { echo "usage: make pipeline DATASET=casia-b RAW=<raw tree> WORK=<folder> [CONFIG=...] [TRAIN_ARGS=...] [TEST_ARGS=...]"; exit 2; }
+	test -f $(WORK)/$(DATASET).h5 || $(BIN)/gait prep $(DATASET) $(RAW) $(WORK)/$(DATASET).h5 --workers $(WORKERS)
+	$(BIN)/gait train $(CONFIG) --pack $(WORK)/$(DATASET).h5 --out $(WORK)/run --seed $(SEED) $(TRAIN_ARGS) $$(test -f $(WORK)/run/config.yaml && echo --resume)
+	$(BIN)/gait eval $(WORK)/run --pack $(WORK)/$(DATASET).h5 --report json --out $(WORK)/report.json $(TEST_ARGS)
+	$(BIN)/gait eval $(WORK)/run --pack $(WORK)/$(DATASET).h5 --report html --out $(WORK)/report.html $(TEST_ARGS)
+
+# The whole pipeline on synthetic data: 40 subjects, the first 20 train, the last 20 are tested;
+# then the classical GEI baseline on the same sequences for scale.
+DEMO := build/demo
 demo: install
-	$(BIN)/gait synth casia-b build/demo/raw --subjects 24 --frames 30 --seed $(SEED) --workers $(WORKERS) --overwrite
-	$(BIN)/gait synth summary build/demo/raw
-	$(BIN)/gait prep casia-b build/demo/raw build/demo/casia-b.h5 --workers $(WORKERS) --overwrite
-	$(BIN)/gait inspect build/demo/casia-b.h5 --montage build/demo/pack-montage.png
+	$(BIN)/gait synth casia-b $(DEMO)/raw --subjects 40 --frames 30 --seed $(SEED) --workers $(WORKERS) --overwrite
+	$(MAKE) --no-print-directory pipeline DATASET=casia-b RAW=$(DEMO)/raw WORK=$(DEMO) TRAIN_ARGS="--train-subjects first:20" TEST_ARGS="--test-subjects 021-040"
+	$(BIN)/python bench/gei_baseline.py --subjects 40 --frames 30 --seed $(SEED) --json $(DEMO)/gei.json --compare $(DEMO)/report.json
+	@echo "report: $(DEMO)/report.html"
 
 bench: install
 	$(BIN)/python bench/synth_bench.py

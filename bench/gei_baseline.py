@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--clean", action="store_true", help="no segmentation artifacts")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", type=Path, default=Path("bench/results/gei_baseline.json"))
+    ap.add_argument("--compare", type=Path, help="a `gait eval --report json` file to set beside")
     args = ap.parse_args()
 
     subjects = list(range(1, args.subjects + 1))
@@ -137,6 +138,15 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"({result['seconds']} s; JSON in {args.json})")
+    if args.compare:
+        model = json.loads(args.compare.read_text())["conditions"]
+        print("\nrank-1 %        model   GEI+PCA   difference")
+        for name, c in result["conditions"].items():
+            m = model[name]["rank1"]
+            print(
+                f"{name:<14} {100 * m:6.1f}   {100 * c['rank1']:7.1f}   "
+                f"{100 * (m - c['rank1']):+9.1f}"
+            )
 
 
 if __name__ == "__main__":

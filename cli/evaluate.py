@@ -13,6 +13,7 @@ from gaittrain.data.dataset import PackDataset, pack_subjects
 from gaittrain.data.splits import SplitError, select
 from gaittrain.device import DeviceError, resolve_device
 from gaittrain.evaluation.embed import embed_dataset, load_model, read_embeddings, write_embeddings
+from gaittrain.evaluation.identify import gallery_embeddings, identify
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
 
@@ -192,3 +193,28 @@ def eval_cmd(
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     click.echo(f"report: {out}")
+
+
+@click.command("identify")
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True))
+@click.argument("gallery", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("raw_seq_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--device", default="auto", show_default=True)
+def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> None:
+    """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
+    or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder)."""
+    try:
+        dev = resolve_device(device)
+        model, cfg = load_model(checkpoint, dev)
+        emb, params = gallery_embeddings(gallery, model, cfg, dev)
+        result = identify(raw_seq_dir, model, cfg, emb, params, dev, top_k)
+    except (*ERRORS, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['sequence']}: {result['frames_used']} of {result['frames_read']} frames")
+    for m in result["matches"]:
+        click.echo(f"{m['rank']:>3}  {m['subject']:<12} {m['distance']:.4f}  ({m['nearest']})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gaitcli.evaluate import embed_cmd, eval_cmd
+from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.synth import synth
@@ -25,6 +25,7 @@ def cli() -> None:
       gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
+      gait identify rank the gallery subjects for one raw sequence folder
     Run `gait COMMAND --help` for each command's options.
     """
 
@@ -36,3 +37,4 @@ cli.add_command(pack_group)
 cli.add_command(train_cmd)
 cli.add_command(embed_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(identify_cmd)

@@ -138,3 +138,24 @@ def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> No
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1600, 1200)
     assert (img < 128).mean() > 0.01  # text and figures, not a blank page
+
+
+def test_identify_finds_a_sequence_of_the_gallery(trained, tmp_path: Path) -> None:
+    run, pack = trained
+    emb = tmp_path / "gallery.h5"
+    assert gait("embed", run, pack, "--out", emb, "--subjects", "004-006").exit_code == 0
+    raw = ROOT / "sample_data" / "casia-b" / "005" / "bg-02" / "090"
+    r = gait("identify", run, emb, raw, "--top-k", "2", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert [m["rank"] for m in result["matches"]] == [1, 2]
+    best = result["matches"][0]
+    # The folder is preprocessed exactly as the pack was, so it finds itself at distance ~0.
+    assert best["subject"] == "005" and best["nearest"] == "005-bg-02-090"
+    assert best["distance"] < 1e-4 < result["matches"][1]["distance"]
+    text = gait("identify", run, pack, raw, "--top-k", "3")  # a pack works as the gallery too
+    assert text.exit_code == 0 and len(text.output.strip().splitlines()) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = gait("identify", run, emb, empty)
+    assert bad.exit_code == 1 and "holds no png, jpg or bmp frame" in bad.output

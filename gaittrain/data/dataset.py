@@ -26,6 +26,18 @@ def cut_width(size: int) -> int:
     return round(10 * size / 64)
 
 
+def shape_frames(frames: np.ndarray, height: int, cut: bool) -> np.ndarray:
+    """Resize S x S frames to ``height`` (when different) and apply the width cut."""
+    if frames.shape[1] != height:
+        frames = np.stack(
+            [cv2.resize(f, (height, height), interpolation=cv2.INTER_AREA) for f in frames]
+        )
+    if cut:
+        c = cut_width(height)
+        frames = frames[:, :, c : height - c]
+    return frames
+
+
 def sample_frames(n: int, count: int, ordered: bool, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``count`` frames from a sequence of ``n``.
 
@@ -96,26 +108,14 @@ class PackDataset(Dataset):
         pi, i = self.items[j]
         return self.packs[pi][i]
 
-    def _shape(self, frames: np.ndarray) -> np.ndarray:
-        if self.height != self.size:
-            frames = np.stack(
-                [
-                    cv2.resize(f, (self.height, self.height), interpolation=cv2.INTER_AREA)
-                    for f in frames
-                ]
-            )
-        if self.cut:
-            c = cut_width(self.height)
-            frames = frames[:, :, c : self.height - c]
-        return frames
-
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, int]:
         j, seed = item if isinstance(item, tuple) else (item, 0)
         seq = self._cache[j] if self._cache is not None else self._read(j)
         if self.frames is not None:
             rng = np.random.default_rng(seed)
             seq = seq[sample_frames(len(seq), self.frames, self.ordered, rng)]
-        x = torch.from_numpy(np.ascontiguousarray(self._shape(seq))).float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(shape_frames(seq, self.height, self.cut)))
+        x = x.float().div_(255.0)
         return x, int(self.labels[j])
 
 
