@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/synth_bench.py
 	$(BIN)/python bench/prep_bench.py
 	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/eval_bench.py
 	$(BIN)/python bench/gei_baseline.py
 
 clean:

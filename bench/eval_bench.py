@@ -1,0 +1,155 @@
+"""Cost of protocol evaluation on random embeddings, against this machine's matmul rate.
+
+* CASIA-B at real test scale: 50 subjects x 110 sequences = 5,500 embeddings of 62 x 256, the
+  full casia-b-lt protocol (3 groups x 11 probe views x 10 gallery views).
+* OU-MVLP scale: 5,154 test subjects; one probe-view x gallery-view cell at full size (5,154
+  probes against 5,154 gallery sequences, 62 x 256), and the whole protocol (14 x 13 cells)
+  extrapolated from it.
+
+Each case runs in a fresh process so that its peak resident memory is its own; the distance
+blocks are capped by --max-memory. The fraction of the compute bound is the distance FLOPs per
+second over the float32 matmul rate measured in the same run.
+
+    python bench/eval_bench.py [--max-memory 256MB]
+
+Prints a table and writes bench/results/eval_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PARTS, DIM = 62, 256
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def casia_case(max_memory: int) -> dict:
+    from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+
+    rng = np.random.default_rng(0)
+    views = [f"{v:03d}" for v in range(0, 181, 18)]
+    recordings = [("nm", f"{i:02d}") for i in range(1, 7)] + [
+        ("bg", "01"),
+        ("bg", "02"),
+        ("cl", "01"),
+        ("cl", "02"),
+    ]
+    keys = [(f"{s:03d}", c, q, v) for s in range(75, 125) for c, q in recordings for v in views]
+    emb = {k: rng.standard_normal((PARTS, DIM), dtype=np.float32) for k in keys}
+    t0 = time.perf_counter()
+    evaluate(emb, load_eval_protocol("casia-b-lt"), max_memory=max_memory)
+    seconds = time.perf_counter() - t0
+    # per group: 11 probe views x 10 gallery views; 100 probes x 200 gallery sequences a cell
+    flops = 3 * 11 * 10 * 100 * 200 * PARTS * DIM * 2
+    return {"case": "CASIA-B (5,500 seq)", "seconds": seconds, "flops": flops}
+
+
+def ou_cell_case(max_memory: int) -> dict:
+    from gaittrain.evaluation.metrics import retrieve
+
+    n = 5154
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randn(n, PARTS, DIM, generator=g)
+    gallery = torch.randn(n, PARTS, DIM, generator=g)
+    ids = np.arange(n)
+    t0 = time.perf_counter()
+    retrieve(probe, ids, gallery, ids, max_memory=max_memory)
+    seconds = time.perf_counter() - t0
+    return {
+        "case": "OU-MVLP, one view pair (5,154 x 5,154)",
+        "seconds": seconds,
+        "flops": n * n * PARTS * DIM * 2,
+    }
+
+
+def child(case: str, max_memory: int) -> None:
+    result = {"casia": casia_case, "ou": ou_cell_case}[case](max_memory)
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--max-memory", default=256 << 20, type=int, help="bytes per distance block")
+    ap.add_argument("--child", choices=["casia", "ou"], help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=Path("bench/results/eval_bench.json"))
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.max_memory)
+        return
+    gflops = matmul_gflops()
+    rows = []
+    for case in ("casia", "ou"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", case, "--max-memory", str(args.max_memory)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    baseline = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, torch, numpy; print("
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    base_mb = float(baseline.stdout)
+    print(
+        f"float32 matmul rate: {gflops:.1f} GFLOP/s; memory cap per block "
+        f"{args.max_memory / 2**20:.0f} MB; a bare python+torch process: {base_mb:.0f} MB"
+    )
+    print(f"{'case':40} {'seconds':>8} {'peak MB':>8} {'GFLOP/s':>8} {'of bound':>9}")
+    for r in rows:
+        rate = r["flops"] / r["seconds"] / 1e9
+        r.update(gflops=rate, fraction=rate / gflops)
+        print(
+            f"{r['case']:40} {r['seconds']:>8.1f} {r['peak_mb']:>8.0f} {rate:>8.1f} "
+            f"{r['fraction']:>9.1%}"
+        )
+    ou = rows[1]
+    full = ou["seconds"] * 14 * 13
+    print(
+        f"OU-MVLP full protocol (14 x 13 view pairs), extrapolated: {full / 60:.0f} min "
+        f"at {ou['peak_mb']:.0f} MB peak"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "matmul_gflops": gflops,
+                "rows": rows,
+                "ou_full_minutes_extrapolated": full / 60,
+                "bare_process_mb": base_mb,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
