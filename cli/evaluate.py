@@ -154,7 +154,13 @@ def eval_cmd(
             _embed(run, pack, emb_path, test, device, max_frames)
         embeddings, attrs = read_embeddings(emb_path)
         result = evaluate(
-            embeddings, proto, test, include_identical, metric, max_memory=_memory(max_memory)
+            embeddings,
+            proto,
+            test,
+            include_identical,
+            metric,
+            max_memory=_memory(max_memory),
+            device=resolve_device(device),
         )
     except ERRORS as e:
         raise click.ClickException(str(e)) from None

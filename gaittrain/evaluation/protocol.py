@@ -71,6 +71,7 @@ def evaluate(
     metric: str = "euclidean",
     ranks: int = 5,
     max_memory: int = 256 << 20,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """Every group's per-view rank-1 table, CMC, mAP and mINP, with coverage.
 
@@ -107,13 +108,14 @@ def evaluate(
             ranks,
             max_memory,
             expected,
+            torch.device(device),
         )
     return out
 
 
-def _stack(embeddings, keys) -> tuple[torch.Tensor, np.ndarray]:
+def _stack(embeddings, keys, device) -> tuple[torch.Tensor, np.ndarray]:
     x = torch.from_numpy(np.stack([embeddings[k] for k in keys]).astype(np.float32))
-    return x, np.array([k[0] for k in keys])
+    return x.to(device), np.array([k[0] for k in keys])
 
 
 def _group(
@@ -127,6 +129,7 @@ def _group(
     ranks,
     max_memory,
     expected,
+    device,
 ) -> dict:
     cells: dict[str, dict[str, float]] = {}
     cmc, maps, minps, cells_removed = [], [], [], {}
@@ -143,8 +146,8 @@ def _group(
         for label, gallery in targets:
             if not probes or not gallery:
                 continue
-            p, p_ids = _stack(embeddings, probes)
-            g, g_ids = _stack(embeddings, gallery)
+            p, p_ids = _stack(embeddings, probes, device)
+            g, g_ids = _stack(embeddings, gallery, device)
             r = retrieve(p, p_ids, g, g_ids, metric, max_memory)
             curve = r.cmc(ranks)
             cells.setdefault(pv, {})[label] = float(curve[0])
