@@ -94,68 +94,70 @@ def evaluate(
         "conditions": {},
     }
     gallery_keys = [k for k in keys if _recording(k) in protocol.gallery]
+    scorer = _Scorer(
+        embeddings, protocol, views, exclude, metric, ranks, max_memory, torch.device(device)
+    )
     for group, recordings in protocol.probes.items():
         probe_keys = [k for k in keys if _recording(k) in recordings]
         expected = len(test) * len(recordings) * len(views)
-        out["conditions"][group] = _group(
-            embeddings,
-            probe_keys,
-            gallery_keys,
-            views,
-            exclude,
-            protocol,
-            metric,
-            ranks,
-            max_memory,
-            expected,
-            torch.device(device),
-        )
+        out["conditions"][group] = scorer.group(probe_keys, gallery_keys, expected)
     return out
 
 
-def _stack(embeddings, keys, device) -> tuple[torch.Tensor, np.ndarray]:
-    x = torch.from_numpy(np.stack([embeddings[k] for k in keys]).astype(np.float32))
-    return x.to(device), np.array([k[0] for k in keys])
+@dataclass
+class _Scorer:
+    """The settings shared by every cell of one evaluation."""
+
+    embeddings: dict
+    protocol: EvalProtocol
+    views: list[str]
+    exclude: bool
+    metric: str
+    ranks: int
+    max_memory: int
+    device: torch.device
+
+    def _stack(self, keys) -> tuple[torch.Tensor, np.ndarray]:
+        x = np.stack([self.embeddings[k] for k in keys]).astype(np.float32)
+        return torch.from_numpy(x).to(self.device), np.array([k[0] for k in keys])
+
+    def _targets(self, gallery_keys, pv: str) -> list[tuple[str, list]]:
+        """(label, gallery) pairs of one probe view."""
+        if self.protocol.gallery_views == "others":  # one gallery of every other view
+            return [("others", [k for k in gallery_keys if not (self.exclude and k[3] == pv)])]
+        return [
+            (gv, [k for k in gallery_keys if k[3] == gv])
+            for gv in self.views
+            if not (self.exclude and gv == pv)
+        ]  # the standard: one gallery view at a time
+
+    def group(self, probe_keys, gallery_keys, expected: int) -> dict:
+        """One probe group's table, CMC, mAP, mINP and coverage."""
+        protocol, views = self.protocol, self.views
+        cells: dict[str, dict[str, float]] = {}
+        cmc, maps, minps, cells_removed = [], [], [], {}
+        for pv in views:
+            probes = [k for k in probe_keys if k[3] == pv]
+            for label, gallery in self._targets(gallery_keys, pv):
+                if not probes or not gallery:
+                    continue
+                p, p_ids = self._stack(probes)
+                g, g_ids = self._stack(gallery)
+                r = retrieve(p, p_ids, g, g_ids, self.metric, self.max_memory)
+                curve = r.cmc(self.ranks)
+                cells.setdefault(pv, {})[label] = float(curve[0])
+                cmc.append(curve)
+                maps.append(r.mean_ap())
+                minps.append(r.mean_inp())
+                if protocol.report_unmatched_removed:
+                    removed = float(r.cmc(1, drop_unmatched=True)[0])
+                    cells_removed.setdefault(pv, []).append(removed)
+        return _summary(
+            cells, views, cmc, maps, minps, cells_removed, protocol, len(probe_keys), expected
+        )
 
 
-def _group(
-    embeddings,
-    probe_keys,
-    gallery_keys,
-    views,
-    exclude,
-    protocol,
-    metric,
-    ranks,
-    max_memory,
-    expected,
-    device,
-) -> dict:
-    cells: dict[str, dict[str, float]] = {}
-    cmc, maps, minps, cells_removed = [], [], [], {}
-    for pv in views:
-        probes = [k for k in probe_keys if k[3] == pv]
-        if protocol.gallery_views == "others":  # one gallery of every other view
-            targets = [("others", [k for k in gallery_keys if not (exclude and k[3] == pv)])]
-        else:  # the standard: one gallery view at a time
-            targets = [
-                (gv, [k for k in gallery_keys if k[3] == gv])
-                for gv in views
-                if not (exclude and gv == pv)
-            ]
-        for label, gallery in targets:
-            if not probes or not gallery:
-                continue
-            p, p_ids = _stack(embeddings, probes, device)
-            g, g_ids = _stack(embeddings, gallery, device)
-            r = retrieve(p, p_ids, g, g_ids, metric, max_memory)
-            curve = r.cmc(ranks)
-            cells.setdefault(pv, {})[label] = float(curve[0])
-            cmc.append(curve)
-            maps.append(r.mean_ap())
-            minps.append(r.mean_inp())
-            if protocol.report_unmatched_removed:
-                cells_removed.setdefault(pv, []).append(float(r.cmc(1, drop_unmatched=True)[0]))
+def _summary(cells, views, cmc, maps, minps, cells_removed, protocol, found, expected) -> dict:
     per_view = {pv: float(np.mean(list(c.values()))) for pv, c in cells.items()}
     result = {
         "rank1": float(np.mean(list(per_view.values()))) if per_view else None,
@@ -164,7 +166,7 @@ def _group(
         "cmc": [float(x) for x in np.nanmean(cmc, axis=0)] if cmc else [],
         "mAP": float(np.nanmean(maps)) if maps else None,
         "mINP": float(np.nanmean(minps)) if minps else None,
-        "coverage": {"probe_sequences": len(probe_keys), "expected_probe_sequences": expected},
+        "coverage": {"probe_sequences": found, "expected_probe_sequences": expected},
     }
     if protocol.report_unmatched_removed:
         removed = {pv: float(np.nanmean(v)) for pv, v in cells_removed.items()}
