@@ -66,7 +66,7 @@ def _bbox(pts: np.ndarray) -> np.ndarray:
     return np.concatenate([pts.min(1), pts.max(1)], -1)
 
 
-def _camera(spec: SequenceSpec, rng, s: Subject, fig, axes, origin, hits) -> Camera:
+def _camera(spec: SequenceSpec, rng, fig, axes, origin, hits) -> Camera:
     """A camera that frames the walk, or pushes one end out of frame for ``out_of_frame``."""
     cam = Camera(
         width=spec.width,
@@ -156,7 +156,7 @@ def render_sequence(spec: SequenceSpec) -> np.ndarray:
     depth = float(rng.uniform(5.0, 6.5))
     centre = np.array([lateral, 0.0, depth])
     origin = centre + dist[:, None] * axes[0]
-    cam = _camera(spec, rng, subject, fig, axes, origin, hits)
+    cam = _camera(spec, rng, fig, axes, origin, hits)
     frames = rasterize(fig, cam, axes, origin)
 
     scale = spec.height / 240.0

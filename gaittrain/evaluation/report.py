@@ -101,7 +101,7 @@ def _thumb(pack: Pack, key) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
-def failures(embeddings: dict, result: dict, protocol, limit: int = 6) -> list[dict]:
+def failures(embeddings: dict, protocol, limit: int = 6) -> list[dict]:
     """Up to ``limit`` misclassified probes per group: the probe, its nearest (wrong) gallery
     sequence and the nearest gallery sequence of the right subject, across views."""
     from gaittrain.evaluation.metrics import distance_blocks
@@ -148,7 +148,7 @@ def to_html(
     provenance: dict,
 ) -> str:
     """The self-contained HTML report."""
-    fails = failures(embeddings, result, protocol)
+    fails = failures(embeddings, protocol)
     with Pack(pack_path) as pack:
         for f in fails:
             for part in ("probe", "wrong", "right"):
