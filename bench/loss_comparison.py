@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1500)
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--target", type=float, default=0.5, help="NM rank-1 to reach")
+    ap.add_argument("--target", type=float, default=0.65, help="NM rank-1 to reach")
     ap.add_argument("--work", type=Path, default=Path("build/loss_comparison"))
     ap.add_argument("--gei", type=Path, default=Path("build/demo/gei.json"))
     ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
@@ -142,11 +142,16 @@ def render(args, table: dict, gei: dict | None) -> str:
     for name, rows in table.items():
         hit = next((it for it, r in rows.items() if r["NM"] >= args.target), None)
         lines.append(f"- {name}: {hit if hit is not None else f'not within {args.iterations}'}")
+    best = max(table, key=lambda n: list(table[n].values())[-1]["NM"])
     lines += [
         "",
-        "Whatever came out is reported as it came out: one seed, one synthetic dataset",
-        "and a small model, so differences of a few points are within the noise of a",
-        "20-subject test set.",
+        "Reading: whatever came out is reported as it came out. Here the best final NM rank-1",
+        f"is {best}'s. One seed, one synthetic dataset and a small model with P×K 4×4 (only",
+        "four class centers per batch) are not the paper's setting, and differences of a few",
+        "points are within the noise of a 20-subject test set; the center-ranked loss is a",
+        "reconstruction (docs/losses.md), so its details may differ from the authors'. The",
+        "claim is neither confirmed nor refuted at this scale; `configs/casia-b.yaml` on real",
+        "CASIA-B is the test that matters.",
         "",
     ]
     return "\n".join(lines)
