@@ -19,7 +19,7 @@ METRICS = ("euclidean", "cosine")
 
 def _block_rows(n_gallery: int, parts: int, max_memory: int) -> int:
     """Probes per block so that a block's working set stays under ``max_memory`` bytes."""
-    per_row = 4 * n_gallery * 3 + 4 * parts  # distances, one part's squares, sort scratch
+    per_row = 4 * n_gallery * 3 + 4 * parts  # distances, one part's squares, ranking scratch
     return max(1, int(max_memory // max(per_row, 1)))
 
 
@@ -45,10 +45,12 @@ def distance_blocks(
         p = probe[s : s + rows]
         p_sq = (p**2).sum(-1)  # [b, parts]
         d = torch.zeros(p.shape[0], gallery.shape[0], dtype=probe.dtype, device=probe.device)
+        sq = torch.empty_like(d)
         for k in range(parts):  # one part at a time keeps the block small
-            sq = p_sq[:, k : k + 1] + g_sq[:, k] - 2.0 * p[:, k] @ gallery[:, k].T
+            torch.add(p_sq[:, k, None], g_sq[:, k], out=sq)  # |p|^2 + |g|^2
+            sq.addmm_(p[:, k], gallery[:, k].T, alpha=-2.0)  # - 2 p.g, in place
             d += sq.clamp_min_(0.0).sqrt_()
-        yield s, d / parts
+        yield s, d.div_(parts)
 
 
 @dataclass
