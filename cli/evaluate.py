@@ -67,7 +67,7 @@ def _embed(
     show_default=True,
     help="Use at most this many evenly spaced frames per sequence (0: all).",
 )
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder)."""
     try:
@@ -79,14 +79,25 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     click.echo(f"wrote {out}")
 
 
+def _run_folder(run: Path) -> Path:
+    """The run folder of a run folder or of one of its checkpoint files."""
+    if run.is_dir():
+        return run
+    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
+
+
 def _default_embeddings(run: Path, pack: Path) -> Path:
-    folder = run if run.is_dir() else run.parent
-    return folder / f"embeddings-{pack.stem}.h5"
+    return _run_folder(run) / f"embeddings-{pack.stem}.h5"
 
 
 @click.command("eval")
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
-@click.option("--pack", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--pack",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The pack holding the test sequences.",
+)
 @click.option(
     "--protocol",
     default="casia-b-lt",
@@ -116,8 +127,19 @@ def _default_embeddings(run: Path, pack: Path) -> Path:
     show_default=True,
     help="Memory cap of the blocked distance computation.",
 )
-@click.option("--max-frames", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--max-frames",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Embed at most this many evenly spaced frames per sequence (0: all).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N, for embedding and distances.",
+)
 def eval_cmd(
     run,
     pack,
@@ -168,7 +190,7 @@ def eval_cmd(
     for name, c in result["conditions"].items():
         value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
         click.echo(f"{name}: rank-1 {value} %")
-    folder = run if run.is_dir() else run.parent
+    folder = _run_folder(run)
     out = out or folder / f"report.{fmt}"
     if fmt == "json":
         text = to_json(result)
@@ -207,7 +229,7 @@ def eval_cmd(
 @click.argument("raw_seq_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> None:
     """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
     or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder)."""
