@@ -57,7 +57,7 @@ def _embed(
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Embeddings file [default: RUN/embeddings-PACKNAME.h5 or next to the checkpoint].",
+    help="Embeddings file [default: RUN/embeddings-PACKNAME.h5, in the run folder].",
 )
 @click.option("--subjects", metavar="SEL", help="Only these subjects (e.g. 075-124); default all.")
 @click.option(
