@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -123,6 +124,12 @@ def _prepare_run_dir(paths: RunPaths, cfg: Config, resume: bool, main: bool) -> 
     return None
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _truncate_log(path: Path, start: int) -> None:
     """Drop log lines of iterations >= ``start`` (written after the checkpoint we resume)."""
     if not path.exists():
@@ -132,7 +139,7 @@ def _truncate_log(path: Path, start: int) -> None:
         for ln in path.read_text().splitlines()
         if ln.strip() and json.loads(ln)["iteration"] < start
     ]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    _write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def train(
@@ -181,7 +188,7 @@ def train(
         checkpoint.set_rng_state(state["rng"])
         start = state["iteration"]
     if main:
-        paths.config.write_text(dump_config(cfg))
+        _write_atomic(paths.config, dump_config(cfg))
         _truncate_log(paths.log, start)
     net = model
     if runtime.distributed:
