@@ -12,7 +12,13 @@ from gaitprep.pack import PackError
 from gaittrain.data.dataset import PackDataset, pack_subjects
 from gaittrain.data.splits import SplitError, select
 from gaittrain.device import DeviceError, resolve_device
-from gaittrain.evaluation.embed import embed_dataset, load_model, read_embeddings, write_embeddings
+from gaittrain.evaluation.embed import (
+    embed_dataset,
+    load_model,
+    read_embeddings,
+    resolve_checkpoint,
+    write_embeddings,
+)
 from gaittrain.evaluation.identify import gallery_embeddings, identify
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
@@ -42,7 +48,7 @@ def _embed(
         data,
         emb,
         {
-            "checkpoint": model.checkpoint_path,
+            "checkpoint": str(resolve_checkpoint(ckpt)),
             "pack": str(pack),
             "max_frames": max_frames,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -170,7 +176,7 @@ def eval_cmd(
         fresh = False
         if emb_path.exists():
             _, attrs = read_embeddings(emb_path)
-            latest = load_model(run, resolve_device("cpu"))[0].checkpoint_path
+            latest = str(resolve_checkpoint(run))
             fresh = attrs.get("checkpoint") == latest and attrs.get("max_frames") == max_frames
         if not fresh:
             _embed(run, pack, emb_path, test, device, max_frames)

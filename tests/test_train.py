@@ -51,27 +51,18 @@ def gait(*args) -> object:
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def train_tiny(pack: Path, out: Path, *extra) -> object:
+    """`gait train configs/tiny.yaml` with the FAST settings and ``extra`` options."""
+    return gait("train", TINY, "--pack", pack, "--out", out, *FAST, *extra)
+
+
 def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["iteration"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").open())]
 
 
 def test_train_on_cpu_writes_logs_checkpoints_and_tensorboard(pack: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    r = gait(
-        "train",
-        TINY,
-        "--pack",
-        pack,
-        "--out",
-        run,
-        "--iterations",
-        "6",
-        "--checkpoint-every",
-        "3",
-        "--device",
-        "cpu",
-        *FAST,
-    )
+    r = train_tiny(pack, run, "--iterations", "6", "--checkpoint-every", "3", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert [i for i, _ in losses(run)] == list(range(6))
     assert (run / "config.yaml").read_text().startswith("model:")
@@ -84,22 +75,17 @@ def test_train_on_cpu_writes_logs_checkpoints_and_tensorboard(pack: Path, tmp_pa
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert {"loss", "lr", "center_ranked/loss"} <= set(record)
-    again = gait("train", TINY, "--pack", pack, "--out", run, "--iterations", "6", *FAST)
+    again = train_tiny(pack, run, "--iterations", "6")
     assert again.exit_code == 1 and "--resume" in again.output
 
 
 def test_the_loss_falls(pack: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    r = gait(
-        "train",
-        TINY,
-        "--pack",
+    r = train_tiny(
         pack,
-        "--out",
         run,
         "--iterations",
         "60",
-        *FAST,
         "--set",
         "train.checkpoint_every=1000",
         "--set",
@@ -176,7 +162,7 @@ def test_two_process_ddp_with_gloo_matches_one_process(pack: Path, tmp_path: Pat
 def test_cuda_where_there_is_none_is_one_clear_line(pack: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = gait("train", TINY, "--pack", pack, "--out", tmp_path / "r", "--device", "cuda", *FAST)
+    r = train_tiny(pack, tmp_path / "r", "--device", "cuda")
     assert r.exit_code == 1
     assert "no usable CUDA device" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
@@ -184,18 +170,13 @@ def test_cuda_where_there_is_none_is_one_clear_line(pack: Path, tmp_path: Path) 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pack, tmp_path) -> None:
     run = tmp_path / "run"
-    r = gait(
-        "train",
-        TINY,
-        "--pack",
+    r = train_tiny(
         pack,
-        "--out",
         run,
         "--iterations",
         "50",
         "--checkpoint-every",
         "1",
-        *FAST,
         "--set",
         "optim.lr=1e30",
         "--set",

@@ -51,7 +51,7 @@ def test_sampler_is_a_function_of_seed_and_iteration() -> None:
         assert all((lab == c).sum() == 3 for c in set(lab))
         for c in set(lab):  # without replacement when a subject has enough sequences
             idx = [i for i, _ in batch if labels[i] == c]
-            assert len(set(idx)) == (3 if c != 9 else len(set(idx)))
+            assert len(set(idx)) == 3 if c != 9 else len(set(idx)) <= 2
 
 
 def test_ranks_take_disjoint_slices_of_the_same_batch() -> None:

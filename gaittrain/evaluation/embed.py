@@ -22,20 +22,24 @@ from gaittrain.models import SetModel
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
 
 
+def resolve_checkpoint(ckpt: Path) -> Path:
+    """A checkpoint file as given, or a run folder's latest checkpoint."""
+    path = Path(ckpt)
+    if not path.is_dir():
+        return path
+    found = checkpoint.latest(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} holds no checkpoint (checkpoints/iter-*.pt)")
+    return found
+
+
 def load_model(ckpt: Path, device: torch.device) -> tuple[SetModel, Config]:
     """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
-    path = Path(ckpt)
-    if path.is_dir():
-        found = checkpoint.latest(path)
-        if found is None:
-            raise FileNotFoundError(f"{path} holds no checkpoint (checkpoints/iter-*.pt)")
-        path = found
-    state = checkpoint.load(path, device)
+    state = checkpoint.load(resolve_checkpoint(ckpt), device)
     cfg = config_from_dict(state["config"])
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    model.checkpoint_path = str(path)
     return model, cfg
 
 
