@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
@@ -9,11 +11,32 @@ from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.synth import synth
 from gaitcli.train import train_cmd
+from gaitprep.errors import GaitError, describe_os_error, one_line
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class GaitGroup(click.Group):
+    """The one place where errors become lines: a :class:`GaitError` prints its message, an
+    operating-system error (full disk, permissions, read errors) prints the file and the cause.
+    ``gait --debug`` (or ``GAIT_DEBUG=1``) lets the traceback through instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (GaitError, OSError) as e:
+            if (ctx.obj or {}).get("debug") or os.environ.get("GAIT_DEBUG"):
+                raise
+            text = one_line(e) if isinstance(e, GaitError) else describe_os_error(e, action="use")
+            raise click.ClickException(text) from None
+
+
+@click.group(
+    cls=GaitGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="gait")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """gait: gait recognition from silhouettes, end to end.
 
     \b
@@ -28,6 +51,7 @@ def cli() -> None:
       gait identify rank the gallery subjects for one raw sequence folder
     Run `gait COMMAND --help` for each command's options.
     """
+    ctx.obj = {"debug": debug}
 
 
 cli.add_command(synth)

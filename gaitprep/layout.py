@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaitprep.errors import GaitError
+
 CASIA_B = "{subject}/{condition}-{seq}/{view}/*"
 OU_MVLP = "Silhouette_{view}-{seq}/{subject}/*"
 PRESETS = {"casia-b": CASIA_B, "ou-mvlp": OU_MVLP}
@@ -27,7 +29,7 @@ DEFAULTS = {"condition": "nm", "seq": "00", "view": "000"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-class LayoutError(Exception):
+class LayoutError(GaitError):
     """The tree does not fit the layout, or the layout itself is malformed."""
 
 

@@ -16,6 +16,8 @@ files of another format or version. This module is the contract between ``gaitpr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from gaitprep.errors import GaitError
 
 FORMAT = "gait-pack"
 VERSION = 1
@@ -34,7 +38,7 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 Key = tuple[str, str, str, str]
 
 
-class PackError(Exception):
+class PackError(GaitError):
     """A file that is not a readable gait pack of a supported version, or a bad key."""
 
 
@@ -165,6 +169,7 @@ class Pack:
         self.path = Path(path)
         self._pid: int | None = None
         self._file: h5py.File | None = None
+        self._fingerprint: str | None = None
         f = self.file
         self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
         table = f["sequences"]
@@ -191,6 +196,27 @@ class Pack:
     @property
     def size(self) -> int:
         return int(self.attrs["size"])
+
+    @property
+    def fingerprint(self) -> str:
+        """A content hash: the attributes (less ``created`` and ``gait_version``) and every
+        column of the sequence table, which includes each sequence's checksum. Two packs with
+        the same fingerprint hold the same sequences, normalized the same way."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            attrs = {k: v for k, v in self.attrs.items() if k not in ("created", "gait_version")}
+            h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+            table = self.file["sequences"]
+            for name in sorted(table):
+                values = table[name][()]
+                if values.dtype == object:  # strings: hash their text, not object pointers
+                    data = json.dumps([v.decode() for v in values]).encode()
+                else:
+                    data = np.ascontiguousarray(values, values.dtype.newbyteorder("<")).tobytes()
+                h.update(f"{name}:{len(data)}:".encode())
+                h.update(data)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def __len__(self) -> int:
         return len(self.start)

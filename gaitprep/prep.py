@@ -26,6 +26,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from gaitprep import __version__
+from gaitprep.errors import GaitError
 from gaitprep.layout import RawSequence, discover
 from gaitprep.pack import PackWriter, created_timestamp
 from gaitprep.process import Params, frames_crc, process_sequence
@@ -33,7 +34,7 @@ from gaitprep.process import Params, frames_crc, process_sequence
 COMMIT_SECONDS = 2.0
 
 
-class PrepError(Exception):
+class PrepError(GaitError):
     """A problem with the arguments, the input tree or the output path, in one line."""
 
 

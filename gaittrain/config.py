@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from gaitprep.errors import GaitError
 
-class ConfigError(ValueError):
+
+class ConfigError(GaitError, ValueError):
     """A configuration that cannot be used, explained in one line."""
 
 

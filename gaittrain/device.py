@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gaitprep.errors import GaitError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(GaitError, RuntimeError):
     """A device that cannot be used here, explained in one line."""
 
 

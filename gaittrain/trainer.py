@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gaitprep.errors import GaitError
 from gaittrain import checkpoint
 from gaittrain.config import Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects
@@ -34,7 +35,7 @@ from gaittrain.models import SetModel
 from gaittrain.objective import Objective
 
 
-class TrainError(RuntimeError):
+class TrainError(GaitError, RuntimeError):
     """A run that cannot start or continue, explained in one line."""
 
 

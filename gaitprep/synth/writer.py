@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from joblib import Parallel, delayed
 
+from gaitprep.errors import GaitError
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.layouts import Layout
 from gaitprep.synth.sequence import SequenceSpec, render_sequence
@@ -30,7 +31,7 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10: skipping filters is 5x
     _PNG += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
-class SynthError(Exception):
+class SynthError(GaitError):
     """A problem with the arguments or the output folder, explained in one line."""
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import yaml
 
+from gaitprep.errors import GaitError
+
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 
 
-class SplitError(ValueError):
+class SplitError(GaitError, ValueError):
     """A protocol or subject selector that cannot be used."""
 
 
