@@ -2,12 +2,15 @@
 
 A checkpoint holds the model, optimizer, scheduler, grad scaler and loss-module states, every RNG
 state (Python, NumPy, torch CPU and CUDA) and the next iteration. It contains only tensors and
-plain Python values, so it loads with ``torch.load(..., weights_only=True)``.
+plain Python values, so it loads with ``torch.load(..., weights_only=True)``. A file that does
+not load that way, or lacks a gait checkpoint's entries, is refused with a one-line
+:class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
 import random
 import re
 from pathlib import Path
@@ -15,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gaitprep.errors import GaitError
+from gaitprep.files import atomic_write
+
 NAME = re.compile(r"iter-(\d{6,})\.pt$")
+#: Entries every gait checkpoint has (training checkpoints have more).
+REQUIRED = ("iteration", "model", "config")
+
+
+class CheckpointError(GaitError):
+    """A file that is not a complete gait checkpoint."""
 
 
 def rng_state() -> dict:
@@ -51,13 +63,14 @@ def path_for(run_dir: Path, iteration: int) -> Path:
 
 
 def save(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` via a temporary file, fsync and an atomic rename.
+
+    The state is serialized in memory first, so a full disk surfaces as one OS error naming
+    ``path`` (torch's own writer reports it without the file name) and leaves no partial file.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -71,4 +84,42 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint's state, loaded with ``weights_only=True`` (never arbitrary code).
+
+    Raises CheckpointError for a truncated, damaged or foreign file.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise  # cannot read the file at all: the CLI names the file and the cause
+    except Exception as e:  # truncated zip, pickle of foreign objects, other formats
+        raise CheckpointError(
+            f"{path} is not a readable gait checkpoint ({_cause(e)}); it is truncated, damaged or "
+            "another program's file: use a checkpoints/iter-*.pt file of a gait run"
+        ) from None
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a gait checkpoint (no {', '.join(missing)}); "
+            "use a checkpoints/iter-*.pt file of a gait run"
+        )
+    return state
+
+
+def _cause(e: Exception) -> str:
+    """torch's reason in a few words (its own text may suggest unsafe loading: never repeat it)."""
+    text = str(e).strip()
+    if "weights_only" in text.lower() or "unpickl" in text.lower():
+        return "it is not a tensors-only file that loads safely"
+    first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
+    return first[:100]
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of a checkpoint file's bytes: what an embeddings file records of its model."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

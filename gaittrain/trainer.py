@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
+import shutil
 import time
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gaitprep.errors import GaitError
+from gaitprep.errors import GaitError, OutputError, describe_os_error
+from gaitprep.files import OutputLock, atomic_write
+from gaitprep.pack import Pack
 from gaittrain import checkpoint
+from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects
 from gaittrain.data.sampler import PKSampler
@@ -54,6 +58,10 @@ class RunPaths:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.json"
 
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
@@ -100,47 +108,159 @@ def build_schedule(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _prepare_run_dir(paths: RunPaths, cfg: Config, resume: bool, main: bool) -> Path | None:
-    """Check the run folder; on resume return the checkpoint to continue from."""
+def data_identity(packs: list[Path], subjects: list[str]) -> dict:
+    """What a run trains on: each pack's path and content fingerprint, and the subjects."""
+    entries = []
+    for path in packs:
+        with Pack(path) as p:
+            entries.append({"path": str(path), "fingerprint": p.fingerprint})
+    return {"packs": entries, "train_subjects": list(subjects)}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _span(subjects: list[str]) -> str:
+    return f"{len(subjects)}: {subjects[0]}..{subjects[-1]}" if subjects else "0"
+
+
+def _check_same_run(paths: RunPaths, cfg: Config, data: dict) -> None:
+    """Refuse, naming what changed, a --resume with another config, pack or subject split."""
+    saved = load_config(paths.config)
+    saved.train.iterations = cfg.train.iterations  # a run may be extended
+    before, now = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        k = changed[0]
+        raise TrainError(
+            f"--resume: {k} is {now.get(k)!r} but the run in {paths.root} used {before.get(k)!r}"
+            + (f" (and {len(changed) - 1} more keys differ)" if len(changed) > 1 else "")
+            + "; resume with the same config and options (only --iterations may change)"
+        )
+    try:
+        old = json.loads(paths.data.read_text())
+    except (OSError, ValueError):
+        raise TrainError(
+            f"--resume: {paths.data} is missing or unreadable, so the data the run trained on "
+            "is unknown; start a new run with another --out"
+        ) from None
+    old_prints = [p["fingerprint"] for p in old["packs"]]
+    new_prints = [p["fingerprint"] for p in data["packs"]]
+    if old_prints != new_prints:
+        then = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in old["packs"])
+        now_ = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in data["packs"])
+        raise TrainError(
+            f"--resume: the run in {paths.root} trained on {then}, not {now_} (pack content "
+            "differs); resume with the same --pack files"
+        )
+    if old["train_subjects"] != data["train_subjects"]:
+        raise TrainError(
+            f"--resume: the run in {paths.root} trained on subjects "
+            f"{_span(old['train_subjects'])}, now {_span(data['train_subjects'])}; "
+            "resume with the same --train-subjects and data.protocol"
+        )
+
+
+def _prepare_run_dir(paths: RunPaths, cfg: Config, data: dict, resume: bool, main: bool):
+    """Check the run folder; on resume return the checkpoint to continue from.
+
+    A folder whose run never reached its first checkpoint (it crashed or was killed early) holds
+    nothing worth keeping: a new start or --resume clears its leftovers and starts at 0.
+    """
     last = checkpoint.latest(paths.root)
     if resume:
         if not paths.config.is_file():
             raise TrainError(f"--resume: {paths.root} holds no run (no config.yaml)")
-        saved = load_config(paths.config)
-        saved.train.iterations = cfg.train.iterations  # a run may be extended
-        if saved.to_dict() != cfg.to_dict():
-            raise TrainError(
-                f"--resume: the configuration differs from {paths.config}; "
-                "resume with the same config and options (only --iterations may change)"
-            )
-        return last
-    if not main:  # rank 0 checks and creates the folder
-        return None
-    if last is not None or paths.log.exists():
+        if last is not None:
+            _check_same_run(paths, cfg, data)
+            return last
+    elif last is not None:
         raise TrainError(
             f"{paths.root} already holds a run; pass --resume to continue it "
             "or choose another --out"
         )
-    paths.root.mkdir(parents=True, exist_ok=True)
+    if main:
+        _clear_leftovers(paths)
+        paths.root.mkdir(parents=True, exist_ok=True)
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _clear_leftovers(paths: RunPaths) -> None:
+    """Remove what a run that wrote no checkpoint left behind."""
+    for f in (paths.config, paths.log, paths.data):
+        f.unlink(missing_ok=True)
+    shutil.rmtree(paths.tensorboard, ignore_errors=True)
+    for tmp in (paths.root / "checkpoints").glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _read_log(path: Path) -> list[dict]:
+    """The records of log.jsonl; a torn last line (a crash mid-write) is dropped."""
+    if not path.exists():
+        return []
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    records = []
+    for n, ln in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(ln))
+        except ValueError:
+            if n == len(lines):
+                break
+            raise TrainError(
+                f"{path}: line {n} is not JSON; the log is damaged (remove that line to resume)"
+            ) from None
+    return records
 
 
 def _truncate_log(path: Path, start: int) -> None:
     """Drop log lines of iterations >= ``start`` (written after the checkpoint we resume)."""
-    if not path.exists():
-        return
-    keep = [
-        ln
-        for ln in path.read_text().splitlines()
-        if ln.strip() and json.loads(ln)["iteration"] < start
-    ]
-    _write_atomic(path, "".join(ln + "\n" for ln in keep))
+    keep = [r for r in _read_log(path) if r.get("iteration", start) < start]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def train_step(
+    net: torch.nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    frames: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    grad_clip: float = 0.0,
+    distributed: bool = False,
+) -> float:
+    """One optimization step on one batch; returns the loss.
+
+    Forward under autocast (``dtype`` None: full precision), features gathered across DDP
+    processes with their gradients, loss in float32, backward, clipping of every parameter the
+    optimizer updates (the cross-entropy classifier's included) and the step. A loss that is not
+    finite is returned without any update.
+    """
+    with torch.autocast(
+        frames.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    ):
+        features = net(frames)
+    if distributed:  # the loss sees the whole batch, gradients flow back
+        features = torch.cat(dist_nn.all_gather(features), dim=1)
+    loss = objective(features, labels)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return value
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        params = [q for group in optimizer.param_groups for q in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return value
 
 
 def train(
@@ -152,11 +272,32 @@ def train(
     train_split: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run (or continue) training; returns a summary. Raises TrainError for unusable input."""
+    """Run (or continue) training; returns a summary. Raises TrainError for unusable input.
+
+    The main process holds the run folder's lock for the whole run, so a second ``gait train``
+    on the same ``--out`` is refused instead of interleaving checkpoints.
+    """
     paths = RunPaths(Path(out))
+    with OutputLock(paths.root) if runtime.main else nullcontext():
+        return _train(cfg, packs, paths, runtime, resume, train_split, progress)
+
+
+def _restore(state: dict, path: Path, *modules) -> None:
+    """Load a training checkpoint into (name, module) pairs, refusing one that does not fit."""
+    for name, module in modules:
+        if name not in state:
+            raise CheckpointError(f"{path} has no {name} state; it is not a training checkpoint")
+        try:
+            module.load_state_dict(state[name])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            cause = str(e).strip().splitlines()[0][:120]
+            raise CheckpointError(
+                f"{path}: its {name} state does not fit this run ({cause})"
+            ) from None
+
+
+def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, progress) -> dict:
     device, main = runtime.device, runtime.main
-    start_ckpt = _prepare_run_dir(paths, cfg, resume, main)
-    seed_everything(cfg.seed, cfg.train.deterministic, device)
 
     # Data: the training subjects, a deterministic P x K sampler, workers that sample frames.
     subjects = train_subjects(pack_subjects(packs), cfg.data.protocol, train_split)
@@ -169,6 +310,9 @@ def train(
         cut=cfg.data.cut,
         cache=cfg.data.cache,
     )
+    identity = data_identity(packs, subjects)
+    start_ckpt = _prepare_run_dir(paths, cfg, identity, resume, main)
+    seed_everything(cfg.seed, cfg.train.deterministic, device)
 
     # Model, objective, optimizer, schedule, AMP.
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
@@ -181,15 +325,20 @@ def train(
     start = 0
     if start_ckpt is not None:
         state = checkpoint.load(start_ckpt, device)
-        model.load_state_dict(state["model"])
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
+        _restore(
+            state,
+            start_ckpt,
+            ("model", model),
+            ("objective", objective),
+            ("optimizer", optimizer),
+            ("schedule", schedule),
+            ("scaler", scaler),
+        )
         checkpoint.set_rng_state(state["rng"])
         start = state["iteration"]
     if main:
-        _write_atomic(paths.config, dump_config(cfg))
+        atomic_write(paths.config, dump_config(cfg))
+        atomic_write(paths.data, json.dumps(identity, indent=1) + "\n")
         _truncate_log(paths.log, start)
     net = model
     if runtime.distributed:
@@ -217,7 +366,7 @@ def train(
         persistent_workers=False,
     )
     writer = _tensorboard(paths.tensorboard) if main else None
-    log = paths.log.open("a") if main else None
+    log = paths.log.open("a", encoding="utf-8") if main else None
     bar = tqdm(
         total=total,
         initial=start,
@@ -230,32 +379,27 @@ def train(
     last_good = checkpoint.latest(paths.root)
     t0 = time.perf_counter()
     model.train()
-    it = start
     try:
         for it, (frames, _) in enumerate(loader, start=start):
             frames = frames.to(device, non_blocking=True)
             labels = torch.as_tensor(data.labels[[i for i, _ in sampler.batch(it)]], device=device)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                features = net(frames)
-            if runtime.distributed:  # the loss sees the whole batch, gradients flow back
-                features = torch.cat(dist_nn.all_gather(features), dim=1)
-            loss = objective(features, labels)
-            value = float(loss.detach())
+            value = train_step(
+                net,
+                objective,
+                optimizer,
+                scaler,
+                frames,
+                labels,
+                dtype=dtype,
+                grad_clip=cfg.train.grad_clip,
+                distributed=runtime.distributed,
+            )
             if not math.isfinite(value):
                 where = f"; the last good checkpoint is {last_good}" if last_good else ""
                 raise TrainError(
                     f"the loss became {value} at iteration {it}{where}; lower "
                     "optim.lr, set train.grad_clip, or check the data"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
             schedule.step()
             bar.update(1)
             done = it + 1
@@ -268,22 +412,32 @@ def train(
                     **stats,
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                _append(log, paths.log, json.dumps(record) + "\n")
                 for k, v in record.items():
                     if k != "iteration" and v is not None:
                         writer.add_scalar(k, v, it)
                 bar.set_postfix(loss=f"{value:.4f}")
             if done % cfg.train.checkpoint_every == 0 or done == total:
                 last_good = _checkpoint(
-                    paths, done, model, objective, optimizer, schedule, scaler, cfg, runtime
+                    paths,
+                    done,
+                    model,
+                    objective,
+                    optimizer,
+                    schedule,
+                    scaler,
+                    cfg,
+                    identity,
+                    runtime,
                 )
     finally:
         bar.close()
         if log is not None:
-            log.close()
+            with suppress(OSError):
+                log.close()
         if writer is not None:
-            writer.close()
+            with suppress(OSError):
+                writer.close()
     return {
         "run": str(paths.root),
         "iterations": total,
@@ -293,7 +447,17 @@ def train(
     }
 
 
-def _checkpoint(paths, done, model, objective, optimizer, schedule, scaler, cfg, runtime) -> Path:
+def _append(log, path: Path, line: str) -> None:
+    """Append one line to the log and flush it; an OS error names the log file."""
+    try:
+        log.write(line)
+        log.flush()
+    except OSError as e:
+        raise OutputError(describe_os_error(e, path)) from e
+
+
+def _checkpoint(paths, done, states, cfg, identity, runtime) -> Path:
+    model, objective, optimizer, schedule, scaler = states
     path = checkpoint.path_for(paths.root, done)
     if runtime.main:
         checkpoint.save(
@@ -307,6 +471,7 @@ def _checkpoint(paths, done, model, objective, optimizer, schedule, scaler, cfg,
                 "scaler": scaler.state_dict(),
                 "rng": checkpoint.rng_state(),
                 "config": cfg.to_dict(),
+                "data": identity,
             },
         )
     if runtime.distributed:
