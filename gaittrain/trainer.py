@@ -418,18 +418,8 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
                         writer.add_scalar(k, v, it)
                 bar.set_postfix(loss=f"{value:.4f}")
             if done % cfg.train.checkpoint_every == 0 or done == total:
-                last_good = _checkpoint(
-                    paths,
-                    done,
-                    model,
-                    objective,
-                    optimizer,
-                    schedule,
-                    scaler,
-                    cfg,
-                    identity,
-                    runtime,
-                )
+                states = (model, objective, optimizer, schedule, scaler)
+                last_good = _checkpoint(paths, done, states, cfg, identity, runtime)
     finally:
         bar.close()
         if log is not None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gaitprep.pack import Pack
+from gaitprep.pack import Pack, PackError
 
 
 def pack_subjects(packs: list[Path]) -> list[str]:
@@ -71,7 +71,7 @@ class PackDataset(Dataset):
         self.packs = [Pack(p) for p in packs]
         sizes = {p.size for p in self.packs}
         if len(sizes) != 1:
-            raise ValueError(f"packs of different frame sizes {sorted(sizes)} cannot be mixed")
+            raise PackError(f"packs of different frame sizes {sorted(sizes)} cannot be mixed")
         self.size = sizes.pop()
         wanted = None if subjects is None else set(subjects)
         self.items = [
@@ -81,7 +81,10 @@ class PackDataset(Dataset):
             if wanted is None or p.columns["subject"][i] in wanted
         ]
         if not self.items:
-            raise ValueError("no sequence of the packs belongs to the selected subjects")
+            raise PackError(
+                f"no sequence of {', '.join(str(p.path) for p in self.packs)} belongs to the "
+                "selected subjects"
+            )
         names = sorted(
             {self.packs[pi].columns["subject"][i] for pi, i in self.items},
             key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s),

@@ -1,25 +1,33 @@
 """Embeddings of every test sequence of a pack, batched by length, to an HDF5 file.
 
 The file holds ``/embeddings`` float32 [N, parts, dim] and ``/sequences/{subject, condition, seq,
-view}`` keyed like the pack, with the checkpoint and pack it came from as attributes, so that
-``gait eval`` can reuse it.
+view}`` keyed like the pack. Its attributes record everything that made it (:func:`provenance`):
+the checkpoint's path and fingerprint, the pack's path and fingerprint, ``max_frames`` and the
+pack's normalization parameters. ``gait eval`` reuses a file only when all of them and the exact
+sequence list match (:func:`ensure_embeddings`); ``gait identify`` preprocesses a probe with the
+recorded normalization parameters, never with defaults.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from gaitprep.files import OutputLock, atomic_output
+from gaitprep.pack import Pack
+from gaitprep.process import Params
 from gaittrain import checkpoint
+from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import Config, config_from_dict
 from gaittrain.data.dataset import PackDataset
 from gaittrain.models import SetModel
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
+#: The pack attributes that shape a frame; a probe must be normalized with the gallery's.
+NORMALIZATION = ("size", "min_sum", "binarize", "largest_blob")
 
 
 def resolve_checkpoint(ckpt: Path) -> Path:
@@ -29,18 +37,119 @@ def resolve_checkpoint(ckpt: Path) -> Path:
         return path
     found = checkpoint.latest(path)
     if found is None:
-        raise FileNotFoundError(f"{path} holds no checkpoint (checkpoints/iter-*.pt)")
+        raise CheckpointError(
+            f"{path} holds no checkpoint (checkpoints/iter-*.pt); train it first or give a .pt file"
+        )
     return found
 
 
 def load_model(ckpt: Path, device: torch.device) -> tuple[SetModel, Config]:
     """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
-    state = checkpoint.load(resolve_checkpoint(ckpt), device)
+    path = resolve_checkpoint(ckpt)
+    state = checkpoint.load(path, device)
     cfg = config_from_dict(state["config"])
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        cause = str(e).strip().splitlines()[0][:120]
+        raise CheckpointError(f"{path}: the weights do not fit its own config ({cause})") from None
     model.eval()
     return model, cfg
+
+
+def pack_normalization(pack: Path) -> dict:
+    """The normalization parameters a pack's frames were made with."""
+    with Pack(pack) as p:
+        return {k: p.attrs[k] for k in NORMALIZATION}
+
+
+def params_from(norm: dict) -> Params:
+    """:class:`gaitprep.process.Params` from recorded normalization attributes."""
+    return Params(
+        int(norm["size"]), int(norm["min_sum"]), bool(norm["binarize"]), bool(norm["largest_blob"])
+    )
+
+
+def provenance(ckpt: Path, pack: Path, max_frames: int) -> dict:
+    """Everything that determines an embeddings file, as flat HDF5 attributes."""
+    path = resolve_checkpoint(ckpt)
+    with Pack(pack) as p:
+        pack_print = p.fingerprint
+    return {
+        "checkpoint": str(path),
+        "checkpoint_fingerprint": checkpoint.fingerprint(path),
+        "pack": str(pack),
+        "pack_fingerprint": pack_print,
+        "max_frames": int(max_frames),
+        **{f"normalization.{k}": v for k, v in pack_normalization(pack).items()},
+    }
+
+
+def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
+    """Why the embeddings file at ``path`` cannot stand for ``wanted`` (attributes from
+    :func:`provenance`) and the sequences ``keys``; None when it can be reused."""
+    if not Path(path).exists():
+        return "no embeddings yet"
+    try:
+        emb, attrs = read_embeddings(path)
+    except (OSError, KeyError, ValueError):
+        return f"{path} is unreadable"
+    names = {
+        "checkpoint_fingerprint": "the checkpoint changed",
+        "pack_fingerprint": "the pack's content differs",
+        "max_frames": f"--max-frames changed ({attrs.get('max_frames')} -> {wanted['max_frames']})",
+    }
+    for k, reason in names.items():
+        if attrs.get(k) != wanted[k]:
+            return reason
+    if any(attrs.get(k) != v for k, v in wanted.items() if k.startswith("normalization.")):
+        return "the pack's normalization parameters differ"
+    if list(emb) != [tuple(k) for k in keys]:
+        return f"the sequences differ ({len(emb)} embedded, {len(keys)} wanted)"
+    return None
+
+
+def embed_pack(
+    ckpt: Path,
+    pack: Path,
+    out: Path,
+    subjects: list[str] | None,
+    device: torch.device,
+    max_frames: int = 0,
+    attrs: dict | None = None,
+) -> Path:
+    """Embed the sequences of ``subjects`` (None: all) in ``pack`` into ``out`` (locked, atomic).
+
+    ``attrs``: the :func:`provenance` of this call, when the caller computed it already.
+    """
+    model, cfg = load_model(ckpt, device)
+    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    with OutputLock(out):
+        emb = embed_dataset(model, data, device, max_frames=max_frames)
+        write_embeddings(out, data, emb, attrs or provenance(ckpt, pack, max_frames))
+    return out
+
+
+def ensure_embeddings(
+    ckpt: Path,
+    pack: Path,
+    out: Path,
+    subjects: list[str] | None,
+    device: torch.device,
+    max_frames: int = 0,
+) -> str | None:
+    """Make ``out`` hold the embeddings of ``subjects`` in ``pack`` by ``ckpt``; reuse the file when
+    everything that made it is unchanged. Returns why it was (re)computed, or None if reused."""
+    with Pack(pack) as p:
+        wanted_subjects = None if subjects is None else set(subjects)
+        every = p.keys()
+    keys = [k for k in every if wanted_subjects is None or k[0] in wanted_subjects]
+    attrs = provenance(ckpt, pack, max_frames)
+    reason = stale_reason(out, attrs, keys)
+    if reason is not None:
+        embed_pack(ckpt, pack, out, subjects, device, max_frames, attrs)
+    return reason
 
 
 def even_frames(n: int, cap: int) -> np.ndarray:
@@ -85,9 +194,8 @@ def embed_dataset(
 
 
 def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict) -> None:
-    """Write embeddings with their keys (temporary name, then rename)."""
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    """Write embeddings with their keys (temporary name, fsync, then rename)."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("embeddings", data=emb)
         keys = [data.key(j) for j in range(len(data))]
         text = h5py.string_dtype("utf-8")
@@ -96,7 +204,6 @@ def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict
                 f"sequences/{col}", data=np.array([k[c] for k in keys], object), dtype=text
             )
         f.attrs.update(attrs)
-    os.replace(tmp, path)
 
 
 def read_embeddings(path: Path) -> tuple[dict, dict]:

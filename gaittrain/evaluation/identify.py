@@ -8,35 +8,58 @@ import h5py
 import numpy as np
 import torch
 
+from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
-from gaitprep.pack import Pack
 from gaitprep.process import Params, process_sequence
-from gaittrain.data.dataset import shape_frames
-from gaittrain.evaluation.embed import embed_dataset, read_embeddings
+from gaittrain import checkpoint as ckpt_io
+from gaittrain.data.dataset import PackDataset, shape_frames
+from gaittrain.evaluation.embed import (
+    NORMALIZATION,
+    embed_dataset,
+    pack_normalization,
+    params_from,
+    read_embeddings,
+    resolve_checkpoint,
+)
 from gaittrain.evaluation.metrics import distance_blocks
 
 
-def gallery_embeddings(gallery: Path, model, cfg, device) -> tuple[dict, Params]:
+class IdentifyError(GaitError):
+    """A gallery or probe that cannot be used for identification."""
+
+
+def gallery_embeddings(gallery: Path, checkpoint: Path, model, cfg, device) -> tuple[dict, Params]:
     """Embeddings of a gallery given as an embeddings file or as a pack (embedded now), and the
-    normalization parameters of the pack it came from."""
-    with h5py.File(gallery, "r") as f:
-        is_embeddings = "embeddings" in f
-    if is_embeddings:
-        emb, attrs = read_embeddings(gallery)
-        source = Path(attrs.get("pack", ""))
-        params = _params(source) if source.is_file() else Params()
-        return emb, params
-    from gaittrain.data.dataset import PackDataset
+    normalization parameters its frames were made with (a probe must be made the same way).
 
-    data = PackDataset([gallery], frames=None, height=cfg.data.height, cut=cfg.data.cut)
-    arr = embed_dataset(model, data, device)
-    return {data.key(j): arr[j] for j in range(len(data))}, _params(gallery)
-
-
-def _params(pack: Path) -> Params:
-    with Pack(pack) as p:
-        a = p.attrs
-    return Params(int(a["size"]), int(a["min_sum"]), bool(a["binarize"]), bool(a["largest_blob"]))
+    An embeddings file must have been made by ``checkpoint`` and must record its normalization.
+    """
+    try:
+        with h5py.File(gallery, "r") as f:
+            is_embeddings = "embeddings" in f
+    except OSError:
+        raise IdentifyError(
+            f"{gallery} is not an HDF5 file; give an embeddings file (gait embed) or a pack"
+        ) from None
+    if not is_embeddings:
+        data = PackDataset([gallery], frames=None, height=cfg.data.height, cut=cfg.data.cut)
+        arr = embed_dataset(model, data, device)
+        emb = {data.key(j): arr[j] for j in range(len(data))}
+        return emb, params_from(pack_normalization(gallery))
+    emb, attrs = read_embeddings(gallery)
+    missing = [k for k in NORMALIZATION if f"normalization.{k}" not in attrs]
+    if missing or "checkpoint_fingerprint" not in attrs:
+        raise IdentifyError(
+            f"{gallery} does not record its normalization and checkpoint (an older gait made "
+            "it); make it again with `gait embed CHECKPOINT PACK`"
+        )
+    path = resolve_checkpoint(checkpoint)
+    if attrs["checkpoint_fingerprint"] != ckpt_io.fingerprint(path):
+        raise IdentifyError(
+            f"{gallery} was embedded by {attrs.get('checkpoint')}, not by {path}: distances "
+            f"between models mean nothing; run `gait embed {path} PACK` for this model"
+        )
+    return emb, params_from({k: attrs[f"normalization.{k}"] for k in NORMALIZATION})
 
 
 @torch.no_grad()
@@ -51,11 +74,19 @@ def identify(
         if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
-        raise FileNotFoundError(f"{folder} holds no png, jpg or bmp frame")
+        raise IdentifyError(f"{folder} holds no png, jpg or bmp frame")
     seq = RawSequence("?", "?", "?", "?", ".", tuple(files))
     res = process_sequence(Path(folder), seq, params)
     if len(res.frames) == 0:
-        raise ValueError(f"no frame of {folder} has enough foreground to normalize")
+        if res.unreadable:
+            shown = ", ".join(f for f, _ in res.unreadable[:3])
+            more = f" and {len(res.unreadable) - 3} more" if len(res.unreadable) > 3 else ""
+            raise IdentifyError(
+                f"{len(res.unreadable)} of {res.read} frames in {folder} cannot be read "
+                f"({shown}{more}: {res.unreadable[0][1]}) and no other frame has enough "
+                "foreground; give a folder of silhouette images"
+            )
+        raise IdentifyError(f"no frame of {folder} has enough foreground to normalize")
     x = shape_frames(res.frames, cfg.data.height, cfg.data.cut)
     frames = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).to(device)
     probe = model(frames, [len(frames)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
@@ -71,6 +102,7 @@ def identify(
         "sequence": str(folder),
         "frames_read": res.read,
         "frames_used": len(res.frames),
+        "frames_unreadable": [f for f, _ in res.unreadable],
         "matches": [
             {"rank": i + 1, "subject": s, "distance": round(dist, 6), "nearest": "-".join(key)}
             for i, (s, (dist, key)) in enumerate(ranked)
