@@ -1,0 +1,270 @@
+"""`gait train` refuses what would silently change a run, and fails in one line, never in pieces.
+
+Issue 8: item 3 (resume on other data), item 6 (a crashed run's folder stays usable), item 8
+(gradient clipping covers the classifier), truncated/foreign checkpoints, a torn log line, a full
+disk, and a second writer of the same run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gaitcli.main import cli
+from gaitprep.layout import CASIA_B
+from gaitprep.prep import PrepJob, run_prep
+from gaitprep.process import Params
+from gaittrain.config import load_config
+from gaittrain.models import SetModel
+from gaittrain.objective import Objective
+from gaittrain.trainer import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+FAST = [
+    *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
+    *("--set", "train.log_every=1", "--set", "data.frames=6"),
+]
+
+
+def gait(*args) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(r, *needles: str) -> str:
+    """Exit 1 through the CLI's error path (no exception escaped), with the message's words."""
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("Error: "), r.output
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def make_pack(out: Path, **params) -> Path:
+    run_prep(
+        PrepJob(
+            raw=ROOT / "sample_data" / "casia-b",
+            out=out,
+            dataset="casia-b",
+            layout=CASIA_B,
+            params=Params(**params),
+        ),
+        workers=1,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory) -> tuple[Path, Path]:
+    """The sample pack, and a pack of the same subjects normalized otherwise (same file name)."""
+    base = tmp_path_factory.mktemp("packs")
+    return (
+        make_pack(base / "a" / "sample.h5"),
+        make_pack(base / "b" / "sample.h5", binarize=True, largest_blob=True),
+    )
+
+
+def train(pack: Path, out: Path, *extra) -> object:
+    return gait("train", TINY, "--pack", pack, "--out", out, *FAST, *extra)
+
+
+# Item 3 ------------------------------------------------------------------------------------------
+
+
+def test_resume_refuses_other_training_subjects(packs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
+    r = train(packs[0], run, "--iterations", "4", "--train-subjects", "first:5", "--resume")
+    assert_one_line_error(r, "--resume", "subjects", "4: 001..004", "5: 001..005")
+    r = train(packs[0], run, "--iterations", "4", "--train-subjects", "first:4", "--resume")
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_refuses_another_pack_even_under_the_same_name(packs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
+    r = train(packs[1], run, "--iterations", "4", "--train-subjects", "first:4", "--resume")
+    assert_one_line_error(r, "--resume", str(packs[1]), "pack content differs")
+    # With cross-entropy on and more subjects, the old code died in a size-mismatch traceback.
+    ce = ("--set", "cross_entropy.weight=0.1")
+    run2 = tmp_path / "ce"
+    assert (
+        train(packs[0], run2, "--iterations", "2", "--train-subjects", "first:4", *ce).exit_code
+        == 0
+    )
+    r = train(packs[0], run2, "--iterations", "4", "--train-subjects", "first:6", *ce, "--resume")
+    assert_one_line_error(r, "subjects")
+
+
+def test_resume_names_the_config_key_that_changed(packs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
+    r = train(
+        packs[0], run, "--iterations", "4", "--train-subjects", "first:4", "--resume",
+        "--set", "optim.lr=0.5",
+    )  # fmt: skip
+    assert_one_line_error(r, "optim.lr", "0.5")
+
+
+def test_the_run_records_what_it_trained_on(packs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
+    data = json.loads((run / "data.json").read_text())
+    assert data["train_subjects"] == ["001", "002", "003", "004"]
+    assert data["packs"][0]["path"] == str(packs[0])
+    assert len(data["packs"][0]["fingerprint"]) == 64
+    state = torch.load(run / "checkpoints" / "iter-000002.pt", weights_only=True)
+    assert state["data"] == data
+
+
+# Item 6: a run that died before its first checkpoint does not lock its folder ---------------------
+
+
+def test_a_run_that_died_before_its_first_checkpoint_can_start_again(packs, tmp_path) -> None:
+    run = tmp_path / "run"
+    diverge = ("--set", "optim.lr=1e30", "--set", "schedule.warmup=0")
+    r = train(packs[0], run, "--iterations", "20", "--train-subjects", "first:4", *diverge)
+    assert_one_line_error(r, "the loss became")
+    assert not list((run / "checkpoints").glob("*.pt"))
+    r = train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4")
+    assert r.exit_code == 0, r.output
+    logged = [json.loads(x)["iteration"] for x in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1]
+    # and --resume on such a folder starts at 0 as well
+    run2 = tmp_path / "run2"
+    train(packs[0], run2, "--iterations", "20", "--train-subjects", "first:4", *diverge)
+    r = train(packs[0], run2, "--iterations", "2", "--train-subjects", "first:4", "--resume")
+    assert r.exit_code == 0, r.output
+
+
+# Item 8 ------------------------------------------------------------------------------------------
+
+
+def test_gradient_clipping_covers_the_cross_entropy_classifier(packs, tmp_path: Path) -> None:
+    """Plain SGD with lr 1: the update is the clipped gradient, so every optimized parameter
+    together moves by at most grad_clip."""
+    run = tmp_path / "run"
+    clip = 1e-4
+    sets = [
+        "optim.name=sgd", "optim.lr=1.0", "optim.momentum=0.0", "schedule.name=constant",
+        "schedule.warmup=0", f"train.grad_clip={clip}", "cross_entropy.weight=1.0",
+    ]  # fmt: skip
+    extra = [x for s in sets for x in ("--set", s)]
+    r = train(packs[0], run, "--iterations", "1", "--train-subjects", "first:4", *extra)
+    assert r.exit_code == 0, r.output
+    cfg = load_config(run / "config.yaml")
+    seed_everything(cfg.seed, False, torch.device("cpu"))  # the trainer's order of creation
+    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim)
+    objective = Objective(cfg, num_classes=4, parts=model.parts)
+    before = {**model.state_dict(), **{f"o.{k}": v for k, v in objective.state_dict().items()}}
+    state = torch.load(run / "checkpoints" / "iter-000001.pt", weights_only=True)
+    after = {**state["model"], **{f"o.{k}": v for k, v in state["objective"].items()}}
+    assert before.keys() == after.keys()
+    moved = torch.sqrt(sum(((after[k] - before[k]).double() ** 2).sum() for k in before))
+    classifier = [k for k in before if k.startswith("o.")]
+    assert classifier and any(not torch.equal(after[k], before[k]) for k in classifier)
+    assert 0 < moved <= clip * 1.05  # float32 rounding of the updated weights
+
+
+# Checkpoints and logs that cannot be used -------------------------------------------------------
+
+
+@pytest.fixture()
+def short_run(packs, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    args = ("--iterations", "2", "--checkpoint-every", "1", "--train-subjects", "first:4")
+    assert train(packs[0], run, *args).exit_code == 0
+    return run
+
+
+RESUME_3 = (
+    "--iterations",
+    "3",
+    "--checkpoint-every",
+    "1",
+    "--train-subjects",
+    "first:4",
+    "--resume",
+)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_bad_checkpoint_is_one_line_everywhere(packs, short_run: Path, damage: str) -> None:
+    ckpt = short_run / "checkpoints" / "iter-000002.pt"
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: 3 * ckpt.stat().st_size // 4])
+    else:  # a file of another program: a pickled object torch's safe loader refuses
+        torch.save({"model": torch.nn.Linear(2, 2)}, ckpt)
+    raw = ROOT / "sample_data" / "casia-b" / "005" / "nm-01" / "090"
+    for r in (
+        gait("eval", short_run, "--pack", packs[0], "--test-subjects", "005-006"),
+        gait("embed", ckpt, packs[0], "--out", short_run / "e.h5"),
+        gait("identify", ckpt, packs[0], raw),
+        train(packs[0], short_run, *RESUME_3),
+    ):
+        line = assert_one_line_error(r, str(ckpt))
+        assert "weights_only" not in r.output and "gait checkpoint" in line
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(packs, short_run: Path) -> None:
+    log = short_run / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"iteration": 2, "lo')  # a crash in the middle of a write
+    r = train(packs[0], short_run, *RESUME_3)
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["iteration"] for x in log.read_text().splitlines()] == [0, 1, 2]
+
+
+# A second writer, a full disk -------------------------------------------------------------------
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(packs, tmp_path: Path) -> None:
+    from gaitprep.files import OutputLock  # new in issue 8
+
+    run = tmp_path / "run"
+    with OutputLock(run):
+        r = train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4")
+    assert_one_line_error(r, str(run), f"pid {os.getpid()}", "another gait process")
+    assert not run.exists()
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_while_training_is_one_line_and_resumable(packs, tmp_path: Path) -> None:
+    """The first checkpoint cannot be written (file size limit): one line naming it, no partial
+    checkpoint; with room again, --resume finishes the run."""
+    run = tmp_path / "run"
+    args = [
+        *(sys.executable, "-m", "gaitcli", "train", str(TINY), "--pack", str(packs[0])),
+        *("--out", str(run), "--iterations", "3", "--train-subjects", "first:4", *FAST),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        args, capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(64 << 10)
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "iter-000003.pt" in last and "file too large" in last, last
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "checkpoints" / "iter-000003.pt").is_file()
