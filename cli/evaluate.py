@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
 
-from gaitprep.pack import PackError
-from gaittrain.data.dataset import PackDataset, pack_subjects
+from gaitprep.files import OutputLock, atomic_write
+from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import SplitError, select
-from gaittrain.device import DeviceError, resolve_device
-from gaittrain.evaluation.embed import (
-    embed_dataset,
-    load_model,
-    read_embeddings,
-    resolve_checkpoint,
-    write_embeddings,
-)
+from gaittrain.device import resolve_device
+from gaittrain.evaluation.embed import embed_pack, ensure_embeddings, load_model, read_embeddings
 from gaittrain.evaluation.identify import gallery_embeddings, identify
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
-
-ERRORS = (PackError, SplitError, DeviceError, FileNotFoundError, ValueError, KeyError)
 
 
 def _memory(text: str) -> int:
@@ -33,28 +24,6 @@ def _memory(text: str) -> int:
         return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
     except (ValueError, IndexError):
         raise click.BadParameter(f"{text!r} is not a size like 256MB or 2GB") from None
-
-
-def _embed(
-    ckpt: Path, pack: Path, out: Path, subjects: list[str] | None, device: str, max_frames: int
-) -> Path:
-    dev = resolve_device(device)
-    model, cfg = load_model(ckpt, dev)
-    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
-    t0 = time.perf_counter()
-    emb = embed_dataset(model, data, dev, max_frames=max_frames)
-    write_embeddings(
-        out,
-        data,
-        emb,
-        {
-            "checkpoint": str(resolve_checkpoint(ckpt)),
-            "pack": str(pack),
-            "max_frames": max_frames,
-            "seconds": round(time.perf_counter() - t0, 3),
-        },
-    )
-    return out
 
 
 @click.command("embed")
@@ -75,13 +44,14 @@ def _embed(
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
-    """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder)."""
-    try:
-        sel = select(pack_subjects([pack]), subjects) if subjects else None
-        out = out or _default_embeddings(checkpoint, pack)
-        _embed(checkpoint, pack, out, sel, device, max_frames)
-    except ERRORS as e:
-        raise click.ClickException(str(e)) from None
+    """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder).
+
+    The file records the checkpoint's and the pack's fingerprints, --max-frames and the pack's
+    normalization parameters (which `gait identify` applies to a probe).
+    """
+    sel = select(pack_subjects([pack]), subjects) if subjects else None
+    out = out or _default_embeddings(checkpoint, pack)
+    embed_pack(checkpoint, pack, out, sel, resolve_device(device), max_frames)
     click.echo(f"wrote {out}")
 
 
@@ -108,7 +78,7 @@ def _default_embeddings(run: Path, pack: Path) -> Path:
     "--protocol",
     default="casia-b-lt",
     show_default=True,
-    help="Protocol name (gaittrain/protocols) or a YAML file.",
+    help="Protocol name (gaittrain/protocols; casia-b is casia-b-lt) or a YAML file.",
 )
 @click.option("--test-subjects", metavar="SEL", help="Test subjects instead of the protocol's.")
 @click.option(
@@ -122,10 +92,12 @@ def _default_embeddings(run: Path, pack: Path) -> Path:
 @click.option("--include-identical", is_flag=True, help="Keep identical probe/gallery views.")
 @click.option(
     "--metric",
-    type=click.Choice(["euclidean", "cosine"]),
+    type=click.Choice(["euclidean", "cosine", "cosine-flat"]),
     default="euclidean",
     show_default=True,
-    help="Euclidean distance averaged over parts, or cosine.",
+    help="euclidean: Euclidean distance per part, averaged over parts; cosine: cosine distance "
+    "per part, averaged over parts (OpenGait's); cosine-flat: one cosine of the flattened "
+    "embedding.",
 )
 @click.option(
     "--max-memory",
@@ -161,37 +133,31 @@ def eval_cmd(
 ) -> None:
     """Evaluate RUN (a run folder or checkpoint) on PACK by a published protocol.
 
-    Embeddings are computed once into RUN/embeddings-PACKNAME.h5 and reused while the checkpoint
-    is unchanged. Prints the NM/BG/CL summary; --report html writes a self-contained page.
+    Embeddings are computed into RUN/embeddings-PACKNAME.h5 and reused only while the checkpoint,
+    the pack's content, the test sequences, --max-frames and the normalization are all unchanged
+    (otherwise they are computed again, saying why). Prints the NM/BG/CL summary; --report html
+    writes a self-contained page.
     """
-    try:
-        proto = load_eval_protocol(protocol)
-        subjects = pack_subjects([pack])
-        test = select(subjects, test_subjects or proto.test)
-        if not test:
-            raise SplitError(
-                f"no subject of {pack} is a test subject ({test_subjects or proto.test})"
-            )
-        emb_path = _default_embeddings(run, pack)
-        fresh = False
-        if emb_path.exists():
-            _, attrs = read_embeddings(emb_path)
-            latest = str(resolve_checkpoint(run))
-            fresh = attrs.get("checkpoint") == latest and attrs.get("max_frames") == max_frames
-        if not fresh:
-            _embed(run, pack, emb_path, test, device, max_frames)
-        embeddings, attrs = read_embeddings(emb_path)
-        result = evaluate(
-            embeddings,
-            proto,
-            test,
-            include_identical,
-            metric,
-            max_memory=_memory(max_memory),
-            device=resolve_device(device),
-        )
-    except ERRORS as e:
-        raise click.ClickException(str(e)) from None
+    proto = load_eval_protocol(protocol)
+    subjects = pack_subjects([pack])
+    test = select(subjects, test_subjects or proto.test)
+    if not test:
+        raise SplitError(f"no subject of {pack} is a test subject ({test_subjects or proto.test})")
+    emb_path = _default_embeddings(run, pack)
+    dev = resolve_device(device)
+    reason = ensure_embeddings(run, pack, emb_path, test, dev, max_frames)
+    if reason is not None and reason != "no embeddings yet":
+        click.echo(f"embedded again: {reason}", err=True)
+    embeddings, attrs = read_embeddings(emb_path)
+    result = evaluate(
+        embeddings,
+        proto,
+        test,
+        include_identical,
+        metric,
+        max_memory=_memory(max_memory),
+        device=dev,
+    )
     result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack))
     for name, c in result["conditions"].items():
         value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
@@ -211,8 +177,6 @@ def eval_cmd(
         text = to_html(
             result,
             title=f"{folder.name} on {pack.name}",
-            embeddings=embeddings,
-            protocol=proto,
             pack_path=pack,
             log=log,
             config_text=cfg.read_text() if cfg.exists() else "",
@@ -222,10 +186,8 @@ def eval_cmd(
                 "protocol": proto.name,
             },
         )
-    tmp = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with OutputLock(out):
+        atomic_write(out, text)
     click.echo(f"report: {out}")
 
 
@@ -239,13 +201,10 @@ def eval_cmd(
 def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> None:
     """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
     or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder)."""
-    try:
-        dev = resolve_device(device)
-        model, cfg = load_model(checkpoint, dev)
-        emb, params = gallery_embeddings(gallery, model, cfg, dev)
-        result = identify(raw_seq_dir, model, cfg, emb, params, dev, top_k)
-    except (*ERRORS, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    dev = resolve_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    emb, params = gallery_embeddings(gallery, checkpoint, model, cfg, dev)
+    result = identify(raw_seq_dir, model, cfg, emb, params, dev, top_k)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import click
 
@@ -14,16 +15,26 @@ from gaitcli.train import train_cmd
 from gaitprep.errors import GaitError, describe_os_error, one_line
 
 
+def _quiet_os_errors(args: threading.ExceptHookArgs) -> None:
+    """A background thread's OS error (TensorBoard's writer on a full disk) is re-raised by its
+    owner in the foreground, which reports it in one line: don't print its traceback too."""
+    if not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
+
+
 class GaitGroup(click.Group):
     """The one place where errors become lines: a :class:`GaitError` prints its message, an
     operating-system error (full disk, permissions, read errors) prints the file and the cause.
     ``gait --debug`` (or ``GAIT_DEBUG=1``) lets the traceback through instead."""
 
     def invoke(self, ctx: click.Context):
+        debug = bool((ctx.obj or {}).get("debug") or os.environ.get("GAIT_DEBUG"))
+        if not debug:
+            threading.excepthook = _quiet_os_errors
         try:
             return super().invoke(ctx)
         except (GaitError, OSError) as e:
-            if (ctx.obj or {}).get("debug") or os.environ.get("GAIT_DEBUG"):
+            if debug:
                 raise
             text = one_line(e) if isinstance(e, GaitError) else describe_os_error(e, action="use")
             raise click.ClickException(text) from None

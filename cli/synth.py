@@ -52,8 +52,12 @@ def _artifacts(clean: bool, pairs: tuple[str, ...]) -> Artifacts:
         raise click.BadParameter(str(e)) from None
 
 
-def _progress(total_frames: int, per_seq: int):
+def _progress(total_frames: int, per_seq: int, plan: str):
+    """The progress bar; ``plan`` is printed first, once the output is locked and checked (so a
+    refused run prints its reason alone)."""
+
     def wrap(results: Iterator[dict], n: int) -> Iterator[dict]:
+        click.echo(plan, err=True)
         bar = tqdm(total=total_frames, unit="frame", unit_scale=True, desc="synth", smoothing=0.1)
         for r in results:
             bar.update(per_seq)
@@ -169,17 +173,15 @@ def _run(
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     n = len(job.subjects) * len(job.recordings) * len(job.views)
-    click.echo(
+    plan = (
         f"{layout.name}: {len(job.subjects)} subjects x {len(job.recordings)} recordings x "
-        f"{len(job.views)} views = {n} sequences of {frames} frames -> {out}",
-        err=True,
+        f"{len(job.views)} views = {n} sequences of {frames} frames -> {out}"
     )
-    try:
-        stats = synthesize(
-            out, job, workers=workers, overwrite=overwrite, progress=_progress(n * frames, frames)
-        )
-    except (SynthError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    # A SynthError, another process writing OUT (OutputBusy) or an OSError: one line from gait's
+    # error handler (cli/main.py).
+    stats = synthesize(
+        out, job, workers=workers, overwrite=overwrite, progress=_progress(n * frames, frames, plan)
+    )
     skipped = f", {stats['skipped']} already there" if stats["skipped"] else ""
     click.echo(
         f"wrote {stats['frames']} frames in {stats['seconds']:.1f} s "

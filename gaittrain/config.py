@@ -1,13 +1,21 @@
 """Training configuration: YAML in, typed dataclasses out, validated strictly.
 
 Every section is a dataclass; a key that no field names is an error that names it (with the
-closest known key), so a typo never silently falls back to a default. ``--set a.b=value`` overrides
-any field, with ``value`` parsed as YAML.
+closest known key), so a typo never silently falls back to a default. Every number has a range
+(finite, and large enough for any real run but not absurd), so a config that could only end in a
+traceback or an exhausted machine is refused before anything is written. ``--set a.b=value``
+overrides any field, with ``value`` parsed as YAML.
+
+``loss`` is a tagged union: its ``name`` picks one of :data:`LOSSES`, and each loss has its own
+keys and defaults (the triplet margin is 0.2, the ranked losses' 0.4); a key of another loss is
+an error that says whose key it is.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -17,132 +25,214 @@ from typing import Any
 import yaml
 
 from gaitprep.errors import GaitError
+from gaittrain.yaml_strict import load_yaml
 
 
 class ConfigError(GaitError, ValueError):
     """A configuration that cannot be used, explained in one line."""
 
 
+INT_MAX = 10**9  # iteration counts and the like
+SEED_MAX = 2**63 - 1
+HEIGHT_MIN, HEIGHT_MAX = 8, 4096
+POOLING = 4  # the model's two 2x2 max-pools divide the input height by 4
+
+
+def _int(default: int, lo: int, hi: int) -> Any:
+    """An int field that must lie in [lo, hi]."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def _float(default: float, lo: float | None = None, hi: float | None = None, *, above=None) -> Any:
+    """A finite float field; ``lo``/``hi`` are inclusive bounds, ``above`` an exclusive one."""
+    return field(default=default, metadata={"range": (lo, hi), "above": above})
+
+
+def _ints(default: list[int], lo: int, hi: int, length: tuple[int, int]) -> Any:
+    """A list of ints, each in [lo, hi], with a length in ``length``."""
+    return field(
+        default_factory=lambda: list(default), metadata={"range": (lo, hi), "length": length}
+    )
+
+
 @dataclass
 class ModelConfig:
     """The set-based model (gaittrain.models.SetModel)."""
 
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    bins: list[int] = field(default_factory=lambda: [16, 8, 4, 2, 1])
-    dim: int = 256
+    channels: list[int] = _ints([32, 64, 128], 1, 65536, (3, 3))
+    bins: list[int] = _ints([16, 8, 4, 2, 1], 1, 1024, (1, 64))
+    dim: int = _int(256, 1, 65536)
 
 
 @dataclass
 class BatchConfig:
-    p: int = 8  # subjects per batch
-    k: int = 16  # sequences per subject
+    p: int = _int(8, 1, 10**5)  # subjects per batch
+    k: int = _int(16, 1, 10**5)  # sequences per subject
 
 
 @dataclass
 class DataConfig:
-    frames: int = 30  # frames per training sample
+    frames: int = _int(30, 1, 10000)  # frames per training sample
     sampling: str = "unordered"  # unordered | ordered
-    height: int = 64  # input height after resizing the pack's S x S frames (S if equal)
+    # input height after resizing the pack's S x S frames (S if equal); must suit model.bins
+    height: int = _int(64, HEIGHT_MIN, HEIGHT_MAX)
     cut: bool = True  # the standard width cut (64 -> 44 at S=64)
     batch: BatchConfig = field(default_factory=BatchConfig)
     protocol: str = "casia-b-lt"  # protocol file with the subject split
-    workers: int = 2  # DataLoader worker processes
+    workers: int = _int(2, 0, 1024)  # DataLoader worker processes
     cache: bool = False  # hold the training sequences in RAM
 
 
 @dataclass
-class LossConfig:
-    """The metric loss; ``name`` picks the class, the other keys are its arguments."""
+class CenterRankedLossConfig:
+    """``loss: {name: center_ranked, ...}``: gaittrain.losses.CenterRankedLoss."""
 
-    name: str = "center_ranked"  # center_ranked | triplet | ranked_list
-    alpha: float = 1.2
-    margin: float = 0.4  # 0.2 when name is triplet and margin is not given
-    t_n: float = 10.0
-    t_p: float = 0.0
-    lam: float = 1.0
-    anchor: str = "center"
+    name: str = field(default="center_ranked", init=False)
+    alpha: float = _float(1.2, above=0.0)
+    margin: float = _float(0.4, 0.0)  # must be < alpha
+    t_n: float = _float(10.0, 0.0)
+    t_p: float = _float(0.0, 0.0)
+    lam: float = _float(1.0, 0.0)
+    anchor: str = "center"  # center | sample
     detach_center: bool = False
 
 
 @dataclass
+class RankedListLossConfig:
+    """``loss: {name: ranked_list, ...}``: gaittrain.losses.RankedListLoss."""
+
+    name: str = field(default="ranked_list", init=False)
+    alpha: float = _float(1.2, above=0.0)
+    margin: float = _float(0.4, 0.0)  # must be < alpha
+    t_n: float = _float(10.0, 0.0)
+    t_p: float = _float(0.0, 0.0)
+    lam: float = _float(1.0, 0.0)
+
+
+@dataclass
+class TripletLossConfig:
+    """``loss: {name: triplet, margin}``: gaittrain.losses.TripletLoss (GaitSet's margin 0.2)."""
+
+    name: str = field(default="triplet", init=False)
+    margin: float = _float(0.2, 0.0)
+
+
+# The first is the default (also for a loss section without ``name``).
+LossConfig = CenterRankedLossConfig | TripletLossConfig | RankedListLossConfig
+LOSSES: dict[str, type] = {
+    cls.name: cls  # type: ignore[attr-defined]
+    for cls in (CenterRankedLossConfig, TripletLossConfig, RankedListLossConfig)
+}
+
+
+@dataclass
 class CrossEntropyConfig:
-    weight: float = 0.0  # 0 switches the per-part cross-entropy off
-    label_smoothing: float = 0.1
+    weight: float = _float(0.0, 0.0)  # 0 switches the per-part cross-entropy off
+    label_smoothing: float = _float(0.1, 0.0, 1.0)
 
 
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | sgd
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    lr: float = _float(1e-4, above=0.0)
+    weight_decay: float = _float(0.0, 0.0)
+    momentum: float = _float(0.9, 0.0, 1.0)  # sgd only
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "multistep"  # multistep | cosine | constant
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup: int = 0  # iterations of linear warm-up
+    milestones: list[int] = _ints([], 1, INT_MAX, (0, 1000))
+    gamma: float = _float(0.1, above=0.0)
+    warmup: int = _int(0, 0, INT_MAX)  # iterations of linear warm-up
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 80000
-    log_every: int = 100
-    checkpoint_every: int = 10000
+    iterations: int = _int(80000, 1, INT_MAX)
+    log_every: int = _int(100, 1, INT_MAX)
+    checkpoint_every: int = _int(10000, 1, INT_MAX)
     amp: str = "auto"  # auto (CUDA: bf16 if supported, else fp16; CPU: none) | bf16 | fp16 | none
     deterministic: bool = False
-    grad_clip: float = 0.0  # 0 = no clipping
+    grad_clip: float = _float(0.0, 0.0)  # 0 = no clipping
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=CenterRankedLossConfig)
     cross_entropy: CrossEntropyConfig = field(default_factory=CrossEntropyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: int = _int(0, 0, SEED_MAX)
 
     def to_dict(self) -> dict:
+        """Plain data; the loss section holds only the chosen loss's keys."""
         return asdict(self)
 
     def validate(self) -> Config:
-        """Check values that the types alone do not; returns self."""
+        """Check what the types and ranges alone do not (choices, keys that depend on each
+        other); returns self."""
         choices = {
             "data.sampling": (self.data.sampling, ("unordered", "ordered")),
-            "loss.name": (self.loss.name, ("center_ranked", "triplet", "ranked_list")),
-            "loss.anchor": (self.loss.anchor, ("center", "sample")),
             "optim.name": (self.optim.name, ("adam", "sgd")),
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "none")),
         }
+        if isinstance(self.loss, CenterRankedLossConfig):
+            choices["loss.anchor"] = (self.loss.anchor, ("center", "sample"))
         for key, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ConfigError(f"{key} is {value!r}; use one of {', '.join(allowed)}")
-        positive = {
-            "data.frames": self.data.frames,
-            "data.batch.p": self.data.batch.p,
-            "data.batch.k": self.data.batch.k,
-            "model.dim": self.model.dim,
-            "train.iterations": self.train.iterations,
-            "train.log_every": self.train.log_every,
-            "train.checkpoint_every": self.train.checkpoint_every,
-            "data.height": self.data.height,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be at least 1 (got {value})")
-        if len(self.model.channels) != 3 or not self.model.bins:
-            raise ConfigError("model.channels needs three widths and model.bins at least one bin")
+                raise ConfigError(f"{key} is {_show(value)}; use one of {', '.join(allowed)}")
+        if not isinstance(self.loss, tuple(LOSSES.values())):
+            raise ConfigError(f"loss is {_show(self.loss)}; use one of {', '.join(LOSSES)}")
+        ranked = isinstance(self.loss, (CenterRankedLossConfig, RankedListLossConfig))
+        if ranked and not self.loss.margin < self.loss.alpha:
+            raise ConfigError(
+                f"loss.margin must be less than loss.alpha (the positive boundary is "
+                f"alpha - margin); got margin {self.loss.margin}, alpha {self.loss.alpha}"
+            )
+        if not self.data.protocol.strip():
+            raise ConfigError("data.protocol is empty; name a protocol (e.g. casia-b-lt)")
+        _check_height(self.data.height, self.model.bins)
         return self
 
 
-def _strict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types."""
+def _check_height(height: int, bins: list[int]) -> None:
+    """The model pools the height by 4, then cuts the rows into n strips for each n in bins."""
+    if height % POOLING == 0 and all((height // POOLING) % n == 0 for n in bins):
+        return
+    step = POOLING * math.lcm(*bins)
+    valid = [h for h in range(step, HEIGHT_MAX + 1, step) if h >= HEIGHT_MIN][:3]
+    fix = (
+        f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
+        if valid
+        else f"no height up to {HEIGHT_MAX} fits them; choose fewer or smaller bins"
+    )
+    raise ConfigError(
+        f"data.height {height} does not suit model.bins {bins}: the model pools the height by "
+        f"{POOLING} ({height} -> {height / POOLING:g} rows) and cuts the rows into "
+        f"{', '.join(map(str, bins))} strips; {fix}"
+    )
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+
+
+def _show(value: Any) -> str:
+    """A short one-line repr, safe for huge or deeply nested values."""
+    return " ".join(_REPR.repr(value).split())
+
+
+def _strict(cls: type, data: Any, where: str, tag: str | None = None) -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys, wrong types, bad ranges.
+
+    ``tag`` is set for a member of a tagged union (the loss): ``name`` is then already chosen.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -151,71 +241,176 @@ def _strict(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {path!r}{hint}; known: {', '.join(known)}")
-        kwargs[key] = _value(hints[key], value, path)
+            raise ConfigError(_unknown(path, key, known, where, tag))
+        if not known[key].init:  # the tag of a union member, checked by _tagged
+            continue
+        kwargs[key] = _value(hints[key], value, path, known[key].metadata)
     return cls(**kwargs)
 
 
-def _value(hint: Any, value: Any, path: str) -> Any:
+def _unknown(path: str, key: Any, known: dict, where: str, tag: str | None) -> str:
+    text = f"unknown key {path!r}"
+    if tag is not None:
+        text += f" for {where} {tag!r}"
+        owners = [name for name, c in LOSSES.items() if key in {f.name for f in fields(c)}]
+        if owners:
+            return f"{text} ({key} belongs to {', '.join(owners)}); known: {', '.join(known)}"
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{text}{hint}; known: {', '.join(known)}"
+
+
+def _tagged(options: tuple[type, ...], data: Any, path: str) -> Any:
+    """A member of a union of dataclasses, picked by ``data['name']`` (default: the first)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping, got {type(data).__name__}")
+    tags = {c.name: c for c in options}
+    name = data.get("name", options[0].name)
+    if not isinstance(name, str) or name not in tags:
+        raise ConfigError(f"{path}.name is {_show(name)}; use one of {', '.join(tags)}")
+    return _strict(tags[name], data, path, tag=name)
+
+
+def _value(hint: Any, value: Any, path: str, meta: Any = None) -> Any:
+    meta = meta or {}
     if is_dataclass(hint):
         return _strict(hint, value, path)
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if all(is_dataclass(o) for o in options):
+            return _tagged(options, value, path)
+        raise ConfigError(f"{path}: unsupported type")  # not used by the schema
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{path}: unsupported type")  # not used by the schema
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-        try:
+            raise ConfigError(f"{path} must be a list, got {_show(value)}")
+        lo, hi = meta.get("length", (0, None))
+        if len(value) < lo or (hi is not None and len(value) > hi):
+            count = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise ConfigError(f"{path} must hold {count} values, got {len(value)}")
+        return [_value(item, v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+    if hint is float:
+        return _check_float(_to_float(value, path), path, meta)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path} must be true or false, got {_show(value)}")
+    if hint in (int, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        if hint is int and _is_number(value):  # 1e20, 30.0: a float where a count belongs
+            number = _show(value).strip("'")
+            raise ConfigError(f"{path} must be int (a whole number), got {number}")
+        raise ConfigError(f"{path} must be {hint.__name__}, got {_show(value)}")
+    if hint is int and "range" in meta:
+        lo, hi = meta["range"]
+        if value < lo:
+            raise ConfigError(f"{path} must be at least {lo} (got {_show(value)})")
+        if value > hi:
+            raise ConfigError(f"{path} must be at most {hi} (got {_show(value)})")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _to_float(value: Any, path: str) -> float:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # PyYAML reads 1e-4 (no dot) as a string
             return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path} must be a finite number, got {_show(value)}") from None
         except ValueError:
             pass
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{path} must be true or false, got {value!r}")
-    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
-        raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")
+    raise ConfigError(f"{path} must be float, got {_show(value)}")
+
+
+def _check_float(value: float, path: str, meta: dict) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number, got {value}")
+    lo, hi = meta.get("range", (None, None))
+    above = meta.get("above")
+    if above is not None and not value > above:
+        raise ConfigError(f"{path} must be greater than {above:g} (got {value:g})")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{path} must be at least {lo:g} (got {value:g})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{path} must be at most {hi:g} (got {value:g})")
     return value
 
 
 def _set(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
+    for i, k in enumerate(keys[:-1]):
+        if k not in node:
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {k} is not a section")
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section")
+    if keys[-1:] == ["name"] and keys[:-1] == ["loss"]:
+        _check_loss_switch(node, value)
     node[keys[-1]] = value
 
 
+def _check_loss_switch(section: dict, name: Any) -> None:
+    """``--set loss.name=NEW`` may not keep the keys given for another loss."""
+    old = section.get("name", next(iter(LOSSES)))
+    given = [str(k) for k in section if k != "name"]
+    if name == old or name not in LOSSES or not given:
+        return
+    own = [f.name for f in fields(LOSSES[name]) if f.init]
+    raise ConfigError(
+        f"--set loss.name={name}: the loss section holds keys given for {old} "
+        f"({', '.join(given)}); drop them by replacing the whole section, e.g. "
+        f"--set 'loss={{name: {name}}}' (its keys: {', '.join(own)})"
+    )
+
+
 def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (None: all defaults), apply ``key=value`` overrides, validate."""
-    data: dict = {}
+    """Read a YAML config (None: all defaults), apply ``key=value`` overrides, validate.
+
+    Everything is checked here, before a run writes anything; every problem is a one-line
+    :class:`ConfigError`.
+    """
+    data: Any = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text file (not UTF-8)") from None
+        data = load_yaml(text, str(path), ConfigError) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the config must be a mapping of sections (model:, data:, ...), "
+                f"got {type(data).__name__}"
+            )
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. optim.lr=0.001)")
-        _set(data, key.strip(), yaml.safe_load(text))
-    loss = data.get("loss") if isinstance(data, dict) else None
-    if isinstance(loss, dict) and loss.get("name") == "triplet" and "margin" not in loss:
-        loss["margin"] = 0.2  # the triplet loss's own default (GaitSet), not the ranked losses'
+        _set(data, key.strip(), load_yaml(text, f"--set {key.strip()}", ConfigError))
     return _strict(Config, data, "").validate()
 
 
+# Runs made before the loss became a tagged union stored every loss key whatever the name.
+_LEGACY_LOSS_KEYS = {"name", "alpha", "margin", "t_n", "t_p", "lam", "anchor", "detach_center"}
+
+
 def config_from_dict(data: dict) -> Config:
-    """A validated Config from a plain mapping (e.g. the copy stored in a checkpoint)."""
+    """A validated Config from a plain mapping (e.g. the copy stored in a checkpoint).
+
+    A checkpoint written before the loss section became a tagged union holds all eight loss keys
+    whatever the loss: only the chosen loss's keys are kept from it.
+    """
+    loss = data.get("loss") if isinstance(data, dict) else None
+    if isinstance(loss, dict) and set(loss) == _LEGACY_LOSS_KEYS and loss["name"] in LOSSES:
+        own = {f.name for f in fields(LOSSES[loss["name"]])}
+        data = {**data, "loss": {k: v for k, v in loss.items() if k in own}}
     return _strict(Config, data, "").validate()
 
 

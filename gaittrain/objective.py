@@ -5,13 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gaittrain.config import Config
+from gaittrain.config import (
+    CenterRankedLossConfig,
+    Config,
+    RankedListLossConfig,
+    TripletLossConfig,
+)
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 
 
 def metric_loss(cfg: Config) -> nn.Module:
+    """The metric loss of ``cfg.loss``, built from that loss's own keys."""
     c = cfg.loss
-    if c.name == "center_ranked":
+    if isinstance(c, CenterRankedLossConfig):
         return CenterRankedLoss(
             alpha=c.alpha,
             margin=c.margin,
@@ -21,9 +27,11 @@ def metric_loss(cfg: Config) -> nn.Module:
             anchor=c.anchor,
             detach_center=c.detach_center,
         )
-    if c.name == "ranked_list":
+    if isinstance(c, RankedListLossConfig):
         return RankedListLoss(alpha=c.alpha, margin=c.margin, t_n=c.t_n, t_p=c.t_p, lam=c.lam)
-    return TripletLoss(margin=c.margin)
+    if isinstance(c, TripletLossConfig):
+        return TripletLoss(margin=c.margin)
+    raise TypeError(f"no metric loss for {c!r}")
 
 
 class Objective(nn.Module):

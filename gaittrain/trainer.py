@@ -413,9 +413,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
                 _append(log, paths.log, json.dumps(record) + "\n")
-                for k, v in record.items():
-                    if k != "iteration" and v is not None:
-                        writer.add_scalar(k, v, it)
+                _scalars(writer, paths.tensorboard, record)
                 bar.set_postfix(loss=f"{value:.4f}")
             if done % cfg.train.checkpoint_every == 0 or done == total:
                 states = (model, objective, optimizer, schedule, scaler)
@@ -442,6 +440,16 @@ def _append(log, path: Path, line: str) -> None:
     try:
         log.write(line)
         log.flush()
+    except OSError as e:
+        raise OutputError(describe_os_error(e, path)) from e
+
+
+def _scalars(writer, path: Path, record: dict) -> None:
+    """Log a record's numbers to TensorBoard; its writer thread's OS errors name the folder."""
+    try:
+        for k, v in record.items():
+            if k != "iteration" and v is not None:
+                writer.add_scalar(k, v, record["iteration"])
     except OSError as e:
         raise OutputError(describe_os_error(e, path)) from e
 

@@ -57,10 +57,10 @@ def test_bad_configs_name_the_problem(tmp_path: Path, text: str, message: str) -
 def test_set_overrides_and_round_trip(tmp_path: Path) -> None:
     cfg = load_config(
         CONFIGS / "tiny.yaml",
-        ["optim.lr=0.01", "loss.name=triplet", "data.batch.p=4", "model.bins=[4, 1]"],
+        ["optim.lr=0.01", "loss={name: triplet}", "data.batch.p=4", "model.bins=[4, 1]"],
     )
     assert cfg.optim.lr == 0.01 and cfg.loss.name == "triplet"
-    assert cfg.loss.margin == 0.4  # given explicitly in tiny.yaml
+    assert cfg.loss.margin == 0.2  # the whole section replaced: triplet's own default
     assert load_config(None, ["loss.name=triplet"]).loss.margin == 0.2  # triplet's own default
     assert cfg.data.batch.p == 4 and cfg.model.bins == [4, 1]
     again = load_config(write(tmp_path, dump_config(cfg)))

@@ -268,3 +268,24 @@ def test_a_full_disk_while_training_is_one_line_and_resumable(packs, tmp_path: P
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "checkpoints" / "iter-000003.pt").is_file()
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_without_a_thread_traceback(
+    packs, tmp_path: Path
+) -> None:
+    """TensorBoard writes from a background thread; its failure must not print a traceback
+    beside the one line that names the folder."""
+    run = tmp_path / "run"
+    args = [
+        *(sys.executable, "-m", "gaitcli", "train", str(TINY), "--pack", str(packs[0])),
+        *("--out", str(run), "--iterations", "40", "--train-subjects", "first:4", *FAST),
+        *("--checkpoint-every", "1000"),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        args, capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(3000)
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: cannot write") and "file too large" in last, last

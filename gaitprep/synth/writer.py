@@ -2,8 +2,12 @@
 
 Each sequence is rendered and written into a hidden temporary folder, then renamed into place,
 so a folder that exists is complete. The tree's root holds ``.gait-synth.json`` with the exact
-arguments; running the same command again after a crash skips the sequences already written,
-while different arguments are refused unless ``overwrite`` is set.
+arguments and whether the tree is complete, and nothing else (no timings, no counts of this run):
+two runs of the same command give byte-identical trees, marker included, whether fresh or resumed.
+Running the same command again after a crash skips the sequences already written, while different
+arguments are refused unless ``overwrite`` is set. One process writes a tree at a time: a run
+holds an :class:`~gaitprep.files.OutputLock` on the root (a hidden ``.ROOT.lock`` beside it) from
+before the root is checked or replaced until the marker says complete.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from gaitprep.errors import GaitError
+from gaitprep.files import OutputLock, atomic_write
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.layouts import Layout
 from gaitprep.synth.sequence import SequenceSpec, render_sequence
@@ -99,14 +104,26 @@ def write_sequence(root: Path, layout: Layout, spec: SequenceSpec) -> dict:
     return {"frames": len(frames), "empty": empty, "skipped": 0}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def write_marker(root: Path, job: SynthJob, complete: bool) -> None:
+    """The tree's marker: the job and whether the tree is complete, nothing run-specific."""
+    data = {"job": job.describe(), "complete": complete}
+    atomic_write(root / MARKER, json.dumps(data, indent=2) + "\n")
+
+
+def read_marker(root: Path) -> dict | None:
+    """The marker of the tree at ``root``; None when it is missing or unreadable."""
+    try:
+        data = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
-    """Create ``root`` or check that it holds a resumable run of the same job."""
+    """Create ``root`` or check that it holds a resumable run of the same job.
+
+    The caller holds the root's lock (:func:`synthesize` does).
+    """
     marker = root / MARKER
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root} exists and is not a folder; choose another output path")
@@ -115,7 +132,7 @@ def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
             raise SynthError(
                 f"{root} is not empty and is not a gait synth tree; choose an empty or new folder"
             )
-        previous = json.loads(marker.read_text()).get("job")
+        previous = (read_marker(root) or {}).get("job")
         if previous != job.describe() and overwrite:
             shutil.rmtree(root)
         elif previous != job.describe():
@@ -125,7 +142,7 @@ def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
             )
     root.mkdir(parents=True, exist_ok=True)
     if not marker.is_file():
-        _write_json(marker, {"job": job.describe(), "complete": False})
+        write_marker(root, job, complete=False)
 
 
 def synthesize(
@@ -137,11 +154,20 @@ def synthesize(
 ) -> dict:
     """Write the whole tree of ``job`` under ``root``; returns the run's statistics.
 
-    ``progress`` wraps the stream of per-sequence results (e.g. with a progress bar). The output
-    is byte-identical for any number of ``workers``.
+    ``progress`` wraps the stream of per-sequence results (e.g. with a progress bar); it is called
+    once the root is locked and checked. The output is byte-identical for any number of
+    ``workers``, and for a fresh or a resumed run. The statistics (frames written, sequences
+    skipped, seconds, frames per second) are this run's: they are returned, not written.
+
+    Raises :class:`~gaitprep.files.OutputBusy` while another process writes ``root``.
     """
     root = Path(root)
-    prepare_root(root, job, overwrite)
+    with OutputLock(Path(os.path.abspath(root))):  # abspath: "." has no name to put a lock beside
+        prepare_root(root, job, overwrite)
+        return _write_tree(root, job, workers, progress)
+
+
+def _write_tree(root: Path, job: SynthJob, workers: int, progress) -> dict:
     specs = job.specs()
     start = time.perf_counter()
     if workers <= 1:
@@ -159,7 +185,7 @@ def synthesize(
     wall = time.perf_counter() - start
     totals["seconds"] = round(wall, 3)
     totals["frames_per_second"] = round(totals["frames"] / wall, 1) if wall > 0 else 0.0
-    _write_json(root / MARKER, {"job": job.describe(), "complete": True, "stats": totals})
+    write_marker(root, job, complete=True)
     return totals
 
 
@@ -175,8 +201,7 @@ def summarize(root: Path) -> dict:
             sequences += 1
             frames += len(pngs)
             size += sum(os.path.getsize(os.path.join(folder, f)) for f in pngs)
-    marker = root / MARKER
-    info = json.loads(marker.read_text()) if marker.is_file() else {}
+    info = read_marker(root) or {}
     return {
         "root": str(root),
         "sequences": sequences,

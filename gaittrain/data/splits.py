@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from gaitprep.errors import GaitError
+from gaittrain.yaml_strict import load_yaml
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+ALIASES = {"casia-b": "casia-b-lt"}  # the split most papers report under the dataset's name
 
 
 class SplitError(GaitError, ValueError):
@@ -21,12 +21,13 @@ class SplitError(GaitError, ValueError):
 
 
 def load_protocol(name: str) -> dict:
-    """A protocol by name (``casia-b-lt``) or by path to a YAML file."""
+    """A protocol by name (``casia-b-lt``, or an alias of ``ALIASES``) or by path to a YAML file."""
+    name = ALIASES.get(name, name)
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOLS / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROTOCOLS.glob("*.yaml")))
+        known = ", ".join(sorted([*(p.stem for p in PROTOCOLS.glob("*.yaml")), *ALIASES]))
         raise SplitError(f"unknown protocol {name!r}; known: {known} (or a path to a .yaml)")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text(), str(path), SplitError)
     missing = {"name", "train", "test"} - set(data)
     if missing:
         raise SplitError(f"protocol {path} lacks {', '.join(sorted(missing))}")

@@ -6,6 +6,9 @@ standard) or every view but the probe's. For every probe view and gallery view, 
 group are ranked against that gallery; a probe view's figure is the mean over gallery views, and
 a group's figure the mean over probe views. Missing sequences shrink the sets and are reported as
 coverage; a cell with no probe or no gallery is left out of the means.
+
+The failed probes a report shows come from the same retrievals as the table: a probe is listed in
+a cell only where that cell counts it as a rank-1 miss.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 from gaittrain.data.splits import SplitError, load_protocol, select
-from gaittrain.evaluation.metrics import retrieve
+from gaittrain.evaluation.metrics import Retrieval, retrieve
 
 Key = tuple[str, str, str, str]
 
@@ -72,11 +75,36 @@ def evaluate(
     ranks: int = 5,
     max_memory: int = 256 << 20,
     device: torch.device | str = "cpu",
+    failures_per_group: int = 6,
 ) -> dict:
-    """Every group's per-view rank-1 table, CMC, mAP and mINP, with coverage.
+    """Every group's per-view rank-1 table, CMC, mAP and mINP, with coverage and failed probes.
 
-    ``embeddings`` maps sequence keys to [parts, dim] arrays; only test subjects are used
-    (``test_subjects`` or the protocol's test selector).
+    Parameters
+    ----------
+    embeddings : dict
+        Sequence keys (subject, condition, seq, view) to [parts, dim] arrays.
+    protocol : EvalProtocol
+        Gallery, probe groups, identical-view rule and gallery views.
+    test_subjects : list of str, optional
+        The subjects evaluated; by default the protocol's test selector. No other key is used.
+    include_identical : bool
+        Keep the probe's own view in its galleries.
+    metric : {"euclidean", "cosine", "cosine-flat"}
+        See :mod:`gaittrain.evaluation.metrics`.
+    ranks, max_memory, device
+        CMC length, the memory cap of a distance block, and where distances are computed.
+    failures_per_group : int
+        How many failed probes to list per group.
+
+    Returns
+    -------
+    dict
+        ``conditions[group]`` holds the table (``cells[probe_view][gallery_view]``, the fraction
+        of a cell's probes whose top-ranked gallery sequence is of their subject), ``per_view``,
+        ``rank1``, CMC, mAP, mINP and coverage. ``failures`` lists, group by group, the first
+        ``failures_per_group`` probes in key order that some cell counts as a rank-1 miss, each
+        in its first such cell with the gallery sequence ranked first there (``wrong``) and the
+        nearest one of its own subject (``right``): the same retrievals as the table.
     """
     subjects = sorted({k[0] for k in embeddings})
     test = set(test_subjects if test_subjects is not None else select(subjects, protocol.test))
@@ -92,16 +120,61 @@ def evaluate(
         "views": views,
         "exclude_identical_views": exclude,
         "conditions": {},
+        "failures": [],
     }
     gallery_keys = [k for k in keys if _recording(k) in protocol.gallery]
     scorer = _Scorer(
-        embeddings, protocol, views, exclude, metric, ranks, max_memory, torch.device(device)
+        embeddings,
+        protocol,
+        views,
+        exclude,
+        metric,
+        ranks,
+        max_memory,
+        torch.device(device),
+        failures_per_group,
     )
     for group, recordings in protocol.probes.items():
         probe_keys = [k for k in keys if _recording(k) in recordings]
         expected = len(test) * len(recordings) * len(views)
-        out["conditions"][group] = scorer.group(probe_keys, gallery_keys, expected)
+        summary, failed = scorer.group(probe_keys, gallery_keys, expected)
+        out["conditions"][group] = summary
+        out["failures"] += [{"group": group, **f} for f in failed]
     return out
+
+
+def _failure(probe: Key, gallery: list[Key], r: Retrieval, i: int, cell: tuple[str, str]) -> dict:
+    """Probe ``i`` of a cell, its nearest gallery sequence and the nearest of its own subject
+    (None where the cell's gallery lacks that subject), as JSON-able lists."""
+    right = int(r.nearest_match[i])
+    return {
+        "probe": list(probe),
+        "probe_view": cell[0],
+        "gallery_view": cell[1],
+        "wrong": list(gallery[int(r.nearest[i])]),
+        "right": list(gallery[right]) if right >= 0 else None,
+    }
+
+
+def _note_failures(
+    failed: dict[Key, dict],
+    probes: list[Key],
+    gallery: list[Key],
+    r: Retrieval,
+    cell: tuple[str, str],
+    limit: int,
+) -> None:
+    """Add a cell's rank-1 misses (``r.first != 0``) to ``failed``, keeping the ``limit`` first
+    probe keys; a probe already there keeps its earlier cell. ``probes`` is in key order."""
+    for i in np.flatnonzero(r.first != 0):
+        key = probes[i]
+        if key in failed:
+            continue
+        if len(failed) >= limit and (limit <= 0 or key > max(failed)):
+            break  # the cell's later probes have larger keys still
+        failed[key] = _failure(key, gallery, r, i, cell)
+        if len(failed) > limit:
+            del failed[max(failed)]
 
 
 @dataclass
@@ -116,6 +189,7 @@ class _Scorer:
     ranks: int
     max_memory: int
     device: torch.device
+    limit: int = 6  # failed probes kept per group
 
     def _stack(self, keys) -> tuple[torch.Tensor, np.ndarray]:
         x = np.stack([self.embeddings[k] for k in keys]).astype(np.float32)
@@ -131,13 +205,15 @@ class _Scorer:
             if not (self.exclude and gv == pv)
         ]  # the standard: one gallery view at a time
 
-    def group(self, probe_keys, gallery_keys, expected: int) -> dict:
-        """One probe group's table, CMC, mAP, mINP and coverage."""
+    def group(self, probe_keys, gallery_keys, expected: int) -> tuple[dict, list[dict]]:
+        """One probe group's table, CMC, mAP, mINP and coverage, and its failed probes in key
+        order, from the same retrievals."""
         protocol, views = self.protocol, self.views
         cells: dict[str, dict[str, float]] = {}
         cmc, maps, minps, cells_removed = [], [], [], {}
+        failed: dict[Key, dict] = {}
         for pv in views:
-            probes = [k for k in probe_keys if k[3] == pv]
+            probes = sorted(k for k in probe_keys if k[3] == pv)
             for label, gallery in self._targets(gallery_keys, pv):
                 if not probes or not gallery:
                     continue
@@ -149,12 +225,14 @@ class _Scorer:
                 cmc.append(curve)
                 maps.append(r.mean_ap())
                 minps.append(r.mean_inp())
+                _note_failures(failed, probes, gallery, r, (pv, label), self.limit)
                 if protocol.report_unmatched_removed:
                     removed = float(r.cmc(1, drop_unmatched=True)[0])
                     cells_removed.setdefault(pv, []).append(removed)
-        return _summary(
+        summary = _summary(
             cells, views, cmc, maps, minps, cells_removed, protocol, len(probe_keys), expected
         )
+        return summary, [failed[k] for k in sorted(failed)]
 
 
 def _summary(cells, views, cmc, maps, minps, cells_removed, protocol, found, expected) -> dict:

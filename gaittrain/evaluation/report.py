@@ -2,8 +2,9 @@
 
 The HTML page embeds its images as data URIs and loads nothing from the network: the summary,
 per-view tables, probe-view x gallery-view heatmaps, CMC curves, the training-loss curve, failed
-probes beside their wrong and right matches, the config, the environment and the pack's
-provenance. Every string that comes from data is escaped by the template engine.
+probes beside their wrong and right matches (those the table counts as misses), the config, the
+environment and the pack's provenance. Every string that comes from data is escaped by the
+template engine.
 """
 
 from __future__ import annotations
@@ -101,38 +102,6 @@ def _thumb(pack: Pack, key) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
-def failures(embeddings: dict, protocol, limit: int = 6) -> list[dict]:
-    """Up to ``limit`` misclassified probes per group: the probe, its nearest (wrong) gallery
-    sequence and the nearest gallery sequence of the right subject, across views."""
-    from gaittrain.evaluation.metrics import distance_blocks
-
-    out = []
-    keys = list(embeddings)
-    gallery = [k for k in keys if f"{k[1]}-{k[2]}" in protocol.gallery]
-    if not gallery:
-        return out
-    g = torch.from_numpy(np.stack([embeddings[k] for k in gallery]))
-    for name, recordings in protocol.probes.items():
-        probes = [k for k in keys if f"{k[1]}-{k[2]}" in recordings]
-        shown = 0
-        for k in probes:
-            if shown >= limit:
-                break
-            others = [i for i, gk in enumerate(gallery) if gk[3] != k[3]]
-            if not others:
-                continue
-            p = torch.from_numpy(embeddings[k][None])
-            ((_, d),) = distance_blocks(p, g[others])
-            order = torch.argsort(d[0]).tolist()
-            best = gallery[others[order[0]]]
-            if best[0] == k[0]:
-                continue
-            right = next((gallery[others[i]] for i in order if gallery[others[i]][0] == k[0]), None)
-            out.append({"group": name, "probe": k, "wrong": best, "right": right})
-            shown += 1
-    return out
-
-
 TEMPLATE = Path(__file__).with_name("report.html.j2")
 
 
@@ -140,15 +109,17 @@ def to_html(
     result: dict,
     *,
     title: str,
-    embeddings: dict,
-    protocol,
     pack_path: Path,
     log: list[dict],
     config_text: str,
     provenance: dict,
 ) -> str:
-    """The self-contained HTML report."""
-    fails = failures(embeddings, protocol)
+    """The self-contained HTML report of ``result``, a result of ``protocol.evaluate``.
+
+    The failed probes shown are ``result["failures"]``: those the table itself counts as misses,
+    with the middle frames of the probe and of its matches read from the pack at ``pack_path``.
+    """
+    fails = [dict(f) for f in result.get("failures", [])]
     with Pack(pack_path) as pack:
         for f in fails:
             for part in ("probe", "wrong", "right"):
