@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-from gaitprep.pack import PackError
-from gaittrain.config import ConfigError, load_config
-from gaittrain.data.splits import SplitError
-from gaittrain.device import DeviceError, setup, teardown
-from gaittrain.trainer import TrainError, train
+from gaittrain.config import load_config
+from gaittrain.device import setup, teardown
+from gaittrain.trainer import train
 
 
 @click.command("train")
@@ -72,17 +70,12 @@ def train_cmd(
         extra.append(f"seed={seed}")
     if checkpoint_every is not None:
         extra.append(f"train.checkpoint_every={checkpoint_every}")
+    cfg = load_config(config, extra)
+    runtime = setup(device)
     try:
-        cfg = load_config(config, extra)
-        runtime = setup(device)
-        try:
-            summary = train(
-                cfg, list(packs), out, runtime, resume=resume, train_split=train_subjects
-            )
-        finally:
-            teardown()
-    except (ConfigError, SplitError, DeviceError, TrainError, PackError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        summary = train(cfg, list(packs), out, runtime, resume=resume, train_split=train_subjects)
+    finally:
+        teardown()
     if runtime.main:
         click.echo(
             f"trained {summary['iterations']} iterations (from {summary['start']}) in "

@@ -12,6 +12,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from gaitprep.errors import GaitError
+
+
+class SamplerError(GaitError, ValueError):
+    """A batch shape that the training subjects or processes cannot fill."""
+
+
 Sample = tuple[int, int]  # (sequence index in the dataset, frame-sampling seed)
 
 
@@ -48,9 +55,11 @@ class PKSampler:
         labels = np.asarray(labels)
         self.classes = np.unique(labels)
         if p > len(self.classes):
-            raise ValueError(f"batch P={p} is more than the {len(self.classes)} training subjects")
+            raise SamplerError(
+                f"batch P={p} is more than the {len(self.classes)} training subjects"
+            )
         if (p * k) % world_size:
-            raise ValueError(f"batch P*K={p * k} does not divide among {world_size} processes")
+            raise SamplerError(f"batch P*K={p * k} does not divide among {world_size} processes")
         self.members = [np.flatnonzero(labels == c) for c in self.classes]
         self.p, self.k, self.seed = p, k, seed
         self.start, self.iterations = start, iterations
