@@ -229,3 +229,22 @@ def test_a_full_disk_while_embedding_is_one_line_and_leaves_nothing(
     fill.unlink()  # room again: the same command works
     r = gait("eval", run, "--pack", setup["a"], "--test-subjects", "004-006")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("- just\n- a list\n", "must be a mapping"),
+        ("name: x\ntrain: '1-2'\ntest: '3-4'\nevaluation: {probes: {NM: [nm-05]}}\n", "gallery"),
+        (
+            "name: x\ntrain: '1-2'\ntest: '3-4'\n"
+            "evaluation: {gallery: [nm-01], probes: {NM: nm-05}}\n",
+            "probes",
+        ),
+    ],
+)
+def test_a_malformed_protocol_file_is_one_line(setup, tmp_path: Path, text, needle) -> None:
+    proto = tmp_path / "mine.yaml"
+    proto.write_text(text)
+    r = gait("eval", setup["runs"][0], "--pack", setup["a"], "--protocol", proto)
+    assert_one_line_error(r, needle)

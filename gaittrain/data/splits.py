@@ -28,6 +28,8 @@ def load_protocol(name: str) -> dict:
         known = ", ".join(sorted([*(p.stem for p in PROTOCOLS.glob("*.yaml")), *ALIASES]))
         raise SplitError(f"unknown protocol {name!r}; known: {known} (or a path to a .yaml)")
     data = load_yaml(path.read_text(), str(path), SplitError)
+    if not isinstance(data, dict):
+        raise SplitError(f"protocol {path} must be a mapping with name, train and test")
     missing = {"name", "train", "test"} - set(data)
     if missing:
         raise SplitError(f"protocol {path} lacks {', '.join(sorted(missing))}")

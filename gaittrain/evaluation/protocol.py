@@ -51,6 +51,7 @@ def load_eval_protocol(name: str) -> EvalProtocol:
     unknown = set(ev) - known
     if unknown:
         raise SplitError(f"protocol {name!r}: unknown evaluation key {sorted(unknown)[0]!r}")
+    _check_evaluation(name, ev)
     return EvalProtocol(
         name=data["name"],
         test=str(data["test"]),
@@ -60,6 +61,27 @@ def load_eval_protocol(name: str) -> EvalProtocol:
         gallery_views=ev.get("gallery_views", "same"),
         report_unmatched_removed=ev.get("report_unmatched_removed", False),
     )
+
+
+def _check_evaluation(name: str, ev: dict) -> None:
+    """Refuse, in one line, an evaluation section of the wrong shape."""
+
+    def strings(x) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(s, str) for s in x)
+
+    problems = []
+    if not strings(ev.get("gallery")):
+        problems.append("gallery must be a list of recordings like nm-01")
+    probes = ev.get("probes")
+    if not (isinstance(probes, dict) and probes and all(map(strings, probes.values()))):
+        problems.append("probes must map group names to lists of recordings")
+    if ev.get("gallery_views", "same") not in ("same", "others"):
+        problems.append("gallery_views must be same or others")
+    for flag in ("exclude_identical_views", "report_unmatched_removed"):
+        if not isinstance(ev.get(flag, False), bool):
+            problems.append(f"{flag} must be true or false")
+    if problems:
+        raise SplitError(f"protocol {name!r}: evaluation.{problems[0]}")
 
 
 def _recording(key: Key) -> str:
