@@ -9,12 +9,16 @@ import click
 
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
-from gaittrain.data.splits import SplitError, select
+from gaittrain.data.splits import select
 from gaittrain.device import resolve_device
-from gaittrain.evaluation.embed import embed_pack, ensure_embeddings, load_model, read_embeddings
+from gaittrain.evaluation.embed import embed_pack, load_model
 from gaittrain.evaluation.identify import gallery_embeddings, identify
-from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-from gaittrain.evaluation.report import to_csv, to_html, to_json
+from gaittrain.evaluation.run_eval import (
+    default_embeddings,
+    evaluate_run,
+    render_report,
+    run_folder,
+)
 
 
 def _memory(text: str) -> int:
@@ -50,20 +54,9 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     normalization parameters (which `gait identify` applies to a probe).
     """
     sel = select(pack_subjects([pack]), subjects) if subjects else None
-    out = out or _default_embeddings(checkpoint, pack)
+    out = out or default_embeddings(checkpoint, pack)
     embed_pack(checkpoint, pack, out, sel, resolve_device(device), max_frames)
     click.echo(f"wrote {out}")
-
-
-def _run_folder(run: Path) -> Path:
-    """The run folder of a run folder or of one of its checkpoint files."""
-    if run.is_dir():
-        return run
-    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
-
-
-def _default_embeddings(run: Path, pack: Path) -> Path:
-    return _run_folder(run) / f"embeddings-{pack.stem}.h5"
 
 
 @click.command("eval")
@@ -138,54 +131,23 @@ def eval_cmd(
     (otherwise they are computed again, saying why). Prints the NM/BG/CL summary; --report html
     writes a self-contained page.
     """
-    proto = load_eval_protocol(protocol)
-    subjects = pack_subjects([pack])
-    test = select(subjects, test_subjects or proto.test)
-    if not test:
-        raise SplitError(f"no subject of {pack} is a test subject ({test_subjects or proto.test})")
-    emb_path = _default_embeddings(run, pack)
-    dev = resolve_device(device)
-    reason = ensure_embeddings(run, pack, emb_path, test, dev, max_frames)
-    if reason is not None and reason != "no embeddings yet":
-        click.echo(f"embedded again: {reason}", err=True)
-    embeddings, attrs = read_embeddings(emb_path)
-    result = evaluate(
-        embeddings,
-        proto,
-        test,
+    result = evaluate_run(
+        run,
+        pack,
+        protocol,
+        test_subjects,
         include_identical,
         metric,
         max_memory=_memory(max_memory),
-        device=dev,
+        max_frames=max_frames,
+        device=resolve_device(device),
+        notify=lambda line: click.echo(line, err=True),
     )
-    result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack))
     for name, c in result["conditions"].items():
         value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
         click.echo(f"{name}: rank-1 {value} %")
-    folder = _run_folder(run)
-    out = out or folder / f"report.{fmt}"
-    if fmt == "json":
-        text = to_json(result)
-    elif fmt == "csv":
-        text = to_csv(result)
-    else:
-        log_path = folder / "log.jsonl"
-        log = (
-            [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
-        )
-        cfg = folder / "config.yaml"
-        text = to_html(
-            result,
-            title=f"{folder.name} on {pack.name}",
-            pack_path=pack,
-            log=log,
-            config_text=cfg.read_text() if cfg.exists() else "",
-            provenance={
-                "run": str(folder),
-                "checkpoint": attrs.get("checkpoint"),
-                "protocol": proto.name,
-            },
-        )
+    out = out or run_folder(run) / f"report.{fmt}"
+    text = render_report(result, fmt, run, pack)
     with OutputLock(out):
         atomic_write(out, text)
     click.echo(f"report: {out}")

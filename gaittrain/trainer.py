@@ -199,7 +199,7 @@ def _clear_leftovers(paths: RunPaths) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_log(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict]:
     """The records of log.jsonl; a torn last line (a crash mid-write) is dropped."""
     if not path.exists():
         return []
@@ -219,7 +219,7 @@ def _read_log(path: Path) -> list[dict]:
 
 def _truncate_log(path: Path, start: int) -> None:
     """Drop log lines of iterations >= ``start`` (written after the checkpoint we resume)."""
-    keep = [r for r in _read_log(path) if r.get("iteration", start) < start]
+    keep = [r for r in read_log(path) if r.get("iteration", start) < start]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 

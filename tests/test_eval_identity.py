@@ -248,3 +248,18 @@ def test_a_malformed_protocol_file_is_one_line(setup, tmp_path: Path, text, need
     proto.write_text(text)
     r = gait("eval", setup["runs"][0], "--pack", setup["a"], "--protocol", proto)
     assert_one_line_error(r, needle)
+
+
+def test_evaluating_on_training_subjects_is_flagged(setup, tmp_path: Path) -> None:
+    """The runs trained on 001-004 of pack a: 004 as a test subject is not an unseen person."""
+    run = fresh_copy(setup["runs"][0], tmp_path / "run")
+    out = tmp_path / "r.html"
+    r = gait("eval", run, "--pack", setup["a"], "--test-subjects", "004-006", "--report", "html",
+             "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning: 1 of the 3 test subjects (004) were training subjects" in r.output
+    assert "were training subjects of this run" in out.read_text()
+    clean = evaluate(run, setup["a"], "--test-subjects", "005-006")
+    assert clean["warnings"] == []
+    other = evaluate(run, setup["b"], "--test-subjects", "004-006")  # not the training pack
+    assert other["warnings"] == []

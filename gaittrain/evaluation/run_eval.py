@@ -1,0 +1,118 @@
+"""Evaluate a training run on a pack: the work behind ``gait eval``, as plain functions.
+
+:func:`evaluate_run` resolves the protocol and test subjects, makes or reuses the run's
+embeddings of the pack (:func:`~gaittrain.evaluation.embed.ensure_embeddings`), scores them and
+adds what a reader must know about the numbers: the checkpoint, the pack, and a warning when test
+subjects were among the run's training subjects. :func:`render_report` turns the result into
+JSON, CSV or the HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gaitprep.pack import Pack
+from gaittrain.data.dataset import pack_subjects
+from gaittrain.data.splits import SplitError, select
+from gaittrain.evaluation.embed import ensure_embeddings, read_embeddings
+from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from gaittrain.evaluation.report import to_csv, to_html, to_json
+from gaittrain.trainer import RunPaths, read_log
+
+
+def run_folder(run: Path) -> Path:
+    """The run folder of a run folder or of one of its checkpoint files."""
+    run = Path(run)
+    if run.is_dir():
+        return run
+    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
+
+
+def default_embeddings(run: Path, pack: Path) -> Path:
+    """Where a run keeps its embeddings of a pack: RUN/embeddings-PACKNAME.h5."""
+    return run_folder(run) / f"embeddings-{Path(pack).stem}.h5"
+
+
+def trained_test_subjects(run: Path, pack: Path, test: list[str]) -> list[str]:
+    """Test subjects the run trained on, when it trained on this very pack (by fingerprint)."""
+    data = RunPaths(run_folder(run)).data
+    if not data.is_file():
+        return []
+    try:
+        identity = json.loads(data.read_text())
+    except ValueError:
+        return []
+    with Pack(pack) as p:
+        fingerprint = p.fingerprint
+    if fingerprint not in {e.get("fingerprint") for e in identity.get("packs", [])}:
+        return []
+    trained = set(identity.get("train_subjects", []))
+    return [s for s in test if s in trained]
+
+
+def evaluate_run(
+    run: Path,
+    pack: Path,
+    protocol: str = "casia-b-lt",
+    test_subjects: str | None = None,
+    include_identical: bool = False,
+    metric: str = "euclidean",
+    max_memory: int = 256 << 20,
+    max_frames: int = 0,
+    device: torch.device | str = "cpu",
+    notify: Callable[[str], None] = print,
+) -> dict:
+    """The protocol result of ``run`` (a run folder or checkpoint) on ``pack``.
+
+    ``notify`` receives one-line notes: why embeddings were computed again, and a warning when
+    test subjects were trained on (the result then also lists them under ``warnings``).
+    """
+    proto = load_eval_protocol(protocol)
+    test = select(pack_subjects([pack]), test_subjects or proto.test)
+    if not test:
+        raise SplitError(f"no subject of {pack} is a test subject ({test_subjects or proto.test})")
+    emb_path = default_embeddings(run, pack)
+    reason = ensure_embeddings(run, pack, emb_path, test, torch.device(device), max_frames)
+    if reason is not None and reason != "no embeddings yet":
+        notify(f"embedded again: {reason}")
+    embeddings, attrs = read_embeddings(emb_path)
+    result = evaluate(
+        embeddings, proto, test, include_identical, metric, max_memory=max_memory, device=device
+    )
+    result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack), warnings=[])
+    seen = trained_test_subjects(run, pack, test)
+    if seen:
+        warning = (
+            f"{len(seen)} of the {len(test)} test subjects ({', '.join(seen[:5])}"
+            f"{', ...' if len(seen) > 5 else ''}) were training subjects of this run: "
+            "these figures do not measure recognition of unseen people"
+        )
+        result["warnings"].append(warning)
+        notify(f"warning: {warning}")
+    return result
+
+
+def render_report(result: dict, fmt: str, run: Path, pack: Path) -> str:
+    """The report text of an :func:`evaluate_run` result: ``json``, ``csv`` or ``html``."""
+    if fmt == "json":
+        return to_json(result)
+    if fmt == "csv":
+        return to_csv(result)
+    folder = run_folder(run)
+    paths = RunPaths(folder)
+    return to_html(
+        result,
+        title=f"{folder.name} on {Path(pack).name}",
+        pack_path=Path(pack),
+        log=read_log(paths.log),
+        config_text=paths.config.read_text() if paths.config.exists() else "",
+        provenance={
+            "run": str(folder),
+            "checkpoint": result.get("checkpoint"),
+            "protocol": result.get("protocol"),
+        },
+    )
