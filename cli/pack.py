@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import cv2
 
-from gaitprep.inspect import montage, summarize
+from gaitprep.inspect import montage, summarize, verify
 from gaitprep.merge import merge_packs
 from gaitprep.pack import Pack, PackError
 
@@ -16,6 +16,12 @@ from gaitprep.pack import Pack, PackError
 @click.command("inspect")
 @click.argument("pack", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--verify",
+    "check",
+    is_flag=True,
+    help="Read every sequence and check it against its CRC-32; exit 1 naming the damaged ones.",
+)
 @click.option(
     "--montage",
     "montage_png",
@@ -29,22 +35,45 @@ from gaitprep.pack import Pack, PackError
     "--seed", type=int, default=0, show_default=True, help="Which sequences the montage shows."
 )
 def inspect_cmd(
-    pack: Path, as_json: bool, montage_png: Path | None, sequences: int, seed: int
+    pack: Path, as_json: bool, check: bool, montage_png: Path | None, sequences: int, seed: int
 ) -> None:
-    """Summarize a pack: subjects, conditions, views, sequences, frames, lengths."""
-    try:
-        with Pack(pack) as p:
-            info = summarize(p)
-            if montage_png is not None:
-                img = montage(p, sequences=sequences, seed=seed)
-                montage_png.parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(montage_png), img):
-                    raise click.ClickException(f"could not write {montage_png}; use a .png name")
-    except PackError as e:
-        raise click.ClickException(str(e)) from None
+    """Summarize a pack: subjects, conditions, views, sequences, frames, lengths.
+
+    --verify reads the whole pack and checks each sequence against the checksum stored with it
+    (docs/pack-format.md); a damaged pack exits with status 1 and no montage is written.
+    """
+    damaged = None
+    with Pack(pack) as p:
+        info = summarize(p)
+        if check:
+            damaged = verify(p, progress=True)
+            info["verify"] = {
+                "sequences": len(p),
+                "damaged": [{"sequence": k, "reason": r} for k, r in damaged],
+            }
+        if montage_png is not None and not damaged:
+            img = montage(p, sequences=sequences, seed=seed)
+            montage_png.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(montage_png), img):
+                raise click.ClickException(f"could not write {montage_png}; use a .png name")
     if as_json:
         click.echo(json.dumps(info, indent=2))
-        return
+    else:
+        _print_summary(info, montage_png if not damaged else None)
+        for key, reason in damaged or []:
+            click.echo(f"damaged    {key}: {reason}")
+        if damaged == []:
+            click.echo(f"verified   {info['sequences']} sequences: every checksum matches")
+    if damaged:
+        keys = [k for k, _ in damaged]
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise PackError(
+            f"{pack}: {len(keys)} of {info['sequences']} sequences are damaged ({shown}); "
+            "re-make the pack with `gait prep`"
+        )
+
+
+def _print_summary(info: dict, montage_png: Path | None) -> None:
     click.echo(
         f"pack       {info['path']} ({info['format']} v{info['version']}, "
         f"{info['dataset']}, {info['size']}x{info['size']})"
@@ -78,8 +107,5 @@ def merge_cmd(out: Path, shards: tuple[Path, ...], overwrite: bool) -> None:
 
     All N shards of one job must be given; manifests are combined too when present.
     """
-    try:
-        info = merge_packs(out, list(shards), overwrite=overwrite)
-    except PackError as e:
-        raise click.ClickException(str(e)) from None
+    info = merge_packs(out, list(shards), overwrite=overwrite)
     click.echo(f"wrote {info['pack']}: {info['sequences']} sequences from {info['shards']} shards")

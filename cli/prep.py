@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from gaitcli.options import workers_option
-from gaitprep.layout import PRESETS, LayoutError
+from gaitprep.layout import PRESETS
 from gaitprep.pack import COMPRESSIONS
-from gaitprep.prep import PrepError, PrepJob, run_prep
+from gaitprep.prep import PrepJob, run_prep
 from gaitprep.process import Params
 
 
@@ -100,10 +100,7 @@ def _run(
         compression=compression,
         shard=shard,
     )
-    try:
-        m = run_prep(job, workers=workers, overwrite=overwrite, progress=True)
-    except (PrepError, LayoutError) as e:
-        raise click.ClickException(str(e)) from None
+    m = run_prep(job, workers=workers, overwrite=overwrite, progress=True)
     f, s = m["frames"], m["sequences"]
     click.echo(
         f"wrote {packed}: {s['written']} sequences, {f['kept']} frames "
@@ -121,7 +118,8 @@ def prep() -> None:
 
     Each frame is cropped to its rows, resized to height S, centred on its column mass and cut to
     S x S; frames with too little foreground are dropped and listed in PACKED.manifest.json with
-    the reason. Interrupted runs resume when the same command is run again.
+    the reason. Interrupted runs (Ctrl-C, kill, a full disk) resume when the same command is run
+    again; one run at a time writes a PACKED, a second is refused naming the first.
     """
 
 

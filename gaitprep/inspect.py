@@ -1,12 +1,13 @@
-"""Summaries and montages of a gait pack (``gait inspect``)."""
+"""Summaries, checks and montages of a gait pack (``gait inspect``)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+from tqdm import tqdm
 
-from gaitprep.pack import Pack
+from gaitprep.pack import DamagedSequence, Pack
 
 LENGTH_BINS = (0, 5, 10, 20, 30, 50, 75, 100, 150, 200)
 
@@ -56,3 +57,26 @@ def montage(pack: Pack, sequences: int = 8, frames: int = 12, seed: int = 0) -> 
                 seq[j]
             )
     return grid
+
+
+def verify(pack: Pack, progress: bool = False) -> list[tuple[str, str]]:
+    """Read every sequence of ``pack`` (frames and frame sources) and check its frames against
+    their CRC-32. Returns ``(subject-condition-seq-view, reason)`` of each damaged sequence."""
+    damaged = []
+    bar = tqdm(
+        total=int(pack.length.sum()),
+        unit="frame",
+        unit_scale=True,
+        desc="verify",
+        disable=not progress,
+        mininterval=0.5,
+    )
+    with bar:
+        for i in range(len(pack)):
+            try:
+                pack[i]
+                pack.frame_source(i)
+            except DamagedSequence as e:
+                damaged.append((e.key, e.reason))
+            bar.update(int(pack.length[i]))
+    return damaged

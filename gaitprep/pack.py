@@ -1,4 +1,4 @@
-"""Gait packs: normalized silhouette sequences in one HDF5 file (format v1, docs/pack-format.md).
+"""Gait packs: normalized silhouette sequences in one HDF5 file (format v2, docs/pack-format.md).
 
 Layout of a pack::
 
@@ -6,30 +6,34 @@ Layout of a pack::
     /frame_source      int32 [N]         each frame's index in its raw sequence
     /sequences/subject, condition, seq, view, source   UTF-8 strings, one row per sequence
     /sequences/start, length           int64: sequence i is /frames[start[i] : start[i] + length[i]]
-    attributes         format="gait-pack", version=1, dataset, size, the normalization
+    /sequences/crc32                   uint32: CRC-32 of the bytes of sequence i's frames
+    attributes         format="gait-pack", version=2, dataset, size, the normalization
                        parameters, gait_version, created
 
-:class:`PackWriter` appends sequences; :class:`Pack` reads them back by index or key and refuses
-files of another format or version. This module is the contract between ``gaitprep`` and
-``gaittrain``.
+:class:`PackWriter` appends sequences; :class:`Pack` reads them back by index or key, checks each
+sequence it reads against its CRC-32 and refuses files of another format or version. This module
+is the contract between ``gaitprep`` and ``gaittrain``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from gaitprep.errors import GaitError
+from gaitprep.errors import GaitError, OutputError, describe_os_error
 
 FORMAT = "gait-pack"
-VERSION = 1
+VERSION = 2
 STRING_COLUMNS = ("subject", "condition", "seq", "view", "source")
 CHUNK_FRAMES = 64
 BLOCK_FRAMES = 16 * CHUNK_FRAMES
@@ -40,6 +44,33 @@ Key = tuple[str, str, str, str]
 
 class PackError(GaitError):
     """A file that is not a readable gait pack of a supported version, or a bad key."""
+
+
+class DamagedSequence(PackError):
+    """A sequence that cannot be read or does not match its checksum (``key`` and ``reason`` say
+    which and why)."""
+
+    def __init__(self, message: str, key: str = "", reason: str = ""):
+        super().__init__(message)
+        self.key, self.reason = key, reason
+
+    @classmethod
+    def of(cls, path: Path, key: Sequence[str], reason: str) -> DamagedSequence:
+        k = key_string(key)
+        return cls(
+            f"{path}: sequence {k} is damaged ({reason}); run `gait inspect --verify {path}` "
+            "and re-make it with `gait prep`",
+            k,
+            reason,
+        )
+
+    def __reduce__(self):  # keeps key and reason when pickled (DataLoader workers)
+        return (type(self), (str(self), self.key, self.reason))
+
+
+def frames_crc(frames: np.ndarray) -> int:
+    """CRC-32 of a sequence's frames (their bytes in C order), as stored in ``/sequences/crc32``."""
+    return zlib.crc32(np.ascontiguousarray(frames)) & 0xFFFFFFFF
 
 
 def created_timestamp() -> str:
@@ -54,11 +85,105 @@ def key_string(key: Sequence[str]) -> str:
     return "-".join(key)
 
 
+class _GuardedFile:
+    """The file under a :class:`PackWriter`, handed to h5py's ``fileobj`` driver.
+
+    HDF5 must never see a failed write: after one its state is inconsistent, and closing the
+    file, or merely the interpreter exiting, can then crash the process (a full disk ended
+    `gait prep` with a segfault). So the first OSError of a write is recorded in ``error``, HDF5 is
+    told that every write succeeded, and every later write is dropped; the writer raises the
+    recorded error once the HDF5 call returns. The file keeps what was written before the failure,
+    as after a ``kill -9``, which a resumed `gait prep` checks and continues.
+    """
+
+    def __init__(self, path: Path, create: bool):
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self.fd = os.open(path, flags, 0o644)
+        self.pos = 0
+        self.size = os.fstat(self.fd).st_size  # as HDF5 believes it to be
+        self.error: OSError | None = None
+        self.discard = False  # drop every write (set after a failure, or to abandon the file)
+
+    def _failed(self, e: OSError) -> None:
+        self.error = self.error or e
+        self.discard = True
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + pos
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view):
+            k = os.preadv(self.fd, [view[done:]], self.pos + done)
+            if k == 0:  # end of file: HDF5 fills the rest with zeros
+                break
+            done += k
+        self.pos += done
+        return done
+
+    def read(self, n: int = -1) -> bytes:
+        data = os.pread(self.fd, max(self.size - self.pos, 0) if n < 0 else n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def write(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        n = len(view)
+        if not self.discard:
+            try:
+                done = 0
+                while done < n:
+                    k = os.pwrite(self.fd, view[done:], self.pos + done)
+                    if k == 0:
+                        raise OSError(errno.EIO, "the write made no progress")
+                    done += k
+            except OSError as e:
+                self._failed(e)
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if not self.discard:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self._failed(e)
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        if not self.discard:
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                self._failed(e)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class PackWriter:
     """Append sequences to a pack file, then write its table and attributes on :meth:`close`.
 
     ``reopen=True`` continues a file this class wrote earlier (for resumable runs): the frame
     datasets are truncated to ``frames`` and ``rows`` become the table's first rows.
+
+    A failed write (full disk, file size limit) raises :class:`~gaitprep.errors.OutputError`
+    naming the file; the file is then closed without writing anything more, so it keeps what was
+    on disk at that moment (see :class:`_GuardedFile`). :meth:`abort` does the same on purpose.
     """
 
     def __init__(
@@ -78,33 +203,75 @@ class PackWriter:
         self.rows: list[dict] = list(rows or [])
         self.attrs = dict(attrs or {})
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        if reopen:
-            self.file = h5py.File(self.path, "r+")
-            self.file["frames"].resize(frames, axis=0)
-            self.file["frame_source"].resize(frames, axis=0)
-            self.count = self.written = frames
-            return
-        self.file = h5py.File(self.path, "w")
-        opts = {
-            "gzip": {"compression": "gzip", "compression_opts": 1},
-            "lzf": {"compression": "lzf"},
-            "none": {},
-        }[compression]
-        self.file.create_dataset(
-            "frames",
-            shape=(0, size, size),
-            maxshape=(None, size, size),
-            dtype=np.uint8,
-            chunks=(CHUNK_FRAMES, size, size),
-            **opts,
-        )
-        self.file.create_dataset(
-            "frame_source", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(4096,), **opts
-        )
-        self.count = self.written = 0
+        self.file: h5py.File | None = None
+        try:
+            self._io = _GuardedFile(self.path, create=not reopen)
+        except OSError as e:
+            raise OutputError(describe_os_error(e, self.path)) from e
+        try:
+            with self._guarded():
+                if reopen:
+                    self.file = h5py.File(self._io, "r+")
+                    self._data = {n: self.file[n] for n in ("frames", "frame_source")}
+                    for d in self._data.values():
+                        d.resize(frames, axis=0)
+                    if "sequences" in self.file:  # left by a close that failed half-way
+                        del self.file["sequences"]
+                    self.count = self.written = frames
+                    return
+                self.file = h5py.File(self._io, "w")
+                opts = {
+                    "gzip": {"compression": "gzip", "compression_opts": 1},
+                    "lzf": {"compression": "lzf"},
+                    "none": {},
+                }[compression]
+                frames_ds = self.file.create_dataset(
+                    "frames",
+                    shape=(0, size, size),
+                    maxshape=(None, size, size),
+                    dtype=np.uint8,
+                    chunks=(CHUNK_FRAMES, size, size),
+                    **opts,
+                )
+                source_ds = self.file.create_dataset(
+                    "frame_source",
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype=np.int32,
+                    chunks=(4096,),
+                    **opts,
+                )
+                self._data = {"frames": frames_ds, "frame_source": source_ds}
+                self.count = self.written = 0
+        except BaseException:
+            self.abort()
+            raise
 
-    def append(self, meta: dict, frames: np.ndarray, frame_source: np.ndarray) -> dict:
-        """Add one sequence; ``meta`` holds the string columns. Returns its table row.
+    @property
+    def closed(self) -> bool:
+        return self.file is None
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Run HDF5 calls; a write that failed underneath them becomes an OutputError."""
+        try:
+            yield
+        except BaseException:
+            self._raise_failed_write()
+            raise
+        self._raise_failed_write()
+
+    def _raise_failed_write(self) -> None:
+        e = self._io.error
+        if e is not None:
+            self.abort()
+            raise OutputError(describe_os_error(e, self.path)) from e
+
+    def append(
+        self, meta: dict, frames: np.ndarray, frame_source: np.ndarray, crc: int | None = None
+    ) -> dict:
+        """Add one sequence; ``meta`` holds the string columns, ``crc`` the frames' CRC-32 when
+        the caller has it already (see :func:`frames_crc`). Returns its table row.
 
         Frames are buffered and written in blocks of whole chunks, so that each chunk is
         compressed once.
@@ -113,7 +280,11 @@ class PackWriter:
         if frames.shape[1:] != (self.size, self.size) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [n, {self.size}, {self.size}]")
         self._pending.append((frames, np.asarray(frame_source, np.int32)))
-        row = {c: str(meta[c]) for c in STRING_COLUMNS} | {"start": self.count, "length": n}
+        row = {c: str(meta[c]) for c in STRING_COLUMNS} | {
+            "start": self.count,
+            "length": n,
+            "crc32": frames_crc(frames) if crc is None else int(crc),
+        }
         self.rows.append(row)
         self.count += n
         if self.count - self.written >= BLOCK_FRAMES:
@@ -131,38 +302,69 @@ class PackWriter:
         n = end - self.written
         if n <= 0:
             return
-        for name, data in (("frames", frames), ("frame_source", source)):
-            self.file[name].resize(end, axis=0)
-            self.file[name][self.written : end] = data[:n]
+        with self._guarded():
+            for name, data in (("frames", frames), ("frame_source", source)):
+                self._data[name].resize(end, axis=0)
+                self._data[name][self.written : end] = data[:n]
         self._pending = [(frames[n:], source[n:])] if end < self.count else []
         self.written = end
 
-    def flush(self) -> None:
-        """Write buffered frames and flush the file to the operating system."""
-        self._write_pending()
-        self.file.flush()
+    def flush(self, whole_chunks: bool = False) -> None:
+        """Write buffered frames (with ``whole_chunks``, only those that fill whole chunks, so
+        that a chunk on the disk is never rewritten), flush the file and fsync it."""
+        self._write_pending(everything=not whole_chunks)
+        with self._guarded():
+            self.file.flush()
+            self._io.sync()
 
     def close(self) -> None:
-        """Write the sequence table and the attributes, and close the file."""
+        """Write the sequence table and the attributes, fsync and close the file."""
         self._write_pending()
-        table = self.file.require_group("sequences")
-        text = h5py.string_dtype("utf-8")
-        for c in STRING_COLUMNS:
-            table.create_dataset(
-                c, data=np.array([r[c] for r in self.rows], dtype=object), dtype=text
-            )
-        for c in ("start", "length"):
-            table.create_dataset(c, data=np.array([r[c] for r in self.rows], dtype=np.int64))
-        self.file.attrs.update({"format": FORMAT, "version": VERSION, "size": self.size})
-        self.file.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
-        self.file.close()
+        with self._guarded():
+            table = self.file.require_group("sequences")
+            text = h5py.string_dtype("utf-8")
+            for c in STRING_COLUMNS:
+                table.create_dataset(
+                    c, data=np.array([r[c] for r in self.rows], dtype=object), dtype=text
+                )
+            for c in ("start", "length"):
+                table.create_dataset(c, data=np.array([r[c] for r in self.rows], dtype=np.int64))
+            table.create_dataset("crc32", data=np.array([r["crc32"] for r in self.rows], np.uint32))
+            self.file.attrs.update({"format": FORMAT, "version": VERSION, "size": self.size})
+            self.file.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
+            self._data = {}
+            self.file.close()
+            self._io.sync()
+        self.file = None
+        self._io.close()
+
+    def close_partial(self) -> None:
+        """Write buffered frames and close the file without a table (a run to be resumed)."""
+        self._write_pending()
+        with self._guarded():
+            self._data = {}
+            self.file.close()
+            self._io.sync()
+        self.file = None
+        self._io.close()
+
+    def abort(self) -> None:
+        """Close the file without writing anything more to it; never raises."""
+        self._io.discard = True
+        self._data = {}
+        if self.file is not None:
+            with suppress(Exception):
+                self.file.close()
+            self.file = None
+        self._io.close()
 
 
 class Pack:
     """Read access to a gait pack: ``len(pack)``, ``pack[i]`` or ``pack[key]`` -> uint8 frames.
 
-    The HDF5 handle is opened lazily and re-opened in a new process, so a Pack can be handed to
-    DataLoader workers.
+    Every sequence read is checked against its CRC-32: a read error or a mismatch raises
+    :class:`DamagedSequence`, naming the pack and the sequence. The HDF5 handle is opened lazily
+    and re-opened in a new process, so a Pack can be handed to DataLoader workers.
     """
 
     def __init__(self, path: Path):
@@ -171,13 +373,26 @@ class Pack:
         self._file: h5py.File | None = None
         self._fingerprint: str | None = None
         f = self.file
-        self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        table = f["sequences"]
-        self.columns = {
-            c: np.array([s.decode() for s in table[c][()]], dtype=object) for c in STRING_COLUMNS
-        }
-        self.start = table["start"][()]
-        self.length = table["length"][()]
+        try:
+            self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            table = f["sequences"]
+            self.columns = {
+                c: np.array([s.decode() for s in table[c][()]], dtype=object)
+                for c in STRING_COLUMNS
+            }
+            self.start = table["start"][()]
+            self.length = table["length"][()]
+            self.crc32 = table["crc32"][()]
+            rows = {len(self.start), len(self.length), len(self.crc32)}
+            rows |= {len(v) for v in self.columns.values()}
+            if len(rows) != 1:
+                raise ValueError("its columns differ in length")
+        except (OSError, KeyError, ValueError, UnicodeDecodeError) as e:
+            self.close()
+            raise PackError(
+                f"{self.path}: the sequence table is damaged ({_one_line(e)}); "
+                "re-make the pack with `gait prep`"
+            ) from None
         self._index = {k: i for i, k in enumerate(self.keys())}
 
     def __getstate__(self) -> dict:
@@ -239,18 +454,43 @@ class Pack:
         return {c: self.columns[c][i] for c in STRING_COLUMNS} | {
             "start": int(self.start[i]),
             "length": int(self.length[i]),
+            "crc32": int(self.crc32[i]),
         }
+
+    def _key(self, i: int) -> Key:
+        c = self.columns
+        return (c["subject"][i], c["condition"][i], c["seq"][i], c["view"][i])
+
+    def _read(self, name: str, i: int) -> np.ndarray:
+        """Rows ``start[i] : start[i] + length[i]`` of ``/name``; a read error or a short read
+        raises DamagedSequence."""
+        s, n = int(self.start[i]), int(self.length[i])
+        try:
+            data = self.file[name][s : s + n]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DamagedSequence.of(
+                self.path, self._key(i), f"cannot read /{name}: {_one_line(e)}"
+            ) from None
+        if len(data) != n:
+            raise DamagedSequence.of(
+                self.path, self._key(i), f"/{name} holds {len(data)} of its {n} frames"
+            )
+        return data
 
     def __getitem__(self, item: int | Key | str) -> np.ndarray:
         i = item if isinstance(item, (int, np.integer)) else self.index(item)
         if not -len(self) <= i < len(self):
             raise IndexError(f"sequence {i} out of range for {len(self)} sequences")
-        s, n = int(self.start[i]), int(self.length[i])
-        return self.file["frames"][s : s + n]
+        frames = self._read("frames", i)
+        if frames_crc(frames) != int(self.crc32[i]):
+            raise DamagedSequence.of(
+                self.path, self._key(i), "its frames do not match their CRC-32 checksum"
+            )
+        return frames
 
     def frame_source(self, i: int) -> np.ndarray:
-        s, n = int(self.start[i]), int(self.length[i])
-        return self.file["frame_source"][s : s + n]
+        """Each frame's index in its raw sequence (not covered by the checksum)."""
+        return self._read("frame_source", i)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
@@ -267,6 +507,11 @@ class Pack:
         self.close()
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[0].lower() + text[1:]
+
+
 def _plain(v):
     if isinstance(v, bytes):
         return v.decode()
@@ -280,7 +525,18 @@ def _open_checked(path: Path) -> h5py.File:
         f = h5py.File(path, "r")
     except FileNotFoundError:
         raise PackError(f"{path} does not exist") from None
-    except OSError:
+    except PermissionError as e:
+        raise PackError(describe_os_error(e, path, "read")) from None
+    except OSError as e:
+        try:
+            with open(path, "rb") as fh:
+                hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+        except OSError:
+            hdf5 = False
+        if hdf5:  # truncated, or its superblock is damaged
+            raise PackError(
+                f"{path} is a damaged HDF5 file ({_one_line(e)}); re-make the pack with `gait prep`"
+            ) from None
         raise PackError(f"{path} is not an HDF5 file; make packs with `gait prep`") from None
     fmt, version = _plain(f.attrs.get("format")), _plain(f.attrs.get("version"))
     if fmt != FORMAT:

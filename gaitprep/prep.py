@@ -1,14 +1,20 @@
 """``gait prep``: a raw silhouette tree in, one gait pack and its manifest out.
 
 Sequences are normalized in parallel worker processes and written by this (single) process in
-sorted key order, so the pack does not depend on the number of workers. The run is resumable:
+sorted key order, so the pack does not depend on the number of workers. One run at a time writes
+an output: the run holds :class:`~gaitprep.files.OutputLock` on ``PACKED`` from before it touches
+anything until it is done, and a second run is refused with a line naming the first. The run is
+resumable:
 
-* the pack grows as ``PACKED.partial``; every couple of seconds the writer flushes it, appends the
-  finished sequences to ``PACKED.partial.jsonl`` (fsync) and then records the committed position
-  in ``PACKED.partial.json`` (written atomically);
+* the pack grows as ``PACKED.partial``; every couple of seconds the writer writes the frames that
+  fill whole chunks, flushes and fsyncs the file, appends the finished sequences to
+  ``PACKED.partial.jsonl`` (fsync) and then records the committed position (the sequences whose
+  frames are all on the disk) in ``PACKED.partial.json`` (written atomically);
 * a run that finds a journal of the same job reopens the partial pack, checks every committed
   sequence against its CRC-32, truncates whatever came after the last commit and goes on; if the
   partial file cannot be trusted it starts over;
+* a failed write (full disk, file size limit) ends the run with one line naming the file; the
+  partial pack and the journal stay, so the same command resumes once there is space;
 * only a complete pack is renamed to ``PACKED``; ``PACKED.manifest.json`` follows.
 """
 
@@ -26,10 +32,11 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from gaitprep import __version__
-from gaitprep.errors import GaitError
+from gaitprep.errors import GaitError, OutputError, describe_os_error
+from gaitprep.files import OutputLock, atomic_write, fsync_path
 from gaitprep.layout import RawSequence, discover
-from gaitprep.pack import PackWriter, created_timestamp
-from gaitprep.process import Params, frames_crc, process_sequence
+from gaitprep.pack import VERSION, PackWriter, created_timestamp, frames_crc
+from gaitprep.process import Params, process_sequence
 
 COMMIT_SECONDS = 2.0
 
@@ -74,6 +81,7 @@ class PrepJob:
         for s in sequences:
             digest.update(json.dumps([s.key, s.folder, s.files]).encode())
         return {
+            "pack_version": VERSION,
             "raw": str(self.raw.resolve()),
             "dataset": self.dataset,
             "layout": self.layout,
@@ -97,20 +105,22 @@ class PrepJob:
         }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def _json(data: dict) -> str:
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
 def _check_output(job: PrepJob, overwrite: bool) -> None:
+    """Refuse an existing pack (without ``overwrite``), a folder and an unwritable location."""
     out = job.out
     if out.exists() and not overwrite:
         raise PrepError(f"{out} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise PrepError(f"{out} is a folder; PACKED is the pack file to write, e.g. casia-b.h5")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.with_name(out.name + ".probe")
         probe.write_bytes(b"")
         probe.unlink()
@@ -118,16 +128,18 @@ def _check_output(job: PrepJob, overwrite: bool) -> None:
         raise PrepError(f"cannot write {out}: {e.strerror}; choose a writable location") from None
 
 
-def _resume(job: PrepJob, identity: dict) -> tuple[int, list[dict], PackWriter] | None:
+def _resume(job: PrepJob, identity: dict) -> tuple[list[dict], PackWriter] | None:
     """Reopen a partial run of the same job, or None when there is nothing trustworthy."""
     p = job.paths()
     try:
         journal = json.loads(p["journal"].read_text())
     except (OSError, ValueError):
         return None
-    if journal.get("job") != identity:
+    if not isinstance(journal, dict) or journal.get("job") != identity:
         return None
-    position, frames = journal["position"], journal["frames"]
+    position, frames = journal.get("position"), journal.get("frames")
+    if not (isinstance(position, int) and isinstance(frames, int)) or not p["partial"].is_file():
+        return None
     entries = []
     with suppress(OSError), p["log"].open(encoding="utf-8") as log:
         for line in log:
@@ -142,18 +154,21 @@ def _resume(job: PrepJob, identity: dict) -> tuple[int, list[dict], PackWriter] 
         writer = PackWriter(
             p["partial"], job.params.size, job.compression, reopen=True, frames=frames, rows=rows
         )
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
         data = writer.file["frames"]
         for e in entries:
             r = e["row"]
-            if (
-                r is not None
-                and frames_crc(data[r["start"] : r["start"] + r["length"]]) != e["crc"]
-            ):
-                writer.file.close()
+            if r is None:
+                continue
+            if frames_crc(data[r["start"] : r["start"] + r["length"]]) != e["crc"]:
+                writer.abort()
                 return None
     except (OSError, KeyError, ValueError):
+        writer.abort()
         return None
-    return position, entries, writer
+    return entries, writer
 
 
 def _start(job: PrepJob) -> PackWriter:
@@ -163,26 +178,55 @@ def _start(job: PrepJob) -> PackWriter:
     return PackWriter(p["partial"], job.params.size, job.compression)
 
 
+def _committed(entries: list[dict], written: int) -> tuple[int, int]:
+    """``(position, frames)``: how many leading entries have all their frames among the first
+    ``written`` frames of the file, and how many frames those entries hold."""
+    position, frames = len(entries), None
+    for i in range(len(entries) - 1, -1, -1):
+        r = entries[i]["row"]
+        if r is None:
+            continue
+        end = r["start"] + r["length"]
+        if end <= written:
+            return position, end if frames is None else frames
+        position, frames = i, r["start"]
+    return position, 0 if frames is None else frames
+
+
 def run_prep(
     job: PrepJob, workers: int = 1, overwrite: bool = False, progress: bool = False
 ) -> dict:
     """Make the pack of ``job``; returns its manifest. Resumes an interrupted run of the same job.
 
-    Raises PrepError for bad input or output, PrepInterrupted on Ctrl-C (after committing).
+    Holds the output's lock for the whole run (OutputBusy when another process has it). Raises
+    PrepError for bad input or output, PrepInterrupted on Ctrl-C (after committing), OutputError
+    when a write fails (the partial pack is kept for a resume).
     """
+    out = job.out
+    if out.parent.exists() and not out.parent.is_dir():
+        raise PrepError(f"cannot write {out}: {out.parent} is not a folder")
+    with OutputLock(out):
+        return _run_locked(job, workers, overwrite, progress)
+
+
+def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> dict:
     _check_output(job, overwrite)
     sequences = job.select(discover(job.raw, job.layout, {"condition": "nm"}))
     identity = job.identity(sequences)
     p = job.paths()
     resumed = _resume(job, identity)
     if resumed is None:
-        position, entries, writer = 0, [], _start(job)
+        entries, writer = [], _start(job)
     else:
-        position, entries, writer = resumed
-        with p["log"].open("w", encoding="utf-8") as log:  # drop uncommitted lines
-            log.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-    log = p["log"].open("a", encoding="utf-8")
-    todo = sequences[position:]
+        entries, writer = resumed
+    try:
+        if resumed is not None:  # drop uncommitted lines
+            atomic_write(p["log"], "".join(_line(e) for e in entries))
+        log = p["log"].open("a", encoding="utf-8")
+    except BaseException:
+        writer.abort()
+        raise
+    todo = sequences[len(entries) :]
     start = time.perf_counter()
     bar = tqdm(
         total=sum(len(s.files) for s in todo),
@@ -194,11 +238,20 @@ def run_prep(
     )
     done_frames = 0
 
-    def commit() -> None:
-        writer.flush()
-        log.flush()
-        os.fsync(log.fileno())
-        _write_json(p["journal"], {"job": identity, "position": position, "frames": writer.count})
+    def commit(everything: bool = False) -> None:
+        """Make the finished sequences durable: frames, then the log, then the journal.
+
+        Periodic commits write only whole chunks, so a chunk that is on the disk at a commit is
+        never rewritten (and never moved, when compressed) before the next one."""
+        writer.flush(whole_chunks=not everything)
+        try:
+            if not log.closed:  # (closed: all of it is on the disk)
+                log.flush()
+                os.fsync(log.fileno())
+        except OSError as e:
+            raise OutputError(describe_os_error(e, p["log"])) from e
+        position, frames = _committed(entries, writer.written)
+        atomic_write(p["journal"], _json({"job": identity, "position": position, "frames": frames}))
 
     if workers > 1:
         results = Parallel(n_jobs=workers, return_as="generator")(
@@ -216,9 +269,13 @@ def run_prep(
                 "view": seq.view,
                 "source": seq.folder,
             }
-            row = writer.append(meta, res.frames, res.frame_source) if len(res.frames) else None
+            row = (
+                writer.append(meta, res.frames, res.frame_source, crc=res.crc)
+                if len(res.frames)
+                else None
+            )
             entry = {
-                "i": position,
+                "i": len(entries),
                 "row": row,
                 "folder": seq.folder,
                 "crc": res.crc,
@@ -227,34 +284,62 @@ def run_prep(
                 "dropped": res.dropped,
                 "unreadable": res.unreadable,
             }
-            log.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            try:
+                log.write(_line(entry))
+            except OSError as e:
+                raise OutputError(describe_os_error(e, p["log"])) from e
             entries.append(entry)
-            position += 1
             done_frames += res.read
             bar.update(res.read)
             if time.perf_counter() - last > COMMIT_SECONDS:
                 commit()
                 last = time.perf_counter()
-    except KeyboardInterrupt:
-        commit()
-        log.close()
-        writer.file.close()
         bar.close()
+        try:
+            log.close()
+        except OSError as e:
+            raise OutputError(describe_os_error(e, p["log"])) from e
+        writer.attrs = job.attrs()
+        writer.close()
+    except KeyboardInterrupt:
+        _cancel(results, bar)
+        if not writer.closed:
+            commit(everything=True)
+            writer.close_partial()
+        with suppress(OSError):
+            log.close()
         raise PrepInterrupted(
-            f"interrupted after {position} of {len(sequences)} sequences; "
+            f"interrupted after {len(entries)} of {len(sequences)} sequences; "
             "run the same command again to resume"
         ) from None
-    bar.close()
-    log.close()
-    writer.attrs = job.attrs()
-    writer.close()
+    except BaseException:
+        # What is on the disk up to the last commit stays for a resume. Nothing more is written
+        # to the pack, and it is closed now so that HDF5 cannot fail again (or crash) later.
+        writer.abort()
+        _cancel(results, bar)
+        with suppress(OSError):
+            log.close()
+        raise
     seconds = time.perf_counter() - start
     manifest = build_manifest(job, sequences, entries, seconds, done_frames, resumed is not None)
-    os.replace(p["partial"], job.out)
-    _write_json(p["manifest"], manifest)
+    try:
+        os.replace(p["partial"], job.out)
+        with suppress(OSError):
+            fsync_path(job.out.parent)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, job.out)) from e
+    atomic_write(p["manifest"], _json(manifest))
     p["journal"].unlink(missing_ok=True)
     p["log"].unlink(missing_ok=True)
     return manifest
+
+
+def _cancel(results, bar) -> None:
+    """Cancel the remaining work and close the progress bar, quietly."""
+    with suppress(Exception):
+        results.close()
+    with suppress(Exception):
+        bar.close()
 
 
 def build_manifest(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from gaitprep.layout import RawSequence
 from gaitprep.normalize import normalize_frame
+from gaitprep.pack import frames_crc
 
 cv2.setNumThreads(1)  # frames are small: OpenCV's own threads only add overhead per call
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
@@ -56,15 +56,7 @@ class Processed:
     read: int
     dropped: list[tuple[str, str]]  # (file, reason) for frames that decoded but were dropped
     unreadable: list[tuple[str, str]]
-
-    @property
-    def crc(self) -> int:
-        return frames_crc(self.frames)
-
-
-def frames_crc(frames: np.ndarray) -> int:
-    """CRC-32 of a sequence's frames, to check a resumed pack against what was written."""
-    return zlib.crc32(np.ascontiguousarray(frames).tobytes())
+    crc: int = 0  # CRC-32 of the frames as /sequences/crc32 stores it (computed in the worker)
 
 
 def process_sequence(root: Path, seq: RawSequence, params: Params) -> Processed:
@@ -88,4 +80,5 @@ def process_sequence(root: Path, seq: RawSequence, params: Params) -> Processed:
         source.append(i)
     s = params.size
     frames = np.stack(kept) if kept else np.zeros((0, s, s), np.uint8)
-    return Processed(frames, np.asarray(source, np.int32), len(seq.files), dropped, unreadable)
+    source = np.asarray(source, np.int32)
+    return Processed(frames, source, len(seq.files), dropped, unreadable, frames_crc(frames))

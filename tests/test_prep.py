@@ -52,7 +52,7 @@ def test_pack_equals_the_literal_standard_steps(sample_pack: Path) -> None:
     dropped = {d["file"] for d in manifest["dropped_frames"]}
     with Pack(sample_pack) as pack:
         assert len(pack) == 180
-        assert pack.attrs["format"] == "gait-pack" and pack.attrs["version"] == 1
+        assert pack.attrs["format"] == "gait-pack" and pack.attrs["version"] == 2
         assert pack.attrs["dataset"] == "casia-b" and pack.attrs["size"] == 64
         for seq in discover(SAMPLE, CASIA_B):
             i = pack.index(seq.key)
