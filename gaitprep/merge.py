@@ -106,7 +106,5 @@ def _merge_manifests(out: Path, shards: list[Path]) -> None:
         }
     for k in ("dropped_frames", "unreadable"):
         merged[k] = [x for m in ms for x in m[k]]
-    merged["seconds"] = round(sum(m["seconds"] for m in ms), 3)
-    merged["frames_per_second"] = None
     text = json.dumps(merged, indent=1, ensure_ascii=False) + "\n"
     atomic_write(out.with_name(out.name + ".manifest.json"), text)

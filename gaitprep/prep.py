@@ -328,7 +328,7 @@ def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> 
             fsync_path(job.out.parent)
     except OSError as e:
         raise OutputError(describe_os_error(e, job.out)) from e
-    atomic_write(p["manifest"], _json(manifest))
+    atomic_write(p["manifest"], _json({k: v for k, v in manifest.items() if k not in RUN_ONLY}))
     p["journal"].unlink(missing_ok=True)
     p["log"].unlink(missing_ok=True)
     return manifest
@@ -340,6 +340,11 @@ def _cancel(results, bar) -> None:
         results.close()
     with suppress(Exception):
         bar.close()
+
+
+#: What describes this run rather than the pack: returned, printed, kept out of the manifest file
+#: (two runs that make the same pack write the same manifest).
+RUN_ONLY = ("seconds", "frames_per_second", "resumed")
 
 
 def build_manifest(
