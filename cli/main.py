@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import click
@@ -33,6 +34,9 @@ class GaitGroup(click.Group):
             threading.excepthook = _quiet_os_errors
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `gait inspect PACK | head`: the reader left, say nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
         except (GaitError, OSError) as e:
             if debug:
                 raise
