@@ -16,11 +16,8 @@ from gaitcli.train import train_cmd
 from gaitprep.errors import GaitError, describe_os_error, one_line
 
 
-def _quiet_os_errors(args: threading.ExceptHookArgs) -> None:
-    """A background thread's OS error (TensorBoard's writer on a full disk) is re-raised by its
-    owner in the foreground, which reports it in one line: don't print its traceback too."""
-    if not issubclass(args.exc_type, OSError):
-        threading.__excepthook__(args)
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("debug") or os.environ.get("GAIT_DEBUG"))
 
 
 class GaitGroup(click.Group):
@@ -29,16 +26,20 @@ class GaitGroup(click.Group):
     ``gait --debug`` (or ``GAIT_DEBUG=1``) lets the traceback through instead."""
 
     def invoke(self, ctx: click.Context):
-        debug = bool((ctx.obj or {}).get("debug") or os.environ.get("GAIT_DEBUG"))
-        if not debug:
-            threading.excepthook = _quiet_os_errors
+        def quiet_os_errors(args: threading.ExceptHookArgs) -> None:
+            """A background thread's OS error (TensorBoard's writer on a full disk) is re-raised
+            by its owner in the foreground, which reports it in one line: no second traceback."""
+            if _debug(ctx) or not issubclass(args.exc_type, OSError):
+                threading.__excepthook__(args)
+
+        threading.excepthook = quiet_os_errors
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # runs cli() below, which records --debug in ctx.obj
         except BrokenPipeError:  # `gait inspect PACK | head`: the reader left, say nothing
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
         except (GaitError, OSError) as e:
-            if debug:
+            if _debug(ctx):
                 raise
             text = one_line(e) if isinstance(e, GaitError) else describe_os_error(e, action="use")
             raise click.ClickException(text) from None

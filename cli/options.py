@@ -16,3 +16,7 @@ def workers_option(help_text: str):
         show_default="all cores",
         help=help_text,
     )
+
+
+#: Seeds are non-negative: NumPy's and torch's generators take 0 .. 2**63 - 1.
+SEED = click.IntRange(0, 2**63 - 1)

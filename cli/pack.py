@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import cv2
 
+from gaitcli.options import SEED
 from gaitprep.inspect import montage, summarize, verify
 from gaitprep.merge import merge_packs
 from gaitprep.pack import Pack, PackError
@@ -32,7 +33,7 @@ from gaitprep.pack import Pack, PackError
     "--sequences", type=click.IntRange(1), default=8, show_default=True, help="Rows of the montage."
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Which sequences the montage shows."
+    "--seed", type=SEED, default=0, show_default=True, help="Which sequences the montage shows."
 )
 def inspect_cmd(
     pack: Path, as_json: bool, check: bool, montage_png: Path | None, sequences: int, seed: int

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from gaitcli.options import workers_option
+from gaitcli.options import SEED, workers_option
 from gaitprep.synth import (
     CASIA_B,
     LAYOUTS,
@@ -113,7 +113,7 @@ def _options(layout_name: str):
                 ),
                 click.option(
                     "--seed",
-                    type=int,
+                    type=SEED,
                     default=0,
                     show_default=True,
                     help="Population seed: same arguments + seed = identical bytes.",
@@ -223,7 +223,7 @@ def synth_ou_mvlp(**kwargs) -> None:
 @synth.command("preview")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--subject", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--frame",
     type=click.IntRange(1),

@@ -263,3 +263,15 @@ def test_evaluating_on_training_subjects_is_flagged(setup, tmp_path: Path) -> No
     assert clean["warnings"] == []
     other = evaluate(run, setup["b"], "--test-subjects", "004-006")  # not the training pack
     assert other["warnings"] == []
+
+
+def test_an_embeddings_file_being_written_by_another_process_is_refused(
+    setup, tmp_path: Path
+) -> None:
+    from gaitprep.files import OutputLock  # new in issue 8
+
+    out = tmp_path / "gallery.h5"
+    with OutputLock(out):
+        r = gait("embed", setup["runs"][0], setup["a"], "--out", out)
+    assert_one_line_error(r, str(out), f"pid {os.getpid()}")
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
