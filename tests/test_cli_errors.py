@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from gaitcli.main import cli
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.cli import ROOT, gait
 
 
 @pytest.mark.parametrize(

@@ -14,41 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from gaitcli.main import cli
-from gaitprep.layout import CASIA_B
-from gaitprep.prep import PrepJob, run_prep
-from gaitprep.process import Params
 from gaittrain.evaluation.embed import read_embeddings
+from tests.cli import FAST, SAMPLE, TINY, assert_one_line_error, gait, make_pack
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
-RAW = ROOT / "sample_data" / "casia-b"
-FAST = [
-    *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
-    *("--set", "data.frames=6", "--train-subjects", "first:4", "--iterations", "4"),
-]
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(r, *needles: str) -> str:
-    assert r.exit_code == 1, r.output
-    assert isinstance(r.exception, SystemExit), repr(r.exception)
-    line = r.output.strip().splitlines()[-1]
-    assert line.startswith("Error: ") and "Traceback" not in r.output, r.output
-    for n in needles:
-        assert n in line, line
-    return line
-
-
-def make_pack(out: Path, **params) -> Path:
-    job = PrepJob(raw=RAW, out=out, dataset="casia-b", layout=CASIA_B, params=Params(**params))
-    run_prep(job, workers=1)
-    return out
+RAW = SAMPLE
+SHORT = ("--train-subjects", "first:4", "--iterations", "4")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +31,7 @@ def setup(tmp_path_factory) -> dict:
     runs = []
     for seed in (0, 1):
         run = base / f"run{seed}"
-        r = gait("train", TINY, "--pack", a, "--out", run, "--seed", seed, *FAST)
+        r = gait("train", TINY, "--pack", a, "--out", run, "--seed", seed, *FAST, *SHORT)
         assert r.exit_code == 0, r.output
         runs.append(run)
     return {"base": base, "a": a, "b": b, "runs": runs}

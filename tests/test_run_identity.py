@@ -17,53 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from gaitcli.main import cli
-from gaitprep.layout import CASIA_B
-from gaitprep.prep import PrepJob, run_prep
-from gaitprep.process import Params
 from gaittrain.config import load_config
 from gaittrain.models import SetModel
 from gaittrain.objective import Objective
 from gaittrain.trainer import seed_everything
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
-FAST = [
-    *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
-    *("--set", "train.log_every=1", "--set", "data.frames=6"),
-]
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(r, *needles: str) -> str:
-    """Exit 1 through the CLI's error path (no exception escaped), with the message's words."""
-    assert r.exit_code == 1, r.output
-    assert isinstance(r.exception, SystemExit), repr(r.exception)
-    line = r.output.strip().splitlines()[-1]
-    assert line.startswith("Error: "), r.output
-    assert "Traceback" not in r.output
-    for n in needles:
-        assert n in line, line
-    return line
-
-
-def make_pack(out: Path, **params) -> Path:
-    run_prep(
-        PrepJob(
-            raw=ROOT / "sample_data" / "casia-b",
-            out=out,
-            dataset="casia-b",
-            layout=CASIA_B,
-            params=Params(**params),
-        ),
-        workers=1,
-    )
-    return out
+from tests.cli import FAST, ROOT, TINY, assert_one_line_error, gait, make_pack
 
 
 @pytest.fixture(scope="module")

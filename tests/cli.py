@@ -1,0 +1,45 @@
+"""Helpers shared by the end-to-end tests: run `gait`, check a one-line error, make a pack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gaitcli.main import cli
+from gaitprep.layout import CASIA_B
+from gaitprep.prep import PrepJob, run_prep
+from gaitprep.process import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "casia-b"
+TINY = ROOT / "configs" / "tiny.yaml"
+#: A few-second tiny run: P x K = 4 x 2, 6 frames, no DataLoader workers, a log line per step.
+FAST = [
+    *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
+    *("--set", "train.log_every=1", "--set", "data.frames=6"),
+]
+
+
+def gait(*args) -> object:
+    """`gait ARGS...` in-process; the result's output holds stdout and stderr."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(r, *needles: str) -> str:
+    """Exit 1 through the CLI's one error path (no exception escaped, no traceback printed),
+    ending in an ``Error:`` line that holds every needle; returns that line."""
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and "Traceback" not in r.output, r.output
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def make_pack(out: Path, raw: Path = SAMPLE, **params) -> Path:
+    """A pack of ``raw`` (the sample data) made by `gait prep` with normalization ``params``."""
+    job = PrepJob(raw=raw, out=out, dataset="casia-b", layout=CASIA_B, params=Params(**params))
+    run_prep(job, workers=1)
+    return out
