@@ -43,3 +43,9 @@ def make_pack(out: Path, raw: Path = SAMPLE, **params) -> Path:
     job = PrepJob(raw=raw, out=out, dataset="casia-b", layout=CASIA_B, params=Params(**params))
     run_prep(job, workers=1)
     return out
+
+
+def train_tiny(pack: Path, out: Path, *extra) -> object:
+    """`gait train configs/tiny.yaml` on ``pack`` into ``out`` with the FAST settings, then
+    ``extra`` (later ``--set`` values win)."""
+    return gait("train", TINY, "--pack", pack, "--out", out, *FAST, *extra)

@@ -22,6 +22,7 @@ from gaitprep.prep import PrepJob, run_prep
 from gaittrain.evaluation.embed import read_embeddings
 from gaittrain.evaluation.metrics import distance_blocks
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from tests.cli import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,20 +342,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
         workers=1,
     )
     run = base / "run"
-    r = gait(
-        "train",
-        ROOT / "configs" / "tiny.yaml",
-        "--pack",
-        pack,
-        "--out",
-        run,
-        "--iterations",
-        "4",
-        "--train-subjects",
-        "001-003",
-        *("--set", "data.batch.p=3", "--set", "data.batch.k=2"),
-        *("--set", "data.workers=0", "--set", "data.frames=6"),
-    )
+    r = train_tiny(pack, run, "--iterations", "4", "--train-subjects", "001-003",
+                   "--set", "data.batch.p=3")  # fmt: skip
     assert r.exit_code == 0, r.output
     out = base / "emb.h5"
     assert gait("embed", run, pack, "--out", out, "--subjects", "004-006").exit_code == 0

@@ -19,6 +19,7 @@ from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
 from gaittrain.evaluation.embed import read_embeddings
+from tests.cli import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,26 +38,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         workers=1,
     )
     run = base / "run <img src=x onerror=alert(1)>"  # data-borne markup must be escaped
-    r = gait(
-        "train",
-        ROOT / "configs" / "tiny.yaml",
-        "--pack",
-        pack,
-        "--out",
-        run,
-        "--iterations",
-        "4",
-        "--train-subjects",
-        "001-003",
-        "--set",
-        "data.batch.p=3",
-        "--set",
-        "data.batch.k=2",
-        "--set",
-        "data.workers=0",
-        "--set",
-        "data.frames=6",
-    )
+    r = train_tiny(pack, run, "--iterations", "4", "--train-subjects", "001-003",
+                   "--set", "data.batch.p=3")  # fmt: skip
     assert r.exit_code == 0, r.output
     return run, pack
 
