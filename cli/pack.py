@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import click
-import cv2
 
 from gaitcli.options import SEED
+from gaitprep.files import write_png
 from gaitprep.inspect import montage, summarize, verify
 from gaitprep.merge import merge_packs
 from gaitprep.pack import Pack, PackError
@@ -54,9 +54,7 @@ def inspect_cmd(
             }
         if montage_png is not None and not damaged:
             img = montage(p, sequences=sequences, seed=seed)
-            montage_png.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(montage_png), img):
-                raise click.ClickException(f"could not write {montage_png}; use a .png name")
+            write_png(montage_png, img)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gaitcli.options import SEED, workers_option
+from gaitprep.files import write_png
 from gaitprep.synth import (
     CASIA_B,
     LAYOUTS,
@@ -261,9 +262,7 @@ def synth_preview(out: Path, subject: int, seed: int, frame: int, clean: bool) -
             row.append(img)
         rows.append(np.hstack(row))
     montage = cv2.resize(np.vstack(rows), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), montage):
-        raise click.ClickException(f"could not write {out}; check the folder and the .png suffix")
+    write_png(out, montage)
     click.echo(f"wrote {out} ({montage.shape[1]}x{montage.shape[0]})")
 
 

@@ -82,6 +82,18 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         tmp.write_bytes(raw)
 
 
+def write_png(path: Path, image) -> None:
+    """Encode a uint8 image as PNG and write it atomically (the name must end in .png)."""
+    import cv2
+
+    if Path(path).suffix.lower() != ".png":
+        raise OutputError(f"cannot write {path}: give a file name ending in .png")
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OutputError(f"cannot write {path}: OpenCV could not encode the image as PNG")
+    atomic_write(path, buf.tobytes())
+
+
 def lock_path(output: Path) -> Path:
     output = Path(output)
     return output.with_name(f".{output.name}.lock")
