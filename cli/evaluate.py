@@ -11,7 +11,7 @@ from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
 from gaittrain.device import resolve_device
-from gaittrain.evaluation.embed import embed_pack, load_model
+from gaittrain.evaluation.embed import ensure_embeddings, load_model
 from gaittrain.evaluation.identify import gallery_embeddings, identify
 from gaittrain.evaluation.run_eval import (
     default_embeddings,
@@ -55,8 +55,8 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     """
     sel = select(pack_subjects([pack]), subjects) if subjects else None
     out = out or default_embeddings(checkpoint, pack)
-    embed_pack(checkpoint, pack, out, sel, resolve_device(device), max_frames)
-    click.echo(f"wrote {out}")
+    _, _, reason = ensure_embeddings(checkpoint, pack, out, sel, resolve_device(device), max_frames)
+    click.echo(f"wrote {out}" if reason is not None else f"up to date: {out}")
 
 
 @click.command("eval")
@@ -164,9 +164,9 @@ def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> No
     """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
     or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder)."""
     dev = resolve_device(device)
-    model, cfg = load_model(checkpoint, dev)
-    emb, params = gallery_embeddings(gallery, checkpoint, model, cfg, dev)
-    result = identify(raw_seq_dir, model, cfg, emb, params, dev, top_k)
+    trained = load_model(checkpoint, dev)
+    emb, params = gallery_embeddings(gallery, trained, dev)
+    result = identify(raw_seq_dir, trained.model, trained.cfg, emb, params, dev, top_k)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

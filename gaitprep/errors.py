@@ -38,11 +38,17 @@ _ADVICE = {
 
 
 def is_disk_full(e: BaseException) -> bool:
-    """True for ENOSPC, EFBIG and EDQUOT, also when the library only says so in its message
-    (h5py and torch report the C library's errno in the text)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return True
-    return bool(_NO_SPACE.search(str(e)))
+    """True for ENOSPC, EFBIG and EDQUOT. A library that reports the C library's errno only in
+    its text (h5py, torch) is read from its message, less any file name in it."""
+    code = getattr(e, "errno", None)
+    if code is not None:
+        return code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    text = str(e)
+    name = getattr(e, "filename", None)
+    if name:
+        text = text.replace(str(name), "")
+    text = re.sub(r"filename = '[^']*'", "", text)
+    return bool(_NO_SPACE.search(text))
 
 
 def describe_os_error(e: BaseException, path=None, action: str = "write") -> str:
@@ -54,11 +60,19 @@ def describe_os_error(e: BaseException, path=None, action: str = "write") -> str
         code = code if code in (errno.EFBIG, errno.EDQUOT) else errno.ENOSPC
         cause = "file too large" if code == errno.EFBIG else "no space left on device"
     else:
-        cause = (getattr(e, "strerror", None) or str(e).splitlines()[0] or type(e).__name__).strip()
+        cause = getattr(e, "strerror", None) or first_line(e)
         cause = cause[0].lower() + cause[1:] if cause else cause
     advice = _ADVICE.get(code)
     text = f"cannot {action} {where}: {cause}" if where is not None else cause
     return f"{text} ({advice})" if advice else text
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (a library's cause, quoted inside ours), cut to
+    ``limit`` characters; the exception's type name when it has no message."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def one_line(e: BaseException) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gaitprep.errors import GaitError, OutputError, describe_os_error
+from gaitprep.errors import GaitError, OutputError, describe_os_error, first_line
 
 FORMAT = "gait-pack"
 VERSION = 2
@@ -390,7 +390,7 @@ class Pack:
         except (OSError, KeyError, ValueError, UnicodeDecodeError) as e:
             self.close()
             raise PackError(
-                f"{self.path}: the sequence table is damaged ({_one_line(e)}); "
+                f"{self.path}: the sequence table is damaged ({first_line(e)}); "
                 "re-make the pack with `gait prep`"
             ) from None
         self._index = {k: i for i, k in enumerate(self.keys())}
@@ -469,7 +469,7 @@ class Pack:
             data = self.file[name][s : s + n]
         except (OSError, RuntimeError, ValueError) as e:
             raise DamagedSequence.of(
-                self.path, self._key(i), f"cannot read /{name}: {_one_line(e)}"
+                self.path, self._key(i), f"cannot read /{name}: {first_line(e)}"
             ) from None
         if len(data) != n:
             raise DamagedSequence.of(
@@ -507,11 +507,6 @@ class Pack:
         self.close()
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[0].lower() + text[1:]
-
-
 def _plain(v):
     if isinstance(v, bytes):
         return v.decode()
@@ -535,7 +530,8 @@ def _open_checked(path: Path) -> h5py.File:
             hdf5 = False
         if hdf5:  # truncated, or its superblock is damaged
             raise PackError(
-                f"{path} is a damaged HDF5 file ({_one_line(e)}); re-make the pack with `gait prep`"
+                f"{path} is a damaged HDF5 file ({first_line(e)}); "
+                "re-make the pack with `gait prep`"
             ) from None
         raise PackError(f"{path} is not an HDF5 file; make packs with `gait prep`") from None
     fmt, version = _plain(f.attrs.get("format")), _plain(f.attrs.get("version"))

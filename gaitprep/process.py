@@ -56,7 +56,7 @@ class Processed:
     read: int
     dropped: list[tuple[str, str]]  # (file, reason) for frames that decoded but were dropped
     unreadable: list[tuple[str, str]]
-    crc: int = 0  # CRC-32 of the frames as /sequences/crc32 stores it (computed in the worker)
+    crc: int  # CRC-32 of the frames as /sequences/crc32 stores it (computed in the worker)
 
 
 def process_sequence(root: Path, seq: RawSequence, params: Params) -> Processed:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaitprep.errors import GaitError
+from gaitprep.errors import GaitError, first_line
 from gaitprep.files import atomic_write
 
 NAME = re.compile(r"iter-(\d{6,})\.pt$")
@@ -88,11 +88,16 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict:
 
     Raises CheckpointError for a truncated, damaged or foreign file.
     """
+    return load_with_fingerprint(path, device)[0]
+
+
+def load_with_fingerprint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, str]:
+    """The state and the SHA-256 of the very bytes it was loaded from (one read of the file, so
+    the fingerprint cannot describe a newer file than the weights)."""
     path = Path(path)
+    raw = path.read_bytes()
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except OSError:
-        raise  # cannot read the file at all: the CLI names the file and the cause
+        state = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, pickle of foreign objects, other formats
         raise CheckpointError(
             f"{path} is not a readable gait checkpoint ({_cause(e)}); it is truncated, damaged or "
@@ -104,16 +109,15 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict:
             f"{path} is not a gait checkpoint (no {', '.join(missing)}); "
             "use a checkpoints/iter-*.pt file of a gait run"
         )
-    return state
+    return state, hashlib.sha256(raw).hexdigest()
 
 
 def _cause(e: Exception) -> str:
     """torch's reason in a few words (its own text may suggest unsafe loading: never repeat it)."""
-    text = str(e).strip()
-    if "weights_only" in text.lower() or "unpickl" in text.lower():
+    text = str(e).lower()
+    if "weights_only" in text or "unpickl" in text:
         return "it is not a tensors-only file that loads safely"
-    first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
-    return first[:100]
+    return first_line(e).split(". ")[0]
 
 
 def fingerprint(path: Path) -> str:

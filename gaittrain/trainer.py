@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gaitprep.errors import GaitError, OutputError, describe_os_error
+from gaitprep.errors import GaitError, OutputError, describe_os_error, first_line
 from gaitprep.files import OutputLock, atomic_write
 from gaitprep.pack import Pack
 from gaittrain import checkpoint
@@ -290,9 +290,8 @@ def _restore(state: dict, path: Path, *modules) -> None:
         try:
             module.load_state_dict(state[name])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            cause = str(e).strip().splitlines()[0][:120]
             raise CheckpointError(
-                f"{path}: its {name} state does not fit this run ({cause})"
+                f"{path}: its {name} state does not fit this run ({first_line(e)})"
             ) from None
 
 

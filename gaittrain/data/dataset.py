@@ -102,6 +102,11 @@ class PackDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def close(self) -> None:
+        """Close the packs' files (they reopen on the next read)."""
+        for p in self.packs:
+            p.close()
+
     def key(self, j: int) -> tuple[str, str, str, str]:
         pi, i = self.items[j]
         c = self.packs[pi].columns

@@ -10,12 +10,14 @@ recorded normalization parameters, never with defaults.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from gaitprep.errors import GaitError, first_line
 from gaitprep.files import OutputLock, atomic_output
 from gaitprep.pack import Pack
 from gaitprep.process import Params
@@ -26,6 +28,12 @@ from gaittrain.data.dataset import PackDataset
 from gaittrain.models import SetModel
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
+
+
+class EmbeddingsError(GaitError):
+    """A file that is not a readable embeddings file."""
+
+
 #: The pack attributes that shape a frame; a probe must be normalized with the gallery's.
 NORMALIZATION = ("size", "min_sum", "binarize", "largest_blob")
 
@@ -43,25 +51,36 @@ def resolve_checkpoint(ckpt: Path) -> Path:
     return found
 
 
-def load_model(ckpt: Path, device: torch.device) -> tuple[SetModel, Config]:
+@dataclass
+class TrainedModel:
+    """A checkpoint's model in eval mode, its config, the file it came from and the SHA-256 of
+    the bytes the weights were read from."""
+
+    model: SetModel
+    cfg: Config
+    path: Path
+    fingerprint: str
+
+
+def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
     path = resolve_checkpoint(ckpt)
-    state = checkpoint.load(path, device)
+    state, fingerprint = checkpoint.load_with_fingerprint(path, device)
     cfg = config_from_dict(state["config"])
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        cause = str(e).strip().splitlines()[0][:120]
-        raise CheckpointError(f"{path}: the weights do not fit its own config ({cause})") from None
+        raise CheckpointError(
+            f"{path}: the weights do not fit its own config ({first_line(e)})"
+        ) from None
     model.eval()
-    return model, cfg
+    return TrainedModel(model, cfg, path, fingerprint)
 
 
-def pack_normalization(pack: Path) -> dict:
+def pack_normalization(pack: Pack) -> dict:
     """The normalization parameters a pack's frames were made with."""
-    with Pack(pack) as p:
-        return {k: p.attrs[k] for k in NORMALIZATION}
+    return {k: pack.attrs[k] for k in NORMALIZATION}
 
 
 def params_from(norm: dict) -> Params:
@@ -71,16 +90,14 @@ def params_from(norm: dict) -> Params:
     )
 
 
-def provenance(ckpt: Path, pack: Path, max_frames: int) -> dict:
-    """Everything that determines an embeddings file, as flat HDF5 attributes."""
-    path = resolve_checkpoint(ckpt)
-    with Pack(pack) as p:
-        pack_print = p.fingerprint
+def provenance(trained: TrainedModel, pack: Pack, max_frames: int) -> dict:
+    """Everything that determines an embeddings file, as flat HDF5 attributes: taken from the
+    loaded model and from the open pack the frames are read through."""
     return {
-        "checkpoint": str(path),
-        "checkpoint_fingerprint": checkpoint.fingerprint(path),
-        "pack": str(pack),
-        "pack_fingerprint": pack_print,
+        "checkpoint": str(trained.path),
+        "checkpoint_fingerprint": trained.fingerprint,
+        "pack": str(pack.path),
+        "pack_fingerprint": pack.fingerprint,
         "max_frames": int(max_frames),
         **{f"normalization.{k}": v for k, v in pack_normalization(pack).items()},
     }
@@ -93,7 +110,7 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
         return "no embeddings yet"
     try:
         emb, attrs = read_embeddings(path)
-    except (OSError, KeyError, ValueError):
+    except EmbeddingsError:
         return f"{path} is unreadable"
     names = {
         "checkpoint_fingerprint": "the checkpoint changed",
@@ -110,27 +127,6 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
     return None
 
 
-def embed_pack(
-    ckpt: Path,
-    pack: Path,
-    out: Path,
-    subjects: list[str] | None,
-    device: torch.device,
-    max_frames: int = 0,
-    attrs: dict | None = None,
-) -> Path:
-    """Embed the sequences of ``subjects`` (None: all) in ``pack`` into ``out`` (locked, atomic).
-
-    ``attrs``: the :func:`provenance` of this call, when the caller computed it already.
-    """
-    model, cfg = load_model(ckpt, device)
-    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
-    with OutputLock(out):
-        emb = embed_dataset(model, data, device, max_frames=max_frames)
-        write_embeddings(out, data, emb, attrs or provenance(ckpt, pack, max_frames))
-    return out
-
-
 def ensure_embeddings(
     ckpt: Path,
     pack: Path,
@@ -138,18 +134,28 @@ def ensure_embeddings(
     subjects: list[str] | None,
     device: torch.device,
     max_frames: int = 0,
-) -> str | None:
-    """Make ``out`` hold the embeddings of ``subjects`` in ``pack`` by ``ckpt``; reuse the file when
-    everything that made it is unchanged. Returns why it was (re)computed, or None if reused."""
-    with Pack(pack) as p:
-        wanted_subjects = None if subjects is None else set(subjects)
-        every = p.keys()
-    keys = [k for k in every if wanted_subjects is None or k[0] in wanted_subjects]
-    attrs = provenance(ckpt, pack, max_frames)
-    reason = stale_reason(out, attrs, keys)
-    if reason is not None:
-        embed_pack(ckpt, pack, out, subjects, device, max_frames, attrs)
-    return reason
+) -> tuple[dict, dict, str | None]:
+    """The embeddings of ``subjects`` (None: all) in ``pack`` by ``ckpt``, kept in ``out``.
+
+    The file is reused when everything that made it is unchanged, otherwise embedded again
+    (atomically). Checking, embedding and reading back happen under the output's lock, with the
+    model and the pack each read once, so the file always describes what it holds. Returns
+    ``(embeddings, attrs, reason)``: ``reason`` says why it was (re)computed, None if reused.
+    """
+    trained = load_model(ckpt, device)
+    cfg = trained.cfg
+    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    try:
+        with OutputLock(out):
+            attrs = provenance(trained, data.packs[0], max_frames)
+            reason = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
+            if reason is not None:
+                emb = embed_dataset(trained.model, data, device, max_frames=max_frames)
+                write_embeddings(out, data, emb, attrs)
+            embeddings, attrs = read_embeddings(out)
+    finally:
+        data.close()
+    return embeddings, attrs, reason
 
 
 def even_frames(n: int, cap: int) -> np.ndarray:
@@ -207,9 +213,15 @@ def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict
 
 
 def read_embeddings(path: Path) -> tuple[dict, dict]:
-    """``({key: [parts, dim]}, attrs)`` from an embeddings file."""
-    with h5py.File(path, "r") as f:
-        emb = f["embeddings"][()]
-        cols = [[s.decode() for s in f[f"sequences/{c}"][()]] for c in KEY_COLUMNS]
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    return {key: emb[i] for i, key in enumerate(zip(*cols, strict=True))}, attrs
+    """``({key: [parts, dim]}, attrs)`` from an embeddings file; EmbeddingsError if it is not
+    one."""
+    try:
+        with h5py.File(path, "r") as f:
+            emb = f["embeddings"][()]
+            cols = [[s.decode() for s in f[f"sequences/{c}"][()]] for c in KEY_COLUMNS]
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        return {key: emb[i] for i, key in enumerate(zip(*cols, strict=True))}, attrs
+    except (OSError, KeyError, ValueError, AttributeError) as e:
+        raise EmbeddingsError(
+            f"{path} is not a readable embeddings file ({first_line(e)}); make it with `gait embed`"
+        ) from None

@@ -11,15 +11,14 @@ import torch
 from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
 from gaitprep.process import Params, process_sequence
-from gaittrain import checkpoint as ckpt_io
 from gaittrain.data.dataset import PackDataset, shape_frames
 from gaittrain.evaluation.embed import (
     NORMALIZATION,
+    TrainedModel,
     embed_dataset,
     pack_normalization,
     params_from,
     read_embeddings,
-    resolve_checkpoint,
 )
 from gaittrain.evaluation.metrics import distance_blocks
 
@@ -28,11 +27,12 @@ class IdentifyError(GaitError):
     """A gallery or probe that cannot be used for identification."""
 
 
-def gallery_embeddings(gallery: Path, checkpoint: Path, model, cfg, device) -> tuple[dict, Params]:
+def gallery_embeddings(gallery: Path, trained: TrainedModel, device) -> tuple[dict, Params]:
     """Embeddings of a gallery given as an embeddings file or as a pack (embedded now), and the
     normalization parameters its frames were made with (a probe must be made the same way).
 
-    An embeddings file must have been made by ``checkpoint`` and must record its normalization.
+    An embeddings file must have been made by ``trained``'s checkpoint and must record its
+    normalization.
     """
     try:
         with h5py.File(gallery, "r") as f:
@@ -42,10 +42,13 @@ def gallery_embeddings(gallery: Path, checkpoint: Path, model, cfg, device) -> t
             f"{gallery} is not an HDF5 file; give an embeddings file (gait embed) or a pack"
         ) from None
     if not is_embeddings:
+        cfg = trained.cfg
         data = PackDataset([gallery], frames=None, height=cfg.data.height, cut=cfg.data.cut)
-        arr = embed_dataset(model, data, device)
+        arr = embed_dataset(trained.model, data, device)
         emb = {data.key(j): arr[j] for j in range(len(data))}
-        return emb, params_from(pack_normalization(gallery))
+        params = params_from(pack_normalization(data.packs[0]))
+        data.close()
+        return emb, params
     emb, attrs = read_embeddings(gallery)
     missing = [k for k in NORMALIZATION if f"normalization.{k}" not in attrs]
     if missing or "checkpoint_fingerprint" not in attrs:
@@ -53,11 +56,11 @@ def gallery_embeddings(gallery: Path, checkpoint: Path, model, cfg, device) -> t
             f"{gallery} does not record its normalization and checkpoint (an older gait made "
             "it); make it again with `gait embed CHECKPOINT PACK`"
         )
-    path = resolve_checkpoint(checkpoint)
-    if attrs["checkpoint_fingerprint"] != ckpt_io.fingerprint(path):
+    if attrs["checkpoint_fingerprint"] != trained.fingerprint:
         raise IdentifyError(
-            f"{gallery} was embedded by {attrs.get('checkpoint')}, not by {path}: distances "
-            f"between models mean nothing; run `gait embed {path} PACK` for this model"
+            f"{gallery} was embedded by {attrs.get('checkpoint')}, not by {trained.path}: "
+            f"distances between models mean nothing; run `gait embed {trained.path} PACK` "
+            "for this model"
         )
     return emb, params_from({k: attrs[f"normalization.{k}"] for k in NORMALIZATION})
 

@@ -18,7 +18,7 @@ import torch
 from gaitprep.pack import Pack
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import SplitError, select
-from gaittrain.evaluation.embed import ensure_embeddings, read_embeddings
+from gaittrain.evaluation.embed import ensure_embeddings
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
 from gaittrain.trainer import RunPaths, read_log
@@ -76,10 +76,11 @@ def evaluate_run(
     if not test:
         raise SplitError(f"no subject of {pack} is a test subject ({test_subjects or proto.test})")
     emb_path = default_embeddings(run, pack)
-    reason = ensure_embeddings(run, pack, emb_path, test, torch.device(device), max_frames)
+    embeddings, attrs, reason = ensure_embeddings(
+        run, pack, emb_path, test, torch.device(device), max_frames
+    )
     if reason is not None and reason != "no embeddings yet":
         notify(f"embedded again: {reason}")
-    embeddings, attrs = read_embeddings(emb_path)
     result = evaluate(
         embeddings, proto, test, include_identical, metric, max_memory=max_memory, device=device
     )
