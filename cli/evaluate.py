@@ -131,25 +131,24 @@ def eval_cmd(
     (otherwise they are computed again, saying why). Prints the NM/BG/CL summary; --report html
     writes a self-contained page.
     """
-    result = evaluate_run(
-        run,
-        pack,
-        protocol,
-        test_subjects,
-        include_identical,
-        metric,
-        max_memory=_memory(max_memory),
-        max_frames=max_frames,
-        device=resolve_device(device),
-        notify=lambda line: click.echo(line, err=True),
-    )
-    for name, c in result["conditions"].items():
-        value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
-        click.echo(f"{name}: rank-1 {value} %")
     out = out or run_folder(run) / f"report.{fmt}"
-    text = render_report(result, fmt, run, pack)
-    with OutputLock(out):
-        atomic_write(out, text)
+    with OutputLock(out):  # taken first: a second writer is refused before any work
+        result = evaluate_run(
+            run,
+            pack,
+            protocol,
+            test_subjects,
+            include_identical,
+            metric,
+            max_memory=_memory(max_memory),
+            max_frames=max_frames,
+            device=resolve_device(device),
+            notify=lambda line: click.echo(line, err=True),
+        )
+        for name, c in result["conditions"].items():
+            value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
+            click.echo(f"{name}: rank-1 {value} %")
+        atomic_write(out, render_report(result, fmt, run, pack))
     click.echo(f"report: {out}")
 
 

@@ -32,7 +32,7 @@ class GaitGroup(click.Group):
             if _debug(ctx) or not issubclass(args.exc_type, OSError):
                 threading.__excepthook__(args)
 
-        threading.excepthook = quiet_os_errors
+        previous, threading.excepthook = threading.excepthook, quiet_os_errors
         try:
             return super().invoke(ctx)  # runs cli() below, which records --debug in ctx.obj
         except BrokenPipeError:  # `gait inspect PACK | head`: the reader left, say nothing
@@ -43,6 +43,8 @@ class GaitGroup(click.Group):
                 raise
             text = one_line(e) if isinstance(e, GaitError) else describe_os_error(e, action="use")
             raise click.ClickException(text) from None
+        finally:
+            threading.excepthook = previous
 
 
 @click.group(

@@ -107,7 +107,8 @@ class OutputLock:
 
     def __init__(self, output: Path):
         self.output = Path(output)
-        self.path = lock_path(self.output)
+        # absolute, so that `.`, `../here` and `here` are one output with one lock
+        self.path = lock_path(Path(os.path.abspath(self.output)))
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
@@ -129,10 +130,13 @@ class OutputLock:
                     f"{self.output} is being written by another gait process "
                     f"({holder or 'unknown'}); wait for it to finish or choose another output"
                 ) from None
+            except OSError as e:  # no locks on this file system (some network mounts)
+                os.close(fd)
+                raise OutputError(describe_os_error(e, self.path, action="lock")) from e
             # The holder before us may have removed the file after we opened it: retry then.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
+            except OSError:
                 same = False
             if same:
                 break

@@ -359,8 +359,8 @@ def _check_loss_switch(section: dict, name: Any) -> None:
     """``--set loss.name=NEW`` may not keep the keys given for another loss."""
     old = section.get("name", next(iter(LOSSES)))
     given = [str(k) for k in section if k != "name"]
-    if name == old or name not in LOSSES or not given:
-        return
+    if not isinstance(name, str) or name == old or name not in LOSSES or not given:
+        return  # a name that is no loss is refused, with the list of losses, by the schema
     own = [f.name for f in fields(LOSSES[name]) if f.init]
     raise ConfigError(
         f"--set loss.name={name}: the loss section holds keys given for {old} "

@@ -109,11 +109,14 @@ def build_schedule(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
 
 
 def data_identity(packs: list[Path], subjects: list[str]) -> dict:
-    """What a run trains on: each pack's path and content fingerprint, and the subjects."""
+    """What a run trains on: each pack's path, content fingerprint and dataset, and the
+    subjects."""
     entries = []
     for path in packs:
         with Pack(path) as p:
-            entries.append({"path": str(path), "fingerprint": p.fingerprint})
+            entries.append(
+                {"path": str(path), "fingerprint": p.fingerprint, "dataset": p.attrs.get("dataset")}
+            )
     return {"packs": entries, "train_subjects": list(subjects)}
 
 
@@ -129,9 +132,18 @@ def _span(subjects: list[str]) -> str:
     return f"{len(subjects)}: {subjects[0]}..{subjects[-1]}" if subjects else "0"
 
 
-def _check_same_run(paths: RunPaths, cfg: Config, data: dict) -> None:
-    """Refuse, naming what changed, a --resume with another config, pack or subject split."""
+def _check_same_run(paths: RunPaths, cfg: Config, data: dict, saved_data) -> None:
+    """Refuse, naming what changed, a --resume with another config, pack or subject split.
+
+    ``saved_data`` is the data record of the checkpoint being resumed (tied to its weights).
+    """
     saved = load_config(paths.config)
+    if saved.train.iterations != cfg.train.iterations and cfg.schedule.name == "cosine":
+        raise TrainError(
+            f"--resume: --iterations {cfg.train.iterations} would stretch the cosine schedule of "
+            f"the run in {paths.root} ({saved.train.iterations} iterations) and make its learning "
+            "rate jump; resume with the same --iterations, or start a new run"
+        )
     saved.train.iterations = cfg.train.iterations  # a run may be extended
     before, now = _flat(saved.to_dict()), _flat(cfg.to_dict())
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
@@ -142,42 +154,54 @@ def _check_same_run(paths: RunPaths, cfg: Config, data: dict) -> None:
             + (f" (and {len(changed) - 1} more keys differ)" if len(changed) > 1 else "")
             + "; resume with the same config and options (only --iterations may change)"
         )
-    try:
-        old = json.loads(paths.data.read_text())
-    except (OSError, ValueError):
+    if not is_data_record(saved_data):
         raise TrainError(
-            f"--resume: {paths.data} is missing or unreadable, so the data the run trained on "
-            "is unknown; start a new run with another --out"
-        ) from None
-    old_prints = [p["fingerprint"] for p in old["packs"]]
+            f"--resume: the checkpoint of {paths.root} does not record the data it trained on "
+            "(an older gait or a damaged file); start a new run with another --out"
+        )
+    old_prints = [p["fingerprint"] for p in saved_data["packs"]]
     new_prints = [p["fingerprint"] for p in data["packs"]]
     if old_prints != new_prints:
-        then = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in old["packs"])
+        then = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in saved_data["packs"])
         now_ = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in data["packs"])
         raise TrainError(
             f"--resume: the run in {paths.root} trained on {then}, not {now_} (pack content "
             "differs); resume with the same --pack files"
         )
-    if old["train_subjects"] != data["train_subjects"]:
+    if saved_data["train_subjects"] != data["train_subjects"]:
         raise TrainError(
             f"--resume: the run in {paths.root} trained on subjects "
-            f"{_span(old['train_subjects'])}, now {_span(data['train_subjects'])}; "
+            f"{_span(saved_data['train_subjects'])}, now {_span(data['train_subjects'])}; "
             "resume with the same --train-subjects and data.protocol"
         )
 
 
-def _prepare_run_dir(paths: RunPaths, cfg: Config, data: dict, resume: bool, main: bool):
+def is_data_record(d) -> bool:
+    """Whether ``d`` has the shape :func:`data_identity` writes."""
+    return (
+        isinstance(d, dict)
+        and isinstance(d.get("packs"), list)
+        and all(isinstance(p, dict) and isinstance(p.get("fingerprint"), str) for p in d["packs"])
+        and isinstance(d.get("train_subjects"), list)
+    )
+
+
+#: What a gait run folder holds; a folder with anything else is not ours to clear.
+RUN_ENTRIES = {"config.yaml", "data.json", "log.jsonl", "tensorboard", "checkpoints"}
+
+
+def _prepare_run_dir(paths: RunPaths, resume: bool, main: bool) -> Path | None:
     """Check the run folder; on resume return the checkpoint to continue from.
 
-    A folder whose run never reached its first checkpoint (it crashed or was killed early) holds
-    nothing worth keeping: a new start or --resume clears its leftovers and starts at 0.
+    A run that died before its first checkpoint left nothing worth keeping: a new start or
+    --resume clears its files and starts at 0. A non-empty folder that is not a gait run is
+    refused, never cleared.
     """
     last = checkpoint.latest(paths.root)
     if resume:
         if not paths.config.is_file():
             raise TrainError(f"--resume: {paths.root} holds no run (no config.yaml)")
         if last is not None:
-            _check_same_run(paths, cfg, data)
             return last
     elif last is not None:
         raise TrainError(
@@ -191,7 +215,20 @@ def _prepare_run_dir(paths: RunPaths, cfg: Config, data: dict, resume: bool, mai
 
 
 def _clear_leftovers(paths: RunPaths) -> None:
-    """Remove what a run that wrote no checkpoint left behind."""
+    """Remove the files of a gait run that wrote no checkpoint; refuse a folder of other files."""
+    if not paths.root.is_dir():
+        return
+    entries = sorted(e.name for e in paths.root.iterdir())
+    if not entries:
+        return
+    foreign = [n for n in entries if n not in RUN_ENTRIES]
+    ours = paths.data.exists() or paths.log.exists()
+    if foreign or not ours:
+        shown = ", ".join((foreign or entries)[:3])
+        raise TrainError(
+            f"{paths.root} is not empty and holds no gait run ({shown}); "
+            "choose an empty or new --out"
+        )
     for f in (paths.config, paths.log, paths.data):
         f.unlink(missing_ok=True)
     shutil.rmtree(paths.tensorboard, ignore_errors=True)
@@ -199,27 +236,31 @@ def _clear_leftovers(paths: RunPaths) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_log(path: Path) -> list[dict]:
-    """The records of log.jsonl; a torn last line (a crash mid-write) is dropped."""
+def read_log(path: Path, lenient: bool = False) -> list[dict]:
+    """The records of log.jsonl. A torn last line (a crash mid-write) is dropped; another line that
+    is not a JSON record is an error, or skipped when ``lenient`` (for reports, which only plot)."""
     if not path.exists():
         return []
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     records = []
     for n, ln in enumerate(lines, start=1):
         try:
-            records.append(json.loads(ln))
+            record = json.loads(ln)
         except ValueError:
-            if n == len(lines):
-                break
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
+            records.append(record)
+        elif not (lenient or n == len(lines)):
             raise TrainError(
-                f"{path}: line {n} is not JSON; the log is damaged (remove that line to resume)"
-            ) from None
+                f"{path}: line {n} is not a log record; the log is damaged "
+                "(remove that line to resume)"
+            )
     return records
 
 
 def _truncate_log(path: Path, start: int) -> None:
     """Drop log lines of iterations >= ``start`` (written after the checkpoint we resume)."""
-    keep = [r for r in read_log(path) if r.get("iteration", start) < start]
+    keep = [r for r in read_log(path) if r["iteration"] < start]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
@@ -310,7 +351,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         cache=cfg.data.cache,
     )
     identity = data_identity(packs, subjects)
-    start_ckpt = _prepare_run_dir(paths, cfg, identity, resume, main)
+    start_ckpt = _prepare_run_dir(paths, resume, main)
     seed_everything(cfg.seed, cfg.train.deterministic, device)
 
     # Model, objective, optimizer, schedule, AMP.
@@ -324,6 +365,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     start = 0
     if start_ckpt is not None:
         state = checkpoint.load(start_ckpt, device)
+        _check_same_run(paths, cfg, identity, state.get("data"))
         _restore(
             state,
             start_ckpt,

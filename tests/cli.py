@@ -14,10 +14,11 @@ from gaitprep.process import Params
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "casia-b"
 TINY = ROOT / "configs" / "tiny.yaml"
-#: A few-second tiny run: P x K = 4 x 2, 6 frames, no DataLoader workers, a log line per step.
+#: A few-second tiny run: P x K = 4 x 2, 6 frames, no DataLoader workers, a log line per step,
+#: a constant learning rate (so that --resume may extend a run; tiny's cosine refuses that).
 FAST = [
     *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
-    *("--set", "train.log_every=1", "--set", "data.frames=6"),
+    *("--set", "train.log_every=1", "--set", "data.frames=6", "--set", "schedule.name=constant"),
 ]
 
 

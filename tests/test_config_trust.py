@@ -241,3 +241,8 @@ def test_protocol_with_a_duplicate_key_is_refused(pack: Path, tmp_path: Path) ->
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert "duplicate key 'train' on line 4" in result.output
+
+
+def test_a_loss_name_that_is_not_a_string_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="loss.name is"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["loss.name=[1]"])

@@ -228,12 +228,17 @@ def test_evaluating_on_training_subjects_is_flagged(setup, tmp_path: Path) -> No
     r = gait("eval", run, "--pack", setup["a"], "--test-subjects", "004-006", "--report", "html",
              "--out", out)  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "warning: 1 of the 3 test subjects (004) were training subjects" in r.output
+    assert "warning: 1 of the 3 test subjects (004) were training subjects of this run:" in r.output
     assert "were training subjects of this run" in out.read_text()
     clean = evaluate(run, setup["a"], "--test-subjects", "005-006")
     assert clean["warnings"] == []
-    other = evaluate(run, setup["b"], "--test-subjects", "004-006")  # not the training pack
-    assert other["warnings"] == []
+    # pack b holds the same people normalized otherwise: still flagged, saying so
+    other = evaluate(run, setup["b"], "--test-subjects", "004-006")
+    assert len(other["warnings"]) == 1
+    assert (
+        "(004) were training subjects of this run (in another pack of the same dataset)"
+        in (other["warnings"][0])
+    )
 
 
 def test_an_embeddings_file_being_written_by_another_process_is_refused(
@@ -246,3 +251,22 @@ def test_an_embeddings_file_being_written_by_another_process_is_refused(
         r = gait("embed", setup["runs"][0], setup["a"], "--out", out)
     assert_one_line_error(r, str(out), f"pid {os.getpid()}")
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("record", ["[]", '{"packs": [1]}', "{}", "not json"])
+def test_a_damaged_run_record_does_not_break_eval(setup, tmp_path: Path, record: str) -> None:
+    run = fresh_copy(setup["runs"][0], tmp_path / "run")
+    (run / "data.json").write_text(record)
+    assert evaluate(run, setup["a"], "--test-subjects", "005-006")["warnings"] == []
+
+
+def test_identify_refuses_an_hdf5_file_that_is_half_an_embeddings_file(
+    setup, tmp_path: Path
+) -> None:
+    import h5py
+
+    gallery = tmp_path / "half.h5"
+    with h5py.File(gallery, "w") as f:
+        f["embeddings"] = [[0.0]]
+    r = gait("identify", setup["runs"][0], gallery, RAW / "005" / "nm-01" / "090")
+    assert_one_line_error(r, str(gallery), "not a readable embeddings file")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gaitprep.pack import Pack
 from gaittrain.config import load_config
 from gaittrain.models import SetModel
 from gaittrain.objective import Objective
@@ -77,13 +78,23 @@ def test_resume_names_the_config_key_that_changed(packs, tmp_path: Path) -> None
     assert_one_line_error(r, "optim.lr", "0.5")
 
 
+def test_resume_refuses_to_stretch_a_cosine_schedule(packs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cosine = ("--set", "schedule.name=cosine", "--train-subjects", "first:4")
+    assert train(packs[0], run, "--iterations", "2", *cosine).exit_code == 0
+    r = train(packs[0], run, "--iterations", "4", *cosine, "--resume")
+    assert_one_line_error(r, "--resume", "cosine schedule", "(2 iterations)")
+
+
 def test_the_run_records_what_it_trained_on(packs, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
     data = json.loads((run / "data.json").read_text())
     assert data["train_subjects"] == ["001", "002", "003", "004"]
-    assert data["packs"][0]["path"] == str(packs[0])
-    assert len(data["packs"][0]["fingerprint"]) == 64
+    with Pack(packs[0]) as p:
+        assert data["packs"] == [
+            {"path": str(packs[0]), "fingerprint": p.fingerprint, "dataset": "casia-b"}
+        ]
     state = torch.load(run / "checkpoints" / "iter-000002.pt", weights_only=True)
     assert state["data"] == data
 
@@ -208,25 +219,64 @@ def _limit_file_size(limit: int):
 
 
 def test_a_full_disk_while_training_is_one_line_and_resumable(packs, tmp_path: Path) -> None:
-    """The first checkpoint cannot be written (file size limit): one line naming it, no partial
-    checkpoint; with room again, --resume finishes the run."""
-    run = tmp_path / "run"
-    args = [
-        *(sys.executable, "-m", "gaitcli", "train", str(TINY), "--pack", str(packs[0])),
-        *("--out", str(run), "--iterations", "3", "--train-subjects", "first:4", *FAST),
-    ]
+    """A run with a checkpoint at 2 is resumed to 4 under a file size limit: the checkpoint at 4
+    cannot be written, one line names it and no partial file stays; with room again, --resume
+    continues from 2 and logs exactly the losses of an uninterrupted run."""
+
+    def command(out: Path, iterations: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "gaitcli", "train", str(TINY), "--pack", str(packs[0])),
+            *("--out", str(out), "--iterations", str(iterations), "--checkpoint-every", "2"),
+            *("--train-subjects", "first:4", *FAST),
+        ]
+
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert subprocess.run(command(ref, 4), capture_output=True, env=env).returncode == 0
+    assert subprocess.run(command(run, 2), capture_output=True, env=env).returncode == 0
     done = subprocess.run(
-        args, capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(64 << 10)
+        [*command(run, 4), "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=_limit_file_size(64 << 10),
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert "iter-000003.pt" in last and "file too large" in last, last
+    assert "iter-000004.pt" in last and "file too large" in last, last
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env)
+    done = subprocess.run([*command(run, 4), "--resume"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (run / "checkpoints" / "iter-000003.pt").is_file()
+    assert "(from 2)" in done.stderr
+    assert losses(run) == losses(ref)
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    log = (run / "log.jsonl").read_text().splitlines()
+    return [(r["iteration"], r["loss"]) for r in map(json.loads, log)]
+
+
+def test_a_folder_of_other_files_is_refused_not_cleared(packs, tmp_path: Path) -> None:
+    """--out on a folder that is not a gait run (here a user's config.yaml and notes) is refused;
+    nothing in it is touched."""
+    out = tmp_path / "mine"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "config.yaml").write_text("my: notes\n")
+    (out / "tensorboard" / "mine.txt").write_text("keep me")
+    r = train(packs[0], out, "--iterations", "2", "--train-subjects", "first:4")
+    assert_one_line_error(r, str(out), "holds no gait run")
+    assert (out / "config.yaml").read_text() == "my: notes\n"
+    assert (out / "tensorboard" / "mine.txt").read_text() == "keep me"
+
+
+def test_the_current_folder_can_be_the_run_folder(packs, tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    r = train(packs[0], ".", "--iterations", "2", "--train-subjects", "first:4")
+    assert r.exit_code == 0, r.output
+    assert (run / "checkpoints" / "iter-000002.pt").is_file()
 
 
 def test_a_full_disk_under_tensorboard_is_one_line_without_a_thread_traceback(

@@ -162,7 +162,7 @@ def synthesize(
     Raises :class:`~gaitprep.files.OutputBusy` while another process writes ``root``.
     """
     root = Path(root)
-    with OutputLock(Path(os.path.abspath(root))):  # abspath: "." has no name to put a lock beside
+    with OutputLock(root):
         prepare_root(root, job, overwrite)
         return _write_tree(root, job, workers, progress)
 

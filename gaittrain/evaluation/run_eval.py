@@ -21,7 +21,7 @@ from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.embed import ensure_embeddings
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
-from gaittrain.trainer import RunPaths, read_log
+from gaittrain.trainer import RunPaths, is_data_record, read_log
 
 
 def run_folder(run: Path) -> Path:
@@ -37,21 +37,25 @@ def default_embeddings(run: Path, pack: Path) -> Path:
     return run_folder(run) / f"embeddings-{Path(pack).stem}.h5"
 
 
-def trained_test_subjects(run: Path, pack: Path, test: list[str]) -> list[str]:
-    """Test subjects the run trained on, when it trained on this very pack (by fingerprint)."""
-    data = RunPaths(run_folder(run)).data
-    if not data.is_file():
-        return []
+def trained_test_subjects(run: Path, pack: Path, test: list[str]) -> tuple[list[str], bool]:
+    """Test subjects among the run's training subjects, and whether the run trained on this very
+    pack (same content fingerprint) rather than on another pack of the same dataset (the same
+    people, re-prepared, merged or normalized otherwise, or another synthetic population)."""
+    path = RunPaths(run_folder(run)).data
     try:
-        identity = json.loads(data.read_text())
-    except ValueError:
-        return []
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [], False
+    if not is_data_record(record):
+        return [], False
     with Pack(pack) as p:
-        fingerprint = p.fingerprint
-    if fingerprint not in {e.get("fingerprint") for e in identity.get("packs", [])}:
-        return []
-    trained = set(identity.get("train_subjects", []))
-    return [s for s in test if s in trained]
+        fingerprint, dataset = p.fingerprint, p.attrs.get("dataset")
+    same_pack = any(e["fingerprint"] == fingerprint for e in record["packs"])
+    same_dataset = any(e.get("dataset") == dataset for e in record["packs"])
+    if not (same_pack or same_dataset):
+        return [], False
+    trained = set(record["train_subjects"])
+    return [s for s in test if s in trained], same_pack
 
 
 def evaluate_run(
@@ -85,12 +89,14 @@ def evaluate_run(
         embeddings, proto, test, include_identical, metric, max_memory=max_memory, device=device
     )
     result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack), warnings=[])
-    seen = trained_test_subjects(run, pack, test)
+    seen, same_pack = trained_test_subjects(run, pack, test)
     if seen:
+        ids = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
+        where = "" if same_pack else " (in another pack of the same dataset)"
         warning = (
-            f"{len(seen)} of the {len(test)} test subjects ({', '.join(seen[:5])}"
-            f"{', ...' if len(seen) > 5 else ''}) were training subjects of this run: "
-            "these figures do not measure recognition of unseen people"
+            f"{len(seen)} of the {len(test)} test subjects ({ids}) were training subjects of "
+            f"this run{where}: if they are the same people, these figures do not measure "
+            "recognition of unseen people"
         )
         result["warnings"].append(warning)
         notify(f"warning: {warning}")
@@ -109,7 +115,7 @@ def render_report(result: dict, fmt: str, run: Path, pack: Path) -> str:
         result,
         title=f"{folder.name} on {Path(pack).name}",
         pack_path=Path(pack),
-        log=read_log(paths.log),
+        log=read_log(paths.log, lenient=True),
         config_text=paths.config.read_text() if paths.config.exists() else "",
         provenance={
             "run": str(folder),
