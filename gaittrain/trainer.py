@@ -31,7 +31,7 @@ from gaitprep.pack import Pack
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import Config, dump_config, load_config
-from gaittrain.data.dataset import PackDataset, collate, pack_subjects
+from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
 from gaittrain.device import Runtime
@@ -422,7 +422,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     model.train()
     try:
         for it, (frames, _) in enumerate(loader, start=start):
-            frames = frames.to(device, non_blocking=True)
+            frames = to_model_input(frames, device)
             labels = torch.as_tensor(data.labels[[i for i, _ in sampler.batch(it)]], device=device)
             value = train_step(
                 net,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gaitprep.pack import PackWriter
-from gaittrain.data.dataset import PackDataset, cut_width, sample_frames
+from gaittrain.data.dataset import PackDataset, cut_width, sample_frames, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import SplitError, load_protocol, select, train_subjects
 from gaittrain.models import SetModel
@@ -105,13 +105,14 @@ def test_dataset_samples_crops_and_labels(pack: Path) -> None:
     assert len(ds) == 6 and ds.subjects == ["001", "003"]
     assert list(ds.labels) == [0, 0, 0, 1, 1, 1]
     x, y = ds[(4, 123)]
-    assert x.shape == (7, 64, 44) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+    assert x.shape == (7, 64, 44) and x.dtype == torch.uint8  # converted on the device
     assert y == 1
     again, _ = ds[(4, 123)]
     assert torch.equal(x, again)  # the seed fixes the frames, whatever the worker
     raw = ds.packs[0][ds.items[4][1]]
     whole = PackDataset([pack], subjects=["001", "003"], frames=None)[4][0]
-    assert torch.equal(whole, torch.from_numpy(raw[:, :, 10:54]).float().div(255))
+    assert torch.equal(whole, torch.from_numpy(raw[:, :, 10:54]))
+    assert torch.equal(to_model_input(whole, "cpu"), whole.float() / 255)
     small = PackDataset([pack], frames=5, height=32)
     assert small[(0, 1)][0].shape == (5, 32, 22)
     every = PackDataset([pack], frames=None, cut=False)

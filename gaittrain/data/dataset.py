@@ -51,7 +51,8 @@ def sample_frames(n: int, count: int, ordered: bool, rng: np.random.Generator) -
 
 
 class PackDataset(Dataset):
-    """Sequences of the given subjects, from one or more packs, as float tensors in [0, 1].
+    """Sequences of the given subjects, from one or more packs, as uint8 tensors [T, H, W]
+    (:func:`to_model_input` makes the model's float input on the device).
 
     Items are addressed by ``(index, seed)`` pairs from :class:`~gaittrain.data.sampler.PKSampler`;
     the seed makes frame sampling reproducible whatever the worker. ``frames=None`` returns every
@@ -123,8 +124,15 @@ class PackDataset(Dataset):
             rng = np.random.default_rng(seed)
             seq = seq[sample_frames(len(seq), self.frames, self.ordered, rng)]
         x = torch.from_numpy(np.ascontiguousarray(shape_frames(seq, self.height, self.cut)))
-        x = x.float().div_(255.0)
-        return x, int(self.labels[j])
+        return x, int(self.labels[j])  # uint8: a quarter of float32's bytes to copy and move
+
+
+def to_model_input(frames: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 frames (as the dataset gives them) -> float32 in [0, 1] on ``device``.
+
+    The bytes travel as uint8 (non-blocking from pinned memory) and are converted on the device.
+    """
+    return frames.to(device, non_blocking=True).float().div_(255.0)
 
 
 def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from gaitprep.process import Params
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import Config, config_from_dict
-from gaittrain.data.dataset import PackDataset
+from gaittrain.data.dataset import PackDataset, to_model_input
 from gaittrain.models import SetModel
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
@@ -183,7 +183,7 @@ def embed_dataset(
     def flush() -> None:
         seqs = [data[j][0] for j in batch]
         seqs = [s[even_frames(len(s), max_frames)] for s in seqs]
-        frames = torch.cat(seqs).to(device, non_blocking=True)
+        frames = to_model_input(torch.cat(seqs), device)
         emb = model(frames, [len(s) for s in seqs])  # [parts, b, dim]
         out[batch] = emb.permute(1, 0, 2).float().cpu().numpy()
 

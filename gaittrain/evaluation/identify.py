@@ -11,7 +11,7 @@ import torch
 from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
 from gaitprep.process import Params, process_sequence
-from gaittrain.data.dataset import PackDataset, shape_frames
+from gaittrain.data.dataset import PackDataset, shape_frames, to_model_input
 from gaittrain.evaluation.embed import (
     NORMALIZATION,
     TrainedModel,
@@ -91,7 +91,7 @@ def identify(
             )
         raise IdentifyError(f"no frame of {folder} has enough foreground to normalize")
     x = shape_frames(res.frames, cfg.data.height, cfg.data.cut)
-    frames = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).to(device)
+    frames = to_model_input(torch.from_numpy(np.ascontiguousarray(x)), device)
     probe = model(frames, [len(frames)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
     keys = list(gallery)
     g = torch.from_numpy(np.stack([gallery[k] for k in keys]))
