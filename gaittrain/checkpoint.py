@@ -30,7 +30,11 @@ class CheckpointError(GaitError):
     """A file that is not a complete gait checkpoint."""
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """Every RNG state this process draws from: Python, NumPy, torch's CPU generator and, on CUDA,
+    the generator of the device in use (only that one: a run resumed on a machine with fewer
+    GPUs, or under another CUDA_VISIBLE_DEVICES, restores it all the same)."""
+    device = torch.device(device)
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
@@ -42,20 +46,32 @@ def rng_state() -> dict:
             "cached": cached,
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Restore :func:`rng_state` (its tensors on the CPU, as :func:`load` gives them). A CUDA
+    state is restored to ``device`` when that is a CUDA device, and ignored on the CPU."""
+    device = torch.device(device)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+        (
+            n["kind"],
+            n["keys"].cpu().numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached"],
+        )
     )
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # written by gait before issue 9: one state per visible device
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def path_for(run_dir: Path, iteration: int) -> Path:
@@ -83,21 +99,23 @@ def latest(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint's state, loaded with ``weights_only=True`` (never arbitrary code).
+def load(path: Path) -> dict:
+    """A checkpoint's state, loaded with ``weights_only=True`` (never arbitrary code), every
+    tensor on the CPU whatever device wrote it: ``load_state_dict`` moves each to where its module
+    or optimizer lives (Adam's step counters stay on the CPU, as they should).
 
     Raises CheckpointError for a truncated, damaged or foreign file.
     """
-    return load_with_fingerprint(path, device)[0]
+    return load_with_fingerprint(path)[0]
 
 
-def load_with_fingerprint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, str]:
-    """The state and the SHA-256 of the very bytes it was loaded from (one read of the file, so
-    the fingerprint cannot describe a newer file than the weights)."""
+def load_with_fingerprint(path: Path) -> tuple[dict, str]:
+    """:func:`load`, and the SHA-256 of the very bytes it was loaded from (one read of the file,
+    so the fingerprint cannot describe a newer file than the weights)."""
     path = Path(path)
     raw = path.read_bytes()
     try:
-        state = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of foreign objects, other formats
         raise CheckpointError(
             f"{path} is not a readable gait checkpoint ({_cause(e)}); it is truncated, damaged or "

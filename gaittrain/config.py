@@ -154,6 +154,9 @@ class TrainConfig:
     checkpoint_every: int = _int(10000, 1, INT_MAX)
     amp: str = "auto"  # auto (CUDA: bf16 if supported, else fp16; CPU: none) | bf16 | fp16 | none
     deterministic: bool = False
+    tf32: bool = (
+        False  # TensorFloat-32 on Ampere+ GPUs: faster, ~10 mantissa bits; not with deterministic
+    )
     grad_clip: float = _float(0.0, 0.0)  # 0 = no clipping
 
 
@@ -193,6 +196,11 @@ class Config:
             raise ConfigError(
                 f"loss.margin must be less than loss.alpha (the positive boundary is "
                 f"alpha - margin); got margin {self.loss.margin}, alpha {self.loss.alpha}"
+            )
+        if self.train.tf32 and self.train.deterministic:
+            raise ConfigError(
+                "train.tf32 and train.deterministic exclude each other: TF32 rounds differently "
+                "from float32; switch one off"
             )
         if not self.data.protocol.strip():
             raise ConfigError("data.protocol is empty; name a protocol (e.g. casia-b-lt)")

@@ -64,6 +64,12 @@ def setup(spec: str = "auto") -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and spec.strip().lower().startswith("cuda:"):
+        raise DeviceError(
+            f"--device {spec} under torchrun would put all {world} processes on one GPU; pass "
+            "--device cuda (each process takes the GPU of its local rank; choose GPUs with "
+            "CUDA_VISIBLE_DEVICES)"
+        )
     device = resolve_device(spec, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)

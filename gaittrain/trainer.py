@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -20,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -64,24 +64,39 @@ class RunPaths:
         return self.root / "data.json"
 
 
-def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+def seed_everything(
+    seed: int, deterministic: bool, device: torch.device, tf32: bool = False
+) -> None:
+    """Seed every generator and set the process-wide numerics switches, each both ways (so one
+    in-process run never leaks its settings into the next).
+
+    ``deterministic``: deterministic algorithms (warning where none exists), cuDNN without
+    benchmarking, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, unless already set).
+    ``tf32``: TensorFloat-32 matrix products and convolutions on Ampere and newer GPUs (faster,
+    about 10 mantissa bits); off, ``amp: none`` computes in true float32.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision. ``auto``: bf16 on CUDA when supported,
-    else fp16 on CUDA, none on CPU."""
+    """The autocast dtype, or None for full precision. ``auto``: bf16 on CUDA where the GPU has
+    it natively (Ampere and newer), else fp16 with a grad scaler (V100, T4: bf16 would only be
+    emulated); none on the CPU."""
     amp = cfg.train.amp
     if amp == "none" or (amp == "auto" and device.type != "cuda"):
         return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+    if amp == "fp16" or (
+        amp == "auto" and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
         return torch.float16
     return torch.bfloat16
 
@@ -190,7 +205,7 @@ def is_data_record(d) -> bool:
 RUN_ENTRIES = {"config.yaml", "data.json", "log.jsonl", "tensorboard", "checkpoints"}
 
 
-def _prepare_run_dir(paths: RunPaths, resume: bool, main: bool) -> Path | None:
+def _prepare_run_dir(paths: RunPaths, resume: bool) -> Path | None:
     """Check the run folder; on resume return the checkpoint to continue from.
 
     A run that died before its first checkpoint left nothing worth keeping: a new start or
@@ -208,9 +223,8 @@ def _prepare_run_dir(paths: RunPaths, resume: bool, main: bool) -> Path | None:
             f"{paths.root} already holds a run; pass --resume to continue it "
             "or choose another --out"
         )
-    if main:
-        _clear_leftovers(paths)
-        paths.root.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(paths)
+    paths.root.mkdir(parents=True, exist_ok=True)
     return None
 
 
@@ -264,6 +278,39 @@ def _truncate_log(path: Path, start: int) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
+class _GatherBatch(torch.autograd.Function):
+    """Every process's features [parts, b, dim], concatenated along the batch in rank order.
+
+    Backward: every process computed the same loss on the whole batch, so the gradient of this
+    process's slice is the sum of the slice's gradients over the processes (an all-reduce); with
+    DDP's averaging of the parameter gradients that gives exactly the one-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        chunks = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(chunks, x.contiguous())
+        ctx.span = (rank * x.shape[1], (rank + 1) * x.shape[1])
+        return torch.cat(chunks, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        lo, hi = ctx.span
+        return grad[:, lo:hi]
+
+
+def gather_batch(features: torch.Tensor, labels: torch.Tensor):
+    """The whole batch from every process's slice: features (float32, with gradients) and
+    labels, in rank order."""
+    features = _GatherBatch.apply(features.float())
+    chunks = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, labels.contiguous())
+    return features, torch.cat(chunks)
+
+
 def train_step(
     net: torch.nn.Module,
     objective: Objective,
@@ -275,33 +322,40 @@ def train_step(
     dtype: torch.dtype | None = None,
     grad_clip: float = 0.0,
     distributed: bool = False,
-) -> float:
-    """One optimization step on one batch; returns the loss.
+) -> tuple[float, bool]:
+    """One optimization step on one batch; returns the loss and whether the optimizer stepped.
 
-    Forward under autocast (``dtype`` None: full precision), features gathered across DDP
-    processes with their gradients, loss in float32, backward, clipping of every parameter the
-    optimizer updates (the cross-entropy classifier's included) and the step. A loss that is not
-    finite is returned without any update.
+    Forward under autocast (``dtype`` None: full precision); under DDP the features are gathered
+    in float32 with their gradients, and the labels with them, so the loss sees the whole batch;
+    the loss is computed in float32; backward; clipping of every parameter the optimizer updates
+    (the cross-entropy classifier's included); the step. A loss that is not finite is returned
+    without any update. With fp16 the grad scaler skips steps whose gradients overflowed: then
+    the second value is False (the learning-rate schedule must not advance).
+
+    One host synchronization on the CPU path: the loss's value (the finiteness check).
     """
-    with torch.autocast(
-        frames.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-    ):
+    amp = dtype is not None
+    with torch.autocast(frames.device.type, dtype=dtype or torch.float32, enabled=amp):
         features = net(frames)
-    if distributed:  # the loss sees the whole batch, gradients flow back
-        features = torch.cat(dist_nn.all_gather(features), dim=1)
+    if distributed:
+        features, labels = gather_batch(features, labels)
     loss = objective(features, labels)
     value = float(loss.detach())
     if not math.isfinite(value):
-        return value
+        return value, False
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         params = [q for group in optimizer.param_groups for q in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if not scaler.is_enabled():
+        optimizer.step()
+        return value, True
+    scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
-    return value
+    return value, scaler.get_scale() >= scale  # a skipped step lowers the scale
 
 
 def train(
@@ -336,6 +390,35 @@ def _restore(state: dict, path: Path, *modules) -> None:
             ) from None
 
 
+def on_rank0(runtime: Runtime, work):
+    """``work()`` on rank 0 only; its result, or its one-line error, reaches every process (which
+    all raise the error). Without DDP it is just ``work()``."""
+    if not runtime.distributed:
+        return work()
+    outcome: list = [None, None]  # [result, error message]
+    if runtime.main:
+        try:
+            outcome[0] = work()
+        except GaitError as e:
+            outcome[1] = str(e)
+    device = runtime.device if runtime.device.type == "cuda" else None
+    dist.broadcast_object_list(outcome, src=0, device=device)
+    if outcome[1] is not None:
+        raise TrainError(outcome[1])
+    return outcome[0]
+
+
+def _resume_state(paths: RunPaths, cfg: Config, identity: dict, resume: bool):
+    """The checkpoint to continue from and its state (on the CPU), checked against this run; or
+    (None, None) for a fresh start (the folder then prepared)."""
+    start_ckpt = _prepare_run_dir(paths, resume)
+    if start_ckpt is None:
+        return None, None
+    state = checkpoint.load(start_ckpt)
+    _check_same_run(paths, cfg, identity, state.get("data"))
+    return start_ckpt, state
+
+
 def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, progress) -> dict:
     device, main = runtime.device, runtime.main
 
@@ -351,8 +434,11 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         cache=cfg.data.cache,
     )
     identity = data_identity(packs, subjects)
-    start_ckpt = _prepare_run_dir(paths, resume, main)
-    seed_everything(cfg.seed, cfg.train.deterministic, device)
+    # Rank 0 alone reads and checks the run folder and the checkpoint, then sends the outcome (an
+    # error, or the state to resume) to every process: the other ranks never read --out, and
+    # never hang on a refusal that only rank 0 saw.
+    start_ckpt, state = on_rank0(runtime, lambda: _resume_state(paths, cfg, identity, resume))
+    seed_everything(cfg.seed, cfg.train.deterministic, device, cfg.train.tf32)
 
     # Model, objective, optimizer, schedule, AMP.
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
@@ -363,20 +449,15 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start = 0
-    if start_ckpt is not None:
-        state = checkpoint.load(start_ckpt, device)
-        _check_same_run(paths, cfg, identity, state.get("data"))
-        _restore(
-            state,
-            start_ckpt,
-            ("model", model),
-            ("objective", objective),
-            ("optimizer", optimizer),
-            ("schedule", schedule),
-            ("scaler", scaler),
-        )
-        checkpoint.set_rng_state(state["rng"])
+    if state is not None:
+        modules = [("model", model), ("objective", objective), ("optimizer", optimizer)]
+        modules.append(("schedule", schedule))
+        if scaler.is_enabled() and state.get("scaler"):  # fp16 then and now: keep its scale
+            modules.append(("scaler", scaler))
+        _restore(state, start_ckpt, *modules)
+        checkpoint.set_rng_state(state["rng"], device)
         start = state["iteration"]
+        del state
     if main:
         atomic_write(paths.config, dump_config(cfg))
         atomic_write(paths.data, json.dumps(identity, indent=1) + "\n")
@@ -421,10 +502,10 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     t0 = time.perf_counter()
     model.train()
     try:
-        for it, (frames, _) in enumerate(loader, start=start):
+        for it, (frames, labels) in enumerate(loader, start=start):
             frames = to_model_input(frames, device)
-            labels = torch.as_tensor(data.labels[[i for i, _ in sampler.batch(it)]], device=device)
-            value = train_step(
+            labels = labels.to(device, non_blocking=True)
+            value, stepped = train_step(
                 net,
                 objective,
                 optimizer,
@@ -441,7 +522,8 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
                     f"the loss became {value} at iteration {it}{where}; lower "
                     "optim.lr, set train.grad_clip, or check the data"
                 )
-            schedule.step()
+            if stepped:
+                schedule.step()
             bar.update(1)
             done = it + 1
             if main and (done % cfg.train.log_every == 0 or done == total):
@@ -508,7 +590,7 @@ def _checkpoint(paths, done, states, cfg, identity, runtime) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": checkpoint.rng_state(),
+                "rng": checkpoint.rng_state(runtime.device),
                 "config": cfg.to_dict(),
                 "data": identity,
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -20,6 +21,13 @@ FAST = [
     *("--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.workers=0"),
     *("--set", "train.log_every=1", "--set", "data.frames=6", "--set", "schedule.name=constant"),
 ]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for `python -m gaitcli` in a subprocess: this checkout first on the path
+    (before any PYTHONPATH already set)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def gait(*args) -> object:

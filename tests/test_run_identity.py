@@ -23,7 +23,7 @@ from gaittrain.config import load_config
 from gaittrain.models import SetModel
 from gaittrain.objective import Objective
 from gaittrain.trainer import seed_everything
-from tests.cli import FAST, ROOT, TINY, assert_one_line_error, gait, make_pack
+from tests.cli import FAST, ROOT, TINY, assert_one_line_error, gait, make_pack, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_a_full_disk_while_training_is_one_line_and_resumable(packs, tmp_path: P
             *("--train-subjects", "first:4", *FAST),
         ]
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert subprocess.run(command(ref, 4), capture_output=True, env=env).returncode == 0
     assert subprocess.run(command(run, 2), capture_output=True, env=env).returncode == 0
@@ -290,7 +290,7 @@ def test_a_full_disk_under_tensorboard_is_one_line_without_a_thread_traceback(
         *("--out", str(run), "--iterations", "40", "--train-subjects", "first:4", *FAST),
         *("--checkpoint-every", "1000"),
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     done = subprocess.run(
         args, capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(3000)
     )
