@@ -12,9 +12,10 @@ from gaittrain.config import (
     TripletLossConfig,
 )
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+from gaittrain.losses._common import PartLoss, to_floats
 
 
-def metric_loss(cfg: Config) -> nn.Module:
+def metric_loss(cfg: Config) -> PartLoss:
     """The metric loss of ``cfg.loss``, built from that loss's own keys."""
     c = cfg.loss
     if isinstance(c, CenterRankedLossConfig):
@@ -37,7 +38,9 @@ def metric_loss(cfg: Config) -> nn.Module:
 class Objective(nn.Module):
     """``metric(features, labels) + weight * cross_entropy(features, labels)``.
 
-    ``stats`` after a call holds each part's statistics, prefixed by its name.
+    A call makes no host synchronization. ``stats`` holds the statistics of the last call: each
+    part's statistics and its loss value ("<name>/loss", "cross_entropy/loss"), prefixed by its
+    name, as Python floats converted when read (one device synchronization, at most once per call).
     """
 
     def __init__(self, cfg: Config, num_classes: int, parts: int):
@@ -52,17 +55,27 @@ class Objective(nn.Module):
             if self.ce_weight > 0
             else None
         )
-        self.stats: dict[str, float] = {}
+        self._stat_tensors: dict[str, torch.Tensor] = {}
+        self._stat_floats: dict[str, float] | None = {}
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         features = features.float()
         metric = self.metric(features, labels)
         total = metric
-        self.stats = {f"{self.name}/{k}": v for k, v in self.metric.stats.items()}
-        self.stats[f"{self.name}/loss"] = float(metric.detach())
+        stats = {f"{self.name}/{k}": v for k, v in self.metric.stat_tensors.items()}
+        stats[f"{self.name}/loss"] = metric.detach()
         if self.ce is not None:
             ce = self.ce(features, labels)
             total = total + self.ce_weight * ce
-            self.stats.update({f"cross_entropy/{k}": v for k, v in self.ce.stats.items()})
-            self.stats["cross_entropy/loss"] = float(ce.detach())
+            stats.update({f"cross_entropy/{k}": v for k, v in self.ce.stat_tensors.items()})
+            stats["cross_entropy/loss"] = ce.detach()
+        self._stat_tensors = stats
+        self._stat_floats = None
         return total
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The statistics of the last call as Python floats ({} before the first call)."""
+        if self._stat_floats is None:
+            self._stat_floats = to_floats(self._stat_tensors)
+        return dict(self._stat_floats)

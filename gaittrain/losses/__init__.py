@@ -1,7 +1,8 @@
 """Part-wise losses for gait models: features [parts, batch, dim] and labels [batch] in, scalar out.
 
-Each loss is a ``torch.nn.Module`` whose ``stats`` attribute holds, after every call, the
-statistics of that call as Python floats (see docs/losses.md).
+Each loss is a ``torch.nn.Module``; a call makes no host synchronization, and its ``stats``
+property gives the statistics of the last call as Python floats, converted when it is read (see
+docs/losses.md).
 """
 
 from gaittrain.losses.center_ranked import CenterRankedLoss

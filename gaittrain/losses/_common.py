@@ -1,7 +1,8 @@
 """What every part-wise loss shares: the input contract, the precision rule, distances, statistics.
 
 A part-wise loss takes features ``[parts, batch, dim]`` (one feature per horizontal strip of a gait
-model, per sample) and labels ``[batch]`` and returns a scalar. The losses here compare distances:
+model, per sample) and labels ``[batch]`` and returns a scalar, without a host synchronization (no
+value read back, no shape that depends on the data). The losses here compare distances:
 in float16/bfloat16 the differences they threshold are lost to rounding, so the computation always
 runs in float32 (or float64 when given float64), outside any autocast region.
 """
@@ -22,13 +23,16 @@ class PartLoss(nn.Module):
     """Base of the part-wise losses: ``loss(features, labels) -> scalar``, statistics in ``stats``.
 
     Subclasses implement :meth:`compute`. ``forward`` checks the inputs, casts half-precision
-    features to float32, disables autocast around :meth:`compute`, and replaces ``stats`` with the
-    statistics of the call as plain Python floats (one device synchronization per call).
+    features to float32, disables autocast around :meth:`compute`, and keeps the statistics of the
+    call as detached scalar tensors (:attr:`stat_tensors`): computing the loss and its backward
+    never waits for the device. :attr:`stats` converts them to Python floats when it is read, with
+    one device synchronization, at most once per call.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.stats: dict[str, float] = {}
+        self._stat_tensors: dict[str, Tensor] = {}
+        self._stat_floats: dict[str, float] | None = {}
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         check_inputs(features, labels)
@@ -36,8 +40,24 @@ class PartLoss(nn.Module):
             if features.dtype in _HALF:
                 features = features.float()
             loss, stats = self.compute(features, labels)
-        self.stats = to_floats(stats)
+        self._stat_tensors = {key: value.detach() for key, value in stats.items()}
+        self._stat_floats = None
         return loss
+
+    @property
+    def stat_tensors(self) -> dict[str, Tensor]:
+        """The statistics of the last call as detached scalar tensors, on the features' device."""
+        return dict(self._stat_tensors)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The statistics of the last call as Python floats ({} before the first call).
+
+        Converted on the first read after a call (one device synchronization), then cached.
+        """
+        if self._stat_floats is None:
+            self._stat_floats = to_floats(self._stat_tensors)
+        return dict(self._stat_floats)
 
     def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss (scalar) and its statistics (scalar tensors, computed without gradient)."""
@@ -100,6 +120,8 @@ def distance_stats(dist: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
-    """Scalar tensors to Python floats, with a single device-to-host copy."""
+    """Scalar tensors to Python floats, with a single device-to-host copy (none when empty)."""
+    if not stats:
+        return {}
     values = torch.stack([value.to(torch.float64) for value in stats.values()]).tolist()
     return dict(zip(stats, values, strict=True))

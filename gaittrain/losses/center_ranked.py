@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gaittrain.losses._common import pairwise_distance
+from gaittrain.losses._common import masked_mean, pairwise_distance
 from gaittrain.losses.ranked_list import RankedLossBase
 
 ANCHORS = ("center", "sample")
@@ -81,15 +81,35 @@ class CenterRankedLoss(RankedLossBase):
 
     def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         features = F.normalize(features, dim=-1)
-        _, index = torch.unique(labels, return_inverse=True)
-        own = F.one_hot(index).bool()  # [batch, classes]: sample i belongs to class k
+        own, slot = class_slots(labels)
         members = own.to(features.dtype)
-        centers = members.T @ features / members.sum(0)[:, None]  # [parts, classes, dim]
+        sizes = members.sum(0).clamp_min(1)  # empty slots: a zero center, masked out below
+        centers = members.T @ features / sizes[:, None]  # [parts, slots, dim]
         if self.detach_center:
             centers = centers.detach()
-        dist = pairwise_distance(features, centers)  # [parts, batch, classes]
+        other = ~own & slot  # sample i and a class other than its own
         if self.anchor == "center":
-            loss, stats = self.ranked_terms(dist.transpose(1, 2), own.T, ~own.T)
-        else:
-            loss, stats = self.ranked_terms(dist, own, ~own)
+            dist = pairwise_distance(centers, features)  # [parts, slots, batch]
+            loss, stats = self.ranked_terms(dist, own.T, other.T)
+            return masked_mean(loss, slot), stats  # mean over the classes, not the empty slots
+        dist = pairwise_distance(features, centers)  # [parts, batch, slots]
+        loss, stats = self.ranked_terms(dist, own, other)
         return loss.mean(), stats
+
+
+def class_slots(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The classes of a batch as slots, without a device synchronization.
+
+    The number of classes depends on the labels, so it cannot size a tensor without reading them
+    back to the host (as ``torch.unique`` does). Instead there is one slot per sample: class k
+    takes the slot of its first sample in the batch, and the other slots stay empty.
+
+    Returns:
+        ``own``: boolean ``[batch, batch]``, sample i belongs to the class of slot s;
+        ``slot``: boolean ``[batch]``, slot s holds a class (as many true as classes).
+    """
+    position = torch.arange(len(labels), device=labels.device)
+    same = labels[:, None] == labels[None, :]
+    first = torch.where(same, position, len(labels)).amin(1)  # first sample of i's class
+    own = first[:, None] == position
+    return own, own.any(0)

@@ -63,8 +63,7 @@ class PartCrossEntropyLoss(PartLoss):
                 f"features {tuple(features.shape)} do not match the classifiers: "
                 f"[{parts}, batch, {dim}]"
             )
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must be class indices in [0, {self.num_classes})")
+        check_class_indices(labels, self.num_classes)
         logits = features @ self.weight.to(features.dtype)  # [parts, batch, classes]
         loss = F.cross_entropy(
             logits.flatten(0, 1), labels.repeat(parts), label_smoothing=self.label_smoothing
@@ -72,3 +71,27 @@ class PartCrossEntropyLoss(PartLoss):
         with torch.no_grad():
             stats = {"accuracy": (logits.argmax(-1) == labels).to(features.dtype).mean()}
         return loss, stats
+
+
+def check_class_indices(labels: Tensor, num_classes: int) -> None:
+    """Raise ValueError unless every label is in ``[0, num_classes)``; on CUDA, without a host sync.
+
+    The test runs where the labels are, as ``torch._assert_async``. On the CPU it fails at once
+    and raises ValueError. On CUDA nothing waits for it: a bad label fails a device-side assertion,
+    reported by the next synchronizing call, and the CUDA context is lost, as it is when the
+    cross-entropy kernel itself meets an index out of range (without this check a label of -100,
+    the default ``ignore_index``, would be skipped silently). Other devices read the result back.
+    """
+    message = f"labels must be class indices in [0, {num_classes})"
+    inside = ((labels >= 0) & (labels < num_classes)).all()
+    if labels.device.type == "cuda":
+        torch._assert_async(inside, message)
+        return
+    if labels.device.type == "cpu":
+        try:
+            torch._assert_async(inside, message)  # assert inside.is_nonzero(), in C++
+        except RuntimeError:
+            raise ValueError(message) from None
+        return
+    if not inside:
+        raise ValueError(message)

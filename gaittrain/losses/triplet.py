@@ -20,21 +20,6 @@ from torch import Tensor
 from gaittrain.losses._common import PartLoss, distance_stats, pair_masks, pairwise_distance
 
 
-def packed_columns(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Column indices of the true entries of each row of mask ``[n, m]``, left-aligned.
-
-    Returns ``(index, valid)``, both ``[n, w]`` with w the largest row count: row r holds its true
-    columns first, then padding (arbitrary columns, ``valid`` false). With P classes of K samples a
-    row has K − 1 positives and n − K negatives, so the triplet table is ``[parts, n, K−1, n−K]``
-    instead of ``[parts, n, n, n]``.
-    """
-    count = mask.sum(1)
-    width = int(count.max())
-    index = torch.argsort(mask.to(torch.uint8), dim=1, descending=True, stable=True)[:, :width]
-    valid = torch.arange(width, device=mask.device) < count[:, None]
-    return index, valid
-
-
 class TripletLoss(PartLoss):
     """Batch-all triplet loss with a margin, per part, on unnormalized features.
 
@@ -60,18 +45,48 @@ class TripletLoss(PartLoss):
         parts = features.shape[0]
         dist = pairwise_distance(features, features)  # [parts, batch, batch]
         pos, neg = pair_masks(labels)
-        pos_index, pos_valid = packed_columns(pos)
-        neg_index, neg_valid = packed_columns(neg)
-        anchor_pos = dist.gather(2, pos_index.expand(parts, -1, -1))  # [parts, batch, positives]
-        anchor_neg = dist.gather(2, neg_index.expand(parts, -1, -1))  # [parts, batch, negatives]
-        valid = pos_valid[:, :, None] & neg_valid[:, None, :]  # [batch, positives, negatives]
-        terms = (self.margin + anchor_pos[..., :, None] - anchor_neg[..., None, :]).clamp_min(0)
-        terms = terms * valid
-        nonzero = (terms > 0).sum((1, 2, 3))
-        loss = (terms.sum((1, 2, 3)) / nonzero.clamp_min(1)).mean()
+        threshold = self.margin + dist  # ℓ(a, p, n) > 0 exactly when d(a, n) < threshold[a, p]
+        nonzero, count, weight = active_counts(threshold.detach(), dist.detach(), pos, neg)
+        # Σ over the (a, p, n) with ℓ ≥ 0 of threshold[a, p] − d(a, n): the sum of the terms, and
+        # the gradient of clamp_min(·, 0), which passes at 0. In float64 against the cancellation
+        # between the two sums (their difference, the loss, is much smaller).
+        above = (count * threshold.to(torch.float64)).sum((1, 2))
+        total = above - (weight * dist.to(torch.float64)).sum((1, 2))
+        loss = (total / nonzero.clamp_min(1)).mean().to(dist.dtype)
         with torch.no_grad():
+            triplets = (pos.sum(1) * neg.sum(1)).sum()
             stats = {
-                "active": nonzero.sum() / (valid.sum() * parts),
+                "active": nonzero.sum() / (triplets * parts),
                 **distance_stats(dist, pos, neg),
             }
         return loss, stats
+
+
+def active_counts(
+    threshold: Tensor, dist: Tensor, pos: Tensor, neg: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """How many triplet terms are non-zero, and how many terms each pair is in.
+
+    The term of (a, p, n) is ``max(0, threshold[a, p] − dist[a, n])``. Sorting each anchor's
+    negative distances (and its positive thresholds) turns the counts into binary searches:
+    ``[parts, batch, batch]`` work instead of a ``[parts, batch, batch, batch]`` table, and no
+    shape that depends on the labels (which would need a device synchronization).
+
+    Args:
+        threshold: ``margin + d(a, p)``, ``[parts, batch, batch]``.
+        dist: ``d(a, n)``, ``[parts, batch, batch]``.
+        pos, neg: boolean ``[batch, batch]`` masks of the positive and the negative pairs.
+
+    Returns:
+        int64 ``nonzero [parts]``: the number of non-zero terms of each part; int64
+        ``[parts, batch, batch]`` ``count[:, a, p]``: the negatives n with
+        ``dist[a, n] <= threshold[a, p]``, 0 unless (a, p) is a positive pair, and
+        ``weight[:, a, n]``: the positives p with the same, 0 unless (a, n) is a negative pair.
+    """
+    n = pos.shape[0]
+    negatives = dist.masked_fill(~neg, float("inf")).sort(-1).values  # ascending, then inf
+    thresholds = threshold.masked_fill(~pos, float("-inf")).sort(-1).values  # -inf, ascending
+    below = torch.searchsorted(negatives, threshold).masked_fill(~pos, 0)  # d(a, n) < threshold
+    count = torch.searchsorted(negatives, threshold, right=True).masked_fill(~pos, 0)
+    weight = n - torch.searchsorted(thresholds, dist)  # #{p : threshold[a, p] >= d(a, n)}
+    return below.sum((1, 2)), count, weight.masked_fill(~neg, 0)
