@@ -11,11 +11,13 @@ recorded normalization parameters, never with defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from gaitprep.errors import GaitError, first_line
 from gaitprep.files import OutputLock, atomic_output
@@ -65,7 +67,7 @@ class TrainedModel:
 def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
     path = resolve_checkpoint(ckpt)
-    state, fingerprint = checkpoint.load_with_fingerprint(path, device)
+    state, fingerprint = checkpoint.load_with_fingerprint(path)
     cfg = config_from_dict(state["config"])
     model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
     try:
@@ -150,7 +152,10 @@ def ensure_embeddings(
             attrs = provenance(trained, data.packs[0], max_frames)
             reason = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
             if reason is not None:
-                emb = embed_dataset(trained.model, data, device, max_frames=max_frames)
+                workers = 2 if device.type == "cuda" else 0  # on a CPU the convolutions dominate
+                emb = embed_dataset(
+                    trained.model, data, device, max_frames=max_frames, num_workers=workers
+                )
                 write_embeddings(out, data, emb, attrs)
             embeddings, attrs = read_embeddings(out)
     finally:
@@ -165,6 +170,49 @@ def even_frames(n: int, cap: int) -> np.ndarray:
     return np.linspace(0, n - 1, cap).round().astype(int)
 
 
+def _length_batches(lengths: list[int], max_frames: int, batch_frames: int) -> list[list[int]]:
+    """Dataset indices in order of length (stable), cut into batches of at most ``batch_frames``
+    frames once capped at ``max_frames`` (a longer sequence is a batch of its own)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    total = 0
+    for j in np.argsort(lengths, kind="stable"):
+        n = min(lengths[j], max_frames) if max_frames > 0 else lengths[j]
+        if batch and total + n > batch_frames:
+            batches.append(batch)
+            batch, total = [], 0
+        batch.append(int(j))
+        total += n
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+class _Indexed(Dataset):
+    """``data``'s sequences with their index: item j is ``(j, uint8 frames [T, H, W])``."""
+
+    def __init__(self, data: PackDataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor]:
+        return j, self.data[j][0]
+
+
+def _collate_even(
+    items: list[tuple[int, torch.Tensor]], max_frames: int
+) -> tuple[torch.Tensor, list[int], list[int]]:
+    """At most ``max_frames`` evenly spread frames of each sequence, concatenated (uint8), with
+    the sequences' lengths and dataset indices."""
+    seqs = [
+        s if max_frames <= 0 or len(s) <= max_frames else s[even_frames(len(s), max_frames)]
+        for _, s in items
+    ]
+    return torch.cat(seqs), [len(s) for s in seqs], [j for j, _ in items]
+
+
 @torch.no_grad()
 def embed_dataset(
     model: SetModel,
@@ -172,31 +220,56 @@ def embed_dataset(
     device: torch.device,
     max_frames: int = 0,
     batch_frames: int = 4096,
+    *,
+    num_workers: int = 0,
 ) -> np.ndarray:
-    """Embeddings [N, parts, dim] of every sequence of ``data``, batched by length."""
+    """Embeddings [N, parts, dim] of every sequence of ``data``, batched by length.
+
+    A DataLoader reads the batches (sequences sorted by length, at most ``batch_frames`` frames
+    each) in ``num_workers`` processes (0: in this one) ahead of the model, into pinned memory
+    on CUDA; the frames travel as uint8 and become float on the device. The result does not
+    depend on ``num_workers``.
+    """
+    device = torch.device(device)
     lengths = [int(data.packs[pi].length[i]) for pi, i in data.items]
-    order = np.argsort(lengths, kind="stable")
+    loader = DataLoader(
+        _Indexed(data),
+        batch_sampler=_length_batches(lengths, max_frames, batch_frames),
+        num_workers=num_workers,
+        collate_fn=partial(_collate_even, max_frames=max_frames),
+        pin_memory=device.type == "cuda",
+    )
     out = np.zeros((len(data), model.parts, model.fc.shape[-1]), np.float32)
-    batch: list[int] = []
-    total = 0
-
-    def flush() -> None:
-        seqs = [data[j][0] for j in batch]
-        seqs = [s[even_frames(len(s), max_frames)] for s in seqs]
-        frames = to_model_input(torch.cat(seqs), device)
-        emb = model(frames, [len(s) for s in seqs])  # [parts, b, dim]
-        out[batch] = emb.permute(1, 0, 2).float().cpu().numpy()
-
-    for j in order:
-        n = min(lengths[j], max_frames) if max_frames > 0 else lengths[j]
-        if batch and total + n > batch_frames:
-            flush()
-            batch, total = [], 0
-        batch.append(int(j))
-        total += n
-    if batch:
-        flush()
+    pending = None  # the previous batch, stored once the next one is queued
+    for frames, counts, index in loader:
+        emb = model(to_model_input(frames, device), counts).permute(1, 0, 2).float()
+        current = (index, *_to_host(emb))
+        if pending is not None:
+            _store(out, *pending)
+        pending = current
+    if pending is not None:
+        _store(out, *pending)
     return out
+
+
+def _to_host(emb: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying ``emb`` to the host: on CUDA into pinned memory, without waiting (the event
+    marks its end), so the device goes on with the next batch; elsewhere ``emb`` itself."""
+    if emb.device.type != "cuda":
+        return emb, None
+    host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+    host.copy_(emb, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _store(
+    out: np.ndarray, index: list[int], host: torch.Tensor, done: torch.cuda.Event | None
+) -> None:
+    if done is not None:
+        done.synchronize()
+    out[index] = host.numpy()
 
 
 def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict) -> None:

@@ -25,14 +25,20 @@ import torch
 METRICS = ("euclidean", "cosine", "cosine-flat")
 
 
+#: Bytes of ranking scratch per probe x gallery pair, measured (CPU): the stable argsort's sorted
+#: values, indices and buffers, the ranked gallery's ids, matches, running match counts and the
+#: float64 precisions of :func:`_score_block`.
+RANK_BYTES = 32
+
+
 def _block_rows(n_gallery: int, parts: int, max_memory: int, dim: int = 0) -> int:
     """Probes per block so that a block's working set stays under ``max_memory`` bytes.
 
-    A probe row costs its distances, one part's squares and the ranking scratch (3 x 4 bytes per
-    gallery sequence), its per-part sums, and ``dim`` floats per part where the block's probes are
-    copied (normalized) rather than viewed.
+    A probe row costs, per gallery sequence, its distance and one part's squares (2 x 4 bytes) and
+    the ranking scratch (:data:`RANK_BYTES`); per part, its sums and ``dim`` floats where the
+    block's probes are copied (normalized) rather than viewed.
     """
-    per_row = 4 * n_gallery * 3 + 4 * parts * (dim + 1)
+    per_row = n_gallery * (8 + RANK_BYTES) + 4 * parts * (dim + 1)
     return max(1, int(max_memory // max(per_row, 1)))
 
 
@@ -160,6 +166,48 @@ class Retrieval:
         return float(self.inp[self.has_match].mean()) if self.has_match.any() else float("nan")
 
 
+def _integer_ids(
+    probe_ids: np.ndarray, gallery_ids: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe and gallery subject ids as int32 codes on ``device``, equal iff the ids are."""
+    p, g = np.asarray(probe_ids).ravel(), np.asarray(gallery_ids).ravel()
+    if p.size and g.size:
+        _, codes = np.unique(np.concatenate([p, g]), return_inverse=True)
+    else:  # nothing to compare (and an empty array may not concatenate with strings)
+        codes = np.zeros(p.size + g.size, np.int64)
+    codes = torch.from_numpy(codes.reshape(-1).astype(np.int32))
+    return codes[: p.size].to(device), codes[p.size :].to(device)
+
+
+def _score_block(
+    d: torch.Tensor, probe_ids: torch.Tensor, gallery_ids: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``(first, ap, inp, nearest, nearest_match)`` of a block of distances [b, G] (probe and
+    gallery ids as integer codes on ``d``'s device), computed there."""
+    b, n_gallery = d.shape
+    order = torch.argsort(d, dim=1, stable=True)  # ties keep gallery order
+    match = gallery_ids[order] == probe_ids[:, None]  # [b, G]: the ranked gallery's matches
+    hits = match.cumsum(dim=1, dtype=torch.int32)  # correct matches up to each rank
+    count = hits[:, -1]
+    found = count > 0
+    first = (hits == 0).sum(dim=1)  # ranks before the first match
+    nearest = order[:, 0]
+    nearest_match = order.gather(1, first.clamp(max=n_gallery - 1)[:, None]).squeeze(1)
+    del order
+    last = (hits < count[:, None]).sum(dim=1)  # the last match's rank (from 0)
+    rank = torch.arange(1, n_gallery + 1, device=d.device, dtype=torch.float64)
+    precision = hits.to(torch.float64).div_(rank).mul_(match)  # precision at each match
+    ap = precision.sum(dim=1) / count.clamp(min=1)  # 0 without a match
+    inp = count.to(torch.float64) / (last + 1)  # 0 without a match
+    return (
+        first.masked_fill_(~found, -1),
+        ap,
+        inp,
+        nearest,
+        nearest_match.masked_fill_(~found, -1),
+    )
+
+
 def retrieve(
     probe: torch.Tensor,
     probe_ids: np.ndarray,
@@ -168,29 +216,21 @@ def retrieve(
     metric: str = "euclidean",
     max_memory: int = 256 << 20,
 ) -> Retrieval:
-    """Rank the gallery for every probe (ties broken by gallery order) and score the ranking."""
-    n = probe.shape[0]
-    first = np.full(n, -1, dtype=np.int64)
-    nearest = np.full(n, -1, dtype=np.int64)
-    nearest_match = np.full(n, -1, dtype=np.int64)
-    ap = np.zeros(n)
-    inp = np.zeros(n)
-    g_ids = np.asarray(gallery_ids)
-    for s, d in distance_blocks(probe, gallery, metric, max_memory):
-        order = torch.argsort(d, dim=1, stable=True).cpu().numpy()
-        b = slice(s, s + len(order))
-        match = g_ids[order] == np.asarray(probe_ids[b])[:, None]
-        found = match.any(axis=1)
-        rank = np.arange(1, match.shape[1] + 1)
-        hits = np.cumsum(match, axis=1)
-        first[b] = np.where(found, match.argmax(axis=1), -1)
-        if order.shape[1]:
-            nearest[b] = order[:, 0]
-            nearest_match[b] = np.where(found, order[np.arange(len(order)), first[b]], -1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap[b] = np.where(
-                found, (match * hits / rank).sum(axis=1) / np.maximum(match.sum(axis=1), 1), 0.0
-            )
-            last = match.shape[1] - 1 - np.argmax(match[:, ::-1], axis=1)
-            inp[b] = np.where(found, match.sum(axis=1) / (last + 1), 0.0)
-    return Retrieval(first, ap, inp, nearest, nearest_match)
+    """Rank the gallery for every probe (ties broken by gallery order) and score the ranking.
+
+    Subject ids become integer codes on the embeddings' device once; ranking and scoring stay
+    there, and only the per-probe results are copied to the host, once.
+    """
+    n, device = probe.shape[0], probe.device
+    p_ids, g_ids = _integer_ids(probe_ids, gallery_ids, device)
+    first = torch.full((n,), -1, dtype=torch.int64, device=device)
+    nearest = torch.full((n,), -1, dtype=torch.int64, device=device)
+    nearest_match = torch.full((n,), -1, dtype=torch.int64, device=device)
+    ap = torch.zeros(n, dtype=torch.float64, device=device)
+    inp = torch.zeros(n, dtype=torch.float64, device=device)
+    if gallery.shape[0]:
+        for s, d in distance_blocks(probe, gallery, metric, max_memory):
+            b = slice(s, s + d.shape[0])
+            first[b], ap[b], inp[b], nearest[b], nearest_match[b] = _score_block(d, p_ids[b], g_ids)
+    host = [x.cpu().numpy() for x in (first, ap, inp, nearest, nearest_match)]
+    return Retrieval(*host)

@@ -236,10 +236,12 @@ class _Scorer:
         failed: dict[Key, dict] = {}
         for pv in views:
             probes = sorted(k for k in probe_keys if k[3] == pv)
+            if not probes:
+                continue
+            p, p_ids = self._stack(probes)  # once per probe view, not once per cell
             for label, gallery in self._targets(gallery_keys, pv):
-                if not probes or not gallery:
+                if not gallery:
                     continue
-                p, p_ids = self._stack(probes)
                 g, g_ids = self._stack(gallery)
                 r = retrieve(p, p_ids, g, g_ids, self.metric, self.max_memory)
                 curve = r.cmc(self.ranks)

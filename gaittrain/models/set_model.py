@@ -6,8 +6,9 @@ cut into 16, 8, 4, 2 and 1 horizontal strips; each strip is max + mean pooled) -
 linear map per strip ("part"). The output is an embedding of shape [parts, batch, dim], the input
 every loss in gaittrain.losses expects.
 
-Sequences of different lengths share a batch without padding: pass the frames of all sequences
-concatenated along the first axis and their ``lengths``.
+Sequences of different lengths share a batch without padding their frames: pass the frames of all
+sequences concatenated along the first axis and their ``lengths`` (set pooling is then one
+vectorized segment max, :func:`segment_max`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,29 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+
+def segment_max(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """The max over each run of ``lengths`` consecutive rows of ``x`` [sum(lengths), ...]:
+    [len(lengths), ...], without a Python loop over the runs.
+
+    One ``scatter_reduce`` ("amax") of the rows onto their sequence's row (equal lengths: a
+    reshape), so values and gradients (split evenly between tied maxima) are those of
+    ``torch.stack([s.amax(0) for s in torch.split(x, lengths)])``.
+    """
+    n = torch.as_tensor(lengths, dtype=torch.long).flatten().cpu()
+    if n.numel() == 0 or int(n.min()) < 1 or int(n.sum()) != x.shape[0]:
+        raise ValueError(
+            f"lengths must be positive and sum to the {x.shape[0]} rows given, got {n.tolist()}"
+        )
+    b, t = n.numel(), int(n.max())
+    if b * t == x.shape[0]:  # all of one length
+        return x.reshape(b, t, *x.shape[1:]).amax(dim=1)
+    rows = x.reshape(x.shape[0], -1)
+    seq = torch.repeat_interleave(torch.arange(b), n).to(x.device)  # each row's sequence
+    out = rows.new_empty(b, rows.shape[1])
+    out.scatter_reduce_(0, seq[:, None].expand_as(rows), rows, "amax", include_self=False)
+    return out.reshape(b, *x.shape[1:])
 
 
 def _conv(c_in: int, c_out: int, k: int) -> nn.Sequential:
@@ -74,8 +98,7 @@ class SetModel(nn.Module):
             x = self.backbone(frames.reshape(b * t, 1, h, w))
             x = x.reshape(b, t, *x.shape[1:]).amax(dim=1)  # set pooling
         else:
-            x = self.backbone(frames.unsqueeze(1))
-            x = torch.stack([s.amax(dim=0) for s in torch.split(x, list(lengths))])
+            x = segment_max(self.backbone(frames.unsqueeze(1)), lengths)
         return self.pyramid(x)
 
     def pyramid(self, x: torch.Tensor) -> torch.Tensor:
