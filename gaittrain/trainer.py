@@ -450,12 +450,22 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
 
     start = 0
     if state is not None:
-        modules = [("model", model), ("objective", objective), ("optimizer", optimizer)]
-        modules.append(("schedule", schedule))
+        modules = [
+            ("model", model),
+            ("objective", objective),
+            ("optimizer", optimizer),
+            ("schedule", schedule),
+        ]
         if scaler.is_enabled() and state.get("scaler"):  # fp16 then and now: keep its scale
             modules.append(("scaler", scaler))
         _restore(state, start_ckpt, *modules)
-        checkpoint.set_rng_state(state["rng"], device)
+        try:
+            checkpoint.set_rng_state(state["rng"], device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{start_ckpt}: its random-number states cannot be restored ({first_line(e)}); "
+                "it is not a complete training checkpoint"
+            ) from None
         start = state["iteration"]
         del state
     if main:

@@ -298,3 +298,12 @@ def test_a_full_disk_under_tensorboard_is_one_line_without_a_thread_traceback(
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: cannot write") and "file too large" in last, last
+
+
+def test_a_checkpoint_without_random_states_is_one_line(packs, short_run: Path) -> None:
+    ckpt = short_run / "checkpoints" / "iter-000002.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["rng"]
+    torch.save(state, ckpt)
+    r = train(packs[0], short_run, *RESUME_3)
+    assert_one_line_error(r, str(ckpt), "random-number states")
