@@ -46,10 +46,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def temporary_name(path: Path, suffix: str = ".partial") -> Path:
-    return Path(path).with_name(Path(path).name + suffix)
-
-
 @contextmanager
 def atomic_output(path: Path, suffix: str = ".partial") -> Iterator[Path]:
     """Yield a temporary path; on success fsync it and rename it to ``path``.
@@ -58,7 +54,7 @@ def atomic_output(path: Path, suffix: str = ".partial") -> Iterator[Path]:
     ``path`` keeps its old content; OS errors become one-line :class:`OutputError`.
     """
     path = Path(path)
-    tmp = temporary_name(path, suffix)
+    tmp = path.with_name(path.name + suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)

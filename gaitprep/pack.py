@@ -332,15 +332,15 @@ class PackWriter:
             table.create_dataset("crc32", data=np.array([r["crc32"] for r in self.rows], np.uint32))
             self.file.attrs.update({"format": FORMAT, "version": VERSION, "size": self.size})
             self.file.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
-            self._data = {}
-            self.file.close()
-            self._io.sync()
-        self.file = None
-        self._io.close()
+        self._close_file()
 
     def close_partial(self) -> None:
         """Write buffered frames and close the file without a table (a run to be resumed)."""
         self._write_pending()
+        self._close_file()
+
+    def _close_file(self) -> None:
+        """Close the HDF5 file, fsync what it wrote and release the descriptor."""
         with self._guarded():
             self._data = {}
             self.file.close()

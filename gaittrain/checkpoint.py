@@ -136,12 +136,3 @@ def _cause(e: Exception) -> str:
     if "weights_only" in text or "unpickl" in text:
         return "it is not a tensors-only file that loads safely"
     return first_line(e).split(". ")[0]
-
-
-def fingerprint(path: Path) -> str:
-    """SHA-256 of a checkpoint file's bytes: what an embeddings file records of its model."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

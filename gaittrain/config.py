@@ -84,20 +84,6 @@ class DataConfig:
 
 
 @dataclass
-class CenterRankedLossConfig:
-    """``loss: {name: center_ranked, ...}``: gaittrain.losses.CenterRankedLoss."""
-
-    name: str = field(default="center_ranked", init=False)
-    alpha: float = _float(1.2, above=0.0)
-    margin: float = _float(0.4, 0.0)  # must be < alpha
-    t_n: float = _float(10.0, 0.0)
-    t_p: float = _float(0.0, 0.0)
-    lam: float = _float(1.0, 0.0)
-    anchor: str = "center"  # center | sample
-    detach_center: bool = False
-
-
-@dataclass
 class RankedListLossConfig:
     """``loss: {name: ranked_list, ...}``: gaittrain.losses.RankedListLoss."""
 
@@ -107,6 +93,16 @@ class RankedListLossConfig:
     t_n: float = _float(10.0, 0.0)
     t_p: float = _float(0.0, 0.0)
     lam: float = _float(1.0, 0.0)
+
+
+@dataclass
+class CenterRankedLossConfig(RankedListLossConfig):
+    """``loss: {name: center_ranked, ...}``: gaittrain.losses.CenterRankedLoss (the ranked-list
+    keys, ranked around class centers)."""
+
+    name: str = field(default="center_ranked", init=False)
+    anchor: str = "center"  # center | sample
+    detach_center: bool = False
 
 
 @dataclass
@@ -191,7 +187,7 @@ class Config:
                 raise ConfigError(f"{key} is {_show(value)}; use one of {', '.join(allowed)}")
         if not isinstance(self.loss, tuple(LOSSES.values())):
             raise ConfigError(f"loss is {_show(self.loss)}; use one of {', '.join(LOSSES)}")
-        ranked = isinstance(self.loss, (CenterRankedLossConfig, RankedListLossConfig))
+        ranked = isinstance(self.loss, RankedListLossConfig)  # center_ranked is one too
         if ranked and not self.loss.margin < self.loss.alpha:
             raise ConfigError(
                 f"loss.margin must be less than loss.alpha (the positive boundary is "

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 from torch import nn
 
-from gaittrain.config import (
-    CenterRankedLossConfig,
-    Config,
-    RankedListLossConfig,
-    TripletLossConfig,
-)
+from gaittrain.config import Config
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from gaittrain.losses._common import PartLoss, to_floats
+
+#: The loss class of each ``loss.name``; a loss section's keys are that class's arguments.
+METRIC_LOSSES = {
+    "center_ranked": CenterRankedLoss,
+    "ranked_list": RankedListLoss,
+    "triplet": TripletLoss,
+}
 
 
 def metric_loss(cfg: Config) -> PartLoss:
     """The metric loss of ``cfg.loss``, built from that loss's own keys."""
     c = cfg.loss
-    if isinstance(c, CenterRankedLossConfig):
-        return CenterRankedLoss(
-            alpha=c.alpha,
-            margin=c.margin,
-            t_n=c.t_n,
-            t_p=c.t_p,
-            lam=c.lam,
-            anchor=c.anchor,
-            detach_center=c.detach_center,
-        )
-    if isinstance(c, RankedListLossConfig):
-        return RankedListLoss(alpha=c.alpha, margin=c.margin, t_n=c.t_n, t_p=c.t_p, lam=c.lam)
-    if isinstance(c, TripletLossConfig):
-        return TripletLoss(margin=c.margin)
-    raise TypeError(f"no metric loss for {c!r}")
+    return METRIC_LOSSES[c.name](**{f.name: getattr(c, f.name) for f in fields(c) if f.init})
 
 
 class Objective(nn.Module):

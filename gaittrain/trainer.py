@@ -123,15 +123,13 @@ def build_schedule(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def data_identity(packs: list[Path], subjects: list[str]) -> dict:
-    """What a run trains on: each pack's path, content fingerprint and dataset, and the
+def data_identity(packs: list[Pack], subjects: list[str]) -> dict:
+    """What a run trains on: each (open) pack's path, content fingerprint and dataset, and the
     subjects."""
-    entries = []
-    for path in packs:
-        with Pack(path) as p:
-            entries.append(
-                {"path": str(path), "fingerprint": p.fingerprint, "dataset": p.attrs.get("dataset")}
-            )
+    entries = [
+        {"path": str(p.path), "fingerprint": p.fingerprint, "dataset": p.attrs.get("dataset")}
+        for p in packs
+    ]
     return {"packs": entries, "train_subjects": list(subjects)}
 
 
@@ -433,7 +431,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         cut=cfg.data.cut,
         cache=cfg.data.cache,
     )
-    identity = data_identity(packs, subjects)
+    identity = data_identity(data.packs, subjects)  # the handles the frames are read through
     # Rank 0 alone reads and checks the run folder and the checkpoint, then sends the outcome (an
     # error, or the state to resume) to every process: the other ranks never read --out, and
     # never hang on a refusal that only rank 0 saw.

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
 from gaittrain.evaluation.embed import read_embeddings
 from gaittrain.evaluation.metrics import distance_blocks
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-from tests.cli import train_tiny
+from tests.cli import gait, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,10 +323,6 @@ def test_casia_b_names_the_standard_protocol() -> None:
 
 
 # --- gait eval on a tiny real run ---------------------------------------------------------------
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

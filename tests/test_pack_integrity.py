@@ -15,21 +15,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.pack import Pack, PackError
 from gaitprep.prep import PrepJob, run_prep
+from tests.cli import gait
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "casia-b"
 TINY = ROOT / "configs" / "tiny.yaml"
 COMPRESSIONS = ("gzip", "lzf", "none")
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def error_lines(output: str) -> list[str]:

@@ -21,26 +21,21 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.pack import Pack
 from gaitprep.prep import PrepJob, run_prep
+from tests.cli import gait, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "casia-b"
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+ENV = subprocess_env()
 # `gait` with prep's commit interval set (0: commit after every sequence), so that a run that
 # fails early has committed sequences to resume from.
 WITH_COMMIT = (
     "import sys; from gaitprep import prep; prep.COMMIT_SECONDS = float(sys.argv[1]); "
     "from gaitcli.main import cli; cli(sys.argv[2:], prog_name='gait')"
 )
-
-
-def gait(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def contents(path: Path) -> list[tuple]:

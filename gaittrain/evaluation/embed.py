@@ -100,6 +100,7 @@ def provenance(trained: TrainedModel, pack: Pack, max_frames: int) -> dict:
         "checkpoint_fingerprint": trained.fingerprint,
         "pack": str(pack.path),
         "pack_fingerprint": pack.fingerprint,
+        "pack_dataset": str(pack.attrs.get("dataset", "")),
         "max_frames": int(max_frames),
         **{f"normalization.{k}": v for k, v in pack_normalization(pack).items()},
     }

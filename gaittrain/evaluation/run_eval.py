@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from gaitprep.pack import Pack
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.embed import ensure_embeddings
@@ -37,10 +36,11 @@ def default_embeddings(run: Path, pack: Path) -> Path:
     return run_folder(run) / f"embeddings-{Path(pack).stem}.h5"
 
 
-def trained_test_subjects(run: Path, pack: Path, test: list[str]) -> tuple[list[str], bool]:
+def trained_test_subjects(run: Path, attrs: dict, test: list[str]) -> tuple[list[str], bool]:
     """Test subjects among the run's training subjects, and whether the run trained on this very
     pack (same content fingerprint) rather than on another pack of the same dataset (the same
-    people, re-prepared, merged or normalized otherwise, or another synthetic population)."""
+    people, re-prepared, merged or normalized otherwise, or another synthetic population).
+    ``attrs`` are the embeddings file's (:func:`~gaittrain.evaluation.embed.provenance`)."""
     path = RunPaths(run_folder(run)).data
     try:
         record = json.loads(path.read_text())
@@ -48,10 +48,8 @@ def trained_test_subjects(run: Path, pack: Path, test: list[str]) -> tuple[list[
         return [], False
     if not is_data_record(record):
         return [], False
-    with Pack(pack) as p:
-        fingerprint, dataset = p.fingerprint, p.attrs.get("dataset")
-    same_pack = any(e["fingerprint"] == fingerprint for e in record["packs"])
-    same_dataset = any(e.get("dataset") == dataset for e in record["packs"])
+    same_pack = any(e["fingerprint"] == attrs.get("pack_fingerprint") for e in record["packs"])
+    same_dataset = any(e.get("dataset") == attrs.get("pack_dataset") for e in record["packs"])
     if not (same_pack or same_dataset):
         return [], False
     trained = set(record["train_subjects"])
@@ -89,7 +87,7 @@ def evaluate_run(
         embeddings, proto, test, include_identical, metric, max_memory=max_memory, device=device
     )
     result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack), warnings=[])
-    seen, same_pack = trained_test_subjects(run, pack, test)
+    seen, same_pack = trained_test_subjects(run, attrs, test)
     if seen:
         ids = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
         where = "" if same_pack else " (in another pack of the same dataset)"
