@@ -125,7 +125,7 @@ def _check_output(job: PrepJob, overwrite: bool) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise PrepError(f"cannot write {out}: {e.strerror}; choose a writable location") from None
+        raise OutputError(describe_os_error(e, out)) from None
 
 
 def _resume(job: PrepJob, identity: dict) -> tuple[list[dict], PackWriter] | None:
