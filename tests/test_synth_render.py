@@ -8,7 +8,8 @@ import pytest
 
 from gaitprep.synth import Artifacts, SequenceSpec, render_sequence
 from gaitprep.synth.artifacts import PER_FRAME, PER_SEQUENCE
-from gaitprep.synth.body import outfit_for, sample_subject
+from gaitprep.synth.body import ANTHRO, sample_subject
+from gaitprep.synth.clothing import outfit_for
 
 CLEAN = Artifacts.none()
 
@@ -68,13 +69,57 @@ def test_identity_is_persistent_and_distinct() -> None:
 
 def test_bags_differ_between_bg01_and_bg02_and_coats_widen() -> None:
     s = sample_subject(0, 4)
-    bag1, bag2 = outfit_for(0, s, "bg", 1), outfit_for(0, s, "bg", 2)
-    assert bag1.bag and bag2.bag and bag1.bag != bag2.bag
-    assert outfit_for(0, s, "nm", 3).bag is None and outfit_for(0, s, "cl", 1).coat > 0
-    for subject in (4, 5, 6):
-        nm = render_sequence(spec(subject=subject, view=0)).astype(bool).sum()
-        cl = render_sequence(spec(subject=subject, condition="cl", view=0)).astype(bool).sum()
+    bag1, bag2 = outfit_for(0, s, "bg", 1).bag, outfit_for(0, s, "bg", 2).bag
+    assert bag1 and bag2 and bag1.kind != bag2.kind
+    assert outfit_for(0, s, "nm", 3).bag is None and outfit_for(0, s, "cl", 1).coat is not None
+    for subject in (4, 5, 6):  # area relative to height², since the walker's distance varies
+        nm = side_widths(render_sequence(spec(subject=subject, view=0)), 0.0, 1.0)
+        cl = side_widths(render_sequence(spec(subject=subject, condition="cl", view=0)), 0.0, 1.0)
         assert cl > 1.04 * nm
+
+
+def test_clothes_belong_to_the_subject_and_the_coat_to_cl() -> None:
+    s = sample_subject(0, 9)
+    outfits = [outfit_for(0, s, c, n) for c, n in (("nm", 1), ("nm", 6), ("bg", 2), ("cl", 1))]
+    assert all(o.clothes == outfits[0].clothes for o in outfits)
+    assert outfit_for(0, s, "cl", 1).coat == outfit_for(0, s, "cl", 2).coat
+    assert outfit_for(0, sample_subject(0, 10), "nm", 1).clothes != outfits[0].clothes
+
+
+def test_the_average_body_has_the_survey_girths() -> None:
+    s = sample_subject(3, 1, spread_scale=0.0)
+    assert s.height == pytest.approx(1.70)
+    assert 2 * np.pi * s.calf_r == pytest.approx(ANTHRO["calf_girth"] * 1.70)
+    assert 2 * s.hip_w == pytest.approx(ANTHRO["hip_breadth"] * 1.70)
+    assert 2 * s.chest_d == pytest.approx(ANTHRO["chest_depth"] * 1.70)
+
+
+def side_widths(frames: np.ndarray, lo: float, hi: float) -> float:
+    """Mean foreground width / body height of the rows from ``lo`` to ``hi`` of the body."""
+    out = []
+    for img in frames:
+        rows = np.flatnonzero(img.any(1))
+        top, height = rows[0], rows[-1] - rows[0] + 1
+        band = img[top + int(lo * height) : top + int(hi * height)] > 0
+        out.append(band.sum(1).mean() / height)
+    return float(np.mean(out))
+
+
+def test_coats_widen_the_hips_and_thighs_and_backpacks_the_back_in_the_side_view() -> None:
+    hips = {c: [] for c in ("nm", "cl")}
+    for subject in range(1, 9):
+        for c in hips:
+            frames = render_sequence(spec(subject=subject, condition=c, frames=16))
+            hips[c].append(side_widths(frames, 0.45, 0.65))
+    assert np.mean(hips["cl"]) > 1.1 * np.mean(hips["nm"])
+    s = next(
+        i
+        for i in range(1, 30)
+        if outfit_for(0, sample_subject(0, i), "bg", 1).bag.kind == "backpack"
+    )
+    nm = side_widths(render_sequence(spec(subject=s, frames=16)), 0.2, 0.4)
+    bg = side_widths(render_sequence(spec(subject=s, condition="bg", frames=16)), 0.2, 0.4)
+    assert bg > 1.2 * nm
 
 
 def hits(name: str, rate: float, n_seq: int, frames: int):

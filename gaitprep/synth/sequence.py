@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 
 from gaitprep.synth import artifacts as art
-from gaitprep.synth.body import Subject, outfit_for, sample_subject
+from gaitprep.synth.body import Subject, sample_subject
 from gaitprep.synth.camera import Camera, to_world, walk_axes
+from gaitprep.synth.clothing import outfit_for
 from gaitprep.synth.geometry import pose
 from gaitprep.synth.raster import rasterize
 
