@@ -1,11 +1,10 @@
 """The walker's 3D body as simple solids, posed over a whole sequence at once.
 
 A body is a set of tapered **capsules** (limbs, neck, feet, hair, bags) and of **ring
-chains** (head, torso, coat skirt, backpack): horizontal elliptical cross-sections stacked along a
-chain whose outline, seen from any direction, is the hull of the rings' extreme points. Both are posed in the
-*body frame* (x forward, y up, z to the walker's left, origin on the ground under the pelvis) for
-every frame at once, so the cost per frame is a few array operations.
-"""
+chains** (head, torso, coat skirt, backpack): horizontal elliptical cross-sections stacked along
+a chain whose outline, seen from any direction, is the hull of the rings' extreme points. Both
+are posed in the *body frame* (x forward, y up, z to the walker's left, origin on the ground
+under the pelvis) for every frame at once, so the cost per frame is a few array operations."""
 
 from __future__ import annotations
 
