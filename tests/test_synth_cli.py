@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 
@@ -204,7 +205,24 @@ def test_refuses_foreign_folder_and_changed_arguments(tmp_path: Path) -> None:
     assert run(*base).exit_code == 0
     result = run(*base[:-2], "--seed", "5", "--workers", "1")
     assert result.exit_code == 1 and "--overwrite" in result.output
+    assert "other arguments (seed)" in result.output
     assert run(*base[:-2], "--seed", "5", "--workers", "1", "--overwrite").exit_code == 0
+
+
+def test_a_tree_from_an_older_generator_is_not_resumed(tmp_path: Path) -> None:
+    """Same arguments, other walker model: the frames on disk are not what this gait makes."""
+    out = tmp_path / "raw"
+    args = ["synth", "casia-b", out, "--subjects", "1", "--frames", "2", "--views", "0"]
+    assert run(*args, "--workers", "1").exit_code == 0
+    marker = out / ".gait-synth.json"
+    record = json.loads(marker.read_text())
+    del record["job"]["generator"]  # as trees written before the generator was recorded
+    marker.write_text(json.dumps(record))
+    result = run(*args, "--workers", "1")
+    assert result.exit_code == 1 and "generator (version 1" in result.output
+    assert "--overwrite" in result.output
+    assert run(*args, "--workers", "1", "--overwrite").exit_code == 0
+    assert json.loads(marker.read_text())["job"]["generator"] >= 2
 
 
 def test_help_texts() -> None:

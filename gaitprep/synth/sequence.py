@@ -22,6 +22,10 @@ from gaitprep.synth.clothing import outfit_for
 from gaitprep.synth.geometry import pose
 from gaitprep.synth.raster import rasterize
 
+#: The walker model's version, recorded in every synth tree: bump it whenever
+#: :func:`render_sequence` gives other frames for the same :class:`SequenceSpec`, so that a tree
+#: made by an older generator is never resumed as if it were complete.
+GENERATOR = 2
 FPS = 25.0
 #: Fraction of the image height a 1.70 m walker fills at the reference distance.
 FILL = 0.62

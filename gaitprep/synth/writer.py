@@ -28,7 +28,7 @@ from gaitprep.errors import GaitError
 from gaitprep.files import OutputLock, atomic_write
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.layouts import Layout
-from gaitprep.synth.sequence import SequenceSpec, render_sequence
+from gaitprep.synth.sequence import GENERATOR, SequenceSpec, render_sequence
 
 MARKER = ".gait-synth.json"
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -67,6 +67,7 @@ class SynthJob:
     def describe(self) -> dict:
         """The arguments as JSON-able data (what the marker file records)."""
         return {
+            "generator": GENERATOR,
             "dataset": self.layout.name,
             "subjects": list(self.subjects),
             "recordings": [f"{c}-{s:02d}" for c, s in self.recordings],
@@ -133,16 +134,29 @@ def prepare_root(root: Path, job: SynthJob, overwrite: bool) -> None:
                 f"{root} is not empty and is not a gait synth tree; choose an empty or new folder"
             )
         previous = (read_marker(root) or {}).get("job")
-        if previous != job.describe() and overwrite:
+        wanted = job.describe()
+        if previous != wanted and overwrite:
             shutil.rmtree(root)
-        elif previous != job.describe():
+        elif previous != wanted:
+            changed = _changed(previous, wanted)
             raise SynthError(
-                f"{root} holds a gait synth tree made with other arguments; "
+                f"{root} holds a gait synth tree made with other {changed}; "
                 "pass --overwrite to replace it, or choose another folder"
             )
     root.mkdir(parents=True, exist_ok=True)
     if not marker.is_file():
         write_marker(root, job, complete=False)
+
+
+def _changed(previous, wanted: dict) -> str:
+    """Which of the job's fields differ, in words, e.g. ``"seed, frames"``."""
+    if not isinstance(previous, dict):
+        return "arguments (its record is unreadable)"
+    keys = [k for k in wanted if previous.get(k) != wanted[k]]
+    keys += [k for k in previous if k not in wanted]
+    if "generator" in keys:
+        return f"generator (version {previous.get('generator', 1)}; this gait writes {GENERATOR})"
+    return "arguments (" + ", ".join(keys) + ")"
 
 
 def synthesize(
