@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,7 @@ def profiles(pack: Path, view: str) -> dict[str, np.ndarray]:
 
 def synth_pack(out: Path, subjects: int, frames: int, seed: int, view: str) -> Path:
     raw, pack = out / "raw", out / "realism.h5"
+    shutil.rmtree(raw, ignore_errors=True)  # always this gait's walkers, never an older tree
     gait = [sys.executable, "-m", "gaitcli"]
     common = ["--subjects", str(subjects), "--frames", str(frames), "--seed", str(seed)]
     subprocess.run(

@@ -48,14 +48,14 @@ SPREAD: dict[str, float] = {
     "leg": 0.088,  # relative, leg length as a fraction of stature
     "torso": 0.1,  # relative
     "arm": 0.1,  # relative
-    "head": 0.12,  # relative
-    "build": 0.15,  # relative, all widths together
+    "head": 0.175,  # relative
+    "build": 0.2,  # relative, all widths together
     "shoulders": 0.1,  # relative
     "chest": 0.1,
-    "waist": 0.15,
-    "belly": 0.2,
+    "waist": 0.25,
+    "belly": 0.3,
     "hips": 0.1,
-    "limbs": 0.12,  # relative, limb thickness
+    "limbs": 0.15,  # relative, limb thickness
     "stride": 0.2,  # relative
     "cadence": 0.15,  # relative
     "arm_swing": 17.5,  # degrees

@@ -27,11 +27,11 @@ class Clothes:
     shirt: float  # 0.003-0.015: added to the torso's half-widths and half-depths
     sleeve: float  # 0.005-0.02: added to the upper arm (and the forearm with long sleeves)
     long_sleeves: bool  # 60 % of subjects
-    trousers: float  # 0.005-0.03: added to the thigh's radius
-    hem: float  # 0.045-0.075: radius of the trouser leg at the ankle (the shank is at least this)
+    trousers: float  # 0.005-0.045: added to the thigh's radius
+    hem: float  # 0.04-0.085: radius of the trouser leg at the ankle (the shank is at least this)
     sole: float  # 0.015-0.035: shoe sole and upper, added to the foot's radius
     toe: float  # 0.02-0.05: shoe length beyond the toes
-    hair: float  # 0.0-0.03: hair volume on top of and behind the head
+    hair: float  # 0.0-0.04: hair volume on top of and behind the head
     long_hair: float  # 0 (75 % of subjects) or 0.08-0.3: hair hanging below the back of the head
 
 
@@ -78,11 +78,11 @@ def clothes_for(seed: int, subject: Subject) -> Clothes:
         shirt=u(0.003, 0.015),
         sleeve=u(0.005, 0.02),
         long_sleeves=bool(rng.uniform() < 0.6),
-        trousers=u(0.005, 0.03),
-        hem=u(0.045, 0.075),
+        trousers=u(0.005, 0.045),
+        hem=u(0.04, 0.085),
         sole=u(0.015, 0.035),
         toe=u(0.02, 0.05),
-        hair=u(0.0, 0.03),
+        hair=u(0.0, 0.04),
         long_hair=u(0.08, 0.3) if long_hair else 0.0,
     )
 
