@@ -1,9 +1,10 @@
 """``gait synth``: procedural raw silhouette sequences in the real datasets' layouts.
 
-The pieces, in the order the data flows: :mod:`body` (who walks), :mod:`kinematics` (how the
-joints move), :mod:`geometry` (the posed 3D body), :mod:`camera` (where it is seen from),
-:mod:`raster` (the binary silhouette), :mod:`artifacts` (segmentation noise), :mod:`sequence`
-(one recording), :mod:`layouts` (file names) and :mod:`writer` (the whole tree on disk).
+The pieces, in the order the data flows: :mod:`body` (who walks), :mod:`clothing` (what they
+wear and carry), :mod:`kinematics` (how the joints move), :mod:`geometry` (the posed 3D body),
+:mod:`camera` (where it is seen from), :mod:`raster` (the binary silhouette), :mod:`artifacts`
+(segmentation noise), :mod:`sequence` (one recording), :mod:`layouts` (file names) and
+:mod:`writer` (the whole tree on disk).
 """
 
 from gaitprep.synth.artifacts import Artifacts
