@@ -98,11 +98,14 @@ class RankedListLossConfig:
 @dataclass
 class CenterRankedLossConfig(RankedListLossConfig):
     """``loss: {name: center_ranked, ...}``: gaittrain.losses.CenterRankedLoss (the ranked-list
-    keys, ranked around class centers)."""
+    keys, ranked around class centers; docs/losses.md, "The center-ranked design space")."""
 
     name: str = field(default="center_ranked", init=False)
-    anchor: str = "center"  # center | sample
-    detach_center: bool = False
+    anchor: str = "center"  # center | sample | both (the mean of the two)
+    detach_center: bool = False  # no gradient through the class centers
+    centers: str = "batch"  # batch | memory (+ a moving average of every training class's center)
+    memory_momentum: float = _float(0.9, 0.0)  # in [0, 1): weight of the old center (memory only)
+    normalize: bool = True  # false: raw features and distances; alpha, margin on their scale
 
 
 @dataclass
@@ -181,7 +184,13 @@ class Config:
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "none")),
         }
         if isinstance(self.loss, CenterRankedLossConfig):
-            choices["loss.anchor"] = (self.loss.anchor, ("center", "sample"))
+            choices["loss.anchor"] = (self.loss.anchor, ("center", "sample", "both"))
+            choices["loss.centers"] = (self.loss.centers, ("batch", "memory"))
+            if not self.loss.memory_momentum < 1:
+                raise ConfigError(
+                    f"loss.memory_momentum must be less than 1 (got {self.loss.memory_momentum:g})"
+                    "; it is in [0, 1): 1 would never let a center move"
+                )
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key} is {_show(value)}; use one of {', '.join(allowed)}")

@@ -7,7 +7,7 @@ from dataclasses import fields
 import torch
 from torch import nn
 
-from gaittrain.config import Config
+from gaittrain.config import CenterRankedLossConfig, Config
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from gaittrain.losses._common import PartLoss, to_floats
 
@@ -19,10 +19,23 @@ METRIC_LOSSES = {
 }
 
 
-def metric_loss(cfg: Config) -> PartLoss:
-    """The metric loss of ``cfg.loss``, built from that loss's own keys."""
+def metric_loss(cfg: Config, num_classes: int | None = None, parts: int | None = None) -> PartLoss:
+    """The metric loss of ``cfg.loss``, built from that loss's own keys.
+
+    ``num_classes`` and ``parts`` are needed (and used) only by the center-ranked loss with
+    ``centers: memory``, whose memory of class centers ``[parts, num_classes, model.dim]`` is
+    allocated here, so that a checkpoint's state loads into it before its first call.
+    """
     c = cfg.loss
-    return METRIC_LOSSES[c.name](**{f.name: getattr(c, f.name) for f in fields(c) if f.init})
+    kwargs = {f.name: getattr(c, f.name) for f in fields(c) if f.init}
+    if isinstance(c, CenterRankedLossConfig) and c.centers == "memory":
+        if num_classes is None or parts is None:
+            raise ValueError(
+                "loss.centers: memory keeps a center per training class: build the loss with "
+                "metric_loss(cfg, num_classes=..., parts=...) (Objective passes them)"
+            )
+        kwargs.update(num_classes=num_classes, parts=parts, dim=cfg.model.dim)
+    return METRIC_LOSSES[c.name](**kwargs)
 
 
 class Objective(nn.Module):
@@ -31,11 +44,14 @@ class Objective(nn.Module):
     A call makes no host synchronization. ``stats`` holds the statistics of the last call: each
     part's statistics and its loss value ("<name>/loss", "cross_entropy/loss"), prefixed by its
     name, as Python floats converted when read (one device synchronization, at most once per call).
+
+    Its ``state_dict`` holds the cross-entropy's classifiers and, with ``loss.centers: memory``,
+    the center-ranked loss's memory of class centers (``metric.memory``, ``metric.seen``).
     """
 
     def __init__(self, cfg: Config, num_classes: int, parts: int):
         super().__init__()
-        self.metric = metric_loss(cfg)
+        self.metric = metric_loss(cfg, num_classes=num_classes, parts=parts)
         self.name = cfg.loss.name
         self.ce_weight = cfg.cross_entropy.weight
         self.ce = (

@@ -69,3 +69,50 @@ def test_set_overrides_and_round_trip(tmp_path: Path) -> None:
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         load_config(None, ["optim.lr"])
+
+
+def test_center_ranked_options_defaults_and_choices() -> None:
+    loss = load_config(None, []).loss
+    assert (loss.anchor, loss.centers, loss.memory_momentum, loss.normalize) == (
+        "center",
+        "batch",
+        0.9,
+        True,
+    )
+    section = (
+        "{name: center_ranked, anchor: both, centers: memory, memory_momentum: 0, normalize: false}"
+    )
+    loss = load_config(None, [f"loss={section}"]).loss
+    assert (loss.anchor, loss.centers, loss.memory_momentum, loss.normalize) == (
+        "both",
+        "memory",
+        0.0,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("loss.anchor=middle", "loss.anchor is 'middle'; use one of center, sample, both"),
+        ("loss.centers=global", "loss.centers is 'global'; use one of batch, memory"),
+        ("loss.memory_momentum=1", "loss.memory_momentum must be less than 1 (got 1)"),
+        ("loss.memory_momentum=1.5", "loss.memory_momentum must be less than 1 (got 1.5)"),
+        ("loss.memory_momentum=-0.1", "loss.memory_momentum must be at least 0 (got -0.1)"),
+        ("loss.memory_momentum=.nan", "loss.memory_momentum must be a finite number"),
+        ("loss.normalize=1", "loss.normalize must be true or false"),
+        (
+            "loss={name: triplet, centers: memory}",
+            "unknown key 'loss.centers' for loss 'triplet' (centers belongs to center_ranked)",
+        ),
+        (
+            "loss={name: ranked_list, normalize: false}",
+            "unknown key 'loss.normalize' for loss 'ranked_list' (normalize belongs to "
+            "center_ranked)",
+        ),
+    ],
+)
+def test_center_ranked_options_are_checked(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [setting])
+    assert message in str(e.value)

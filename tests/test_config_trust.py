@@ -198,7 +198,14 @@ def test_each_loss_dumps_only_its_keys_and_loads_back(tmp_path: Path) -> None:
     }
     ranked = ["name", "alpha", "margin", "t_n", "t_p", "lam"]
     keys = {
-        "center_ranked": [*ranked, "anchor", "detach_center"],
+        "center_ranked": [
+            *ranked,
+            "anchor",
+            "detach_center",
+            "centers",
+            "memory_momentum",
+            "normalize",
+        ],
         "ranked_list": ranked,
         "triplet": ["name", "margin"],
     }

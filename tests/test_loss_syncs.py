@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gaittrain.config import load_config
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from gaittrain.objective import Objective
+from tests.reference import ref_center_ranked_variant
 
 PARTS, P, K, DIM = 3, 4, 3, 8
 IDS = (7, 1003, 42, 5)  # subject ids as a dataset has them
@@ -193,12 +194,25 @@ def ref_stats(loss: torch.nn.Module, features: torch.Tensor, labels: torch.Tenso
             "pos_dist": mean(pos),
             "neg_dist": mean(neg),
         }
-    x = f / f.norm(dim=-1, keepdim=True)
+    x = f / f.norm(dim=-1, keepdim=True) if getattr(loss, "normalize", True) else f
     if isinstance(loss, CenterRankedLoss):  # (sample, center) pairs, whatever the anchor
         centers = {k: x[:, labels == k].mean(1) for k in set(y)}
+        memory = {}
+        if loss.centers == "memory":  # remembered classes absent from the batch (kept as they were)
+            memory = {"memory": loss.memory.double(), "seen": loss.seen.tolist()}
+            seen = [k for k in range(loss.num_classes) if memory["seen"][k] and k not in centers]
+            centers.update({k: memory["memory"][:, k] for k in seen})
         d = {k: (x - c[:, None]).norm(dim=-1).tolist() for k, c in centers.items()}
         pos = [d[y[i]][p][i] for p, i in cells]
         neg = [d[k][p][i] for p, i in cells for k in centers if k != y[i]]
+        stats = ranked_stats(pos, neg, loss.alpha, loss.margin)
+        if loss.anchor == "both":
+            hyper = {k: getattr(loss, k) for k in ("alpha", "margin", "t_n", "t_p", "lam")}
+            terms = ref_center_ranked_variant(
+                f, labels, **hyper, normalize=loss.normalize, **memory, terms=True
+            )
+            stats.update(center_loss=terms[0].item(), sample_loss=terms[1].item())
+        return stats
     else:  # ranked list: (sample, other sample) pairs
         d = torch.cdist(x, x).tolist()
         pos = [d[p][i][j] for p, i in cells for j in range(n) if j != i and y[j] == y[i]]
@@ -209,6 +223,15 @@ def ref_stats(loss: torch.nn.Module, features: torch.Tensor, labels: torch.Tenso
 LOSSES: dict[str, Callable[[], torch.nn.Module]] = {
     "center_ranked": lambda: CenterRankedLoss(),
     "center_ranked-sample": lambda: CenterRankedLoss(anchor="sample", detach_center=True),
+    "center_ranked-both-raw": lambda: CenterRankedLoss(
+        anchor="both", normalize=False, alpha=4.0, margin=1.5
+    ),
+    "center_ranked-both-memory": lambda: CenterRankedLoss(
+        anchor="both", centers="memory", num_classes=P + 2, parts=PARTS, dim=DIM
+    ),
+    "center_ranked-sample-memory": lambda: CenterRankedLoss(
+        anchor="sample", centers="memory", num_classes=P, parts=PARTS, dim=DIM
+    ),
     "ranked_list": lambda: RankedListLoss(t_p=2.0),
     "triplet": lambda: TripletLoss(margin=0.5),
     "cross_entropy": lambda: PartCrossEntropyLoss(P, DIM, PARTS, label_smoothing=0.1),
@@ -217,7 +240,7 @@ LOSSES: dict[str, Callable[[], torch.nn.Module]] = {
 
 def loss_inputs(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     features, labels = make_batch(seed)
-    if name == "cross_entropy":
+    if name == "cross_entropy" or name.endswith("memory"):
         labels = indices(labels)  # class indices, as the trainer maps the subject ids
     return features.requires_grad_(True), labels
 
@@ -268,13 +291,23 @@ def test_stats_are_those_of_the_last_call(name: str, syncs: Syncs):
     assert loss.stats == pytest.approx(ref_stats(loss, features.detach(), labels), rel=1e-5)
 
 
-@pytest.mark.parametrize("anchor", ["center", "sample"])
+@pytest.mark.parametrize("centers", ["batch", "memory"])
+@pytest.mark.parametrize("anchor", ["center", "sample", "both"])
 @pytest.mark.parametrize("labels", [IDS, (42,) * 5, (7, 7, 3, 3, 3, 9)], ids=["K=1", "P=1", "P*K"])
-def test_center_ranked_odd_batches_make_no_sync(anchor: str, labels: tuple, syncs: Syncs):
-    """One sample per class, one class, unequal classes: every slot full, one, or some."""
+def test_center_ranked_odd_batches_make_no_sync(
+    anchor: str, centers: str, labels: tuple, syncs: Syncs
+):
+    """One sample per class, one class, unequal classes: every slot full, one, or some; with a
+    memory, a first call (nothing remembered) and a second (other classes remembered)."""
     labels = torch.tensor(labels)
     features = torch.randn(PARTS, len(labels), DIM, requires_grad=True)
     loss = CenterRankedLoss(anchor=anchor)
+    if centers == "memory":
+        labels = torch.tensor([sorted(set(IDS + (3, 9))).index(y) for y in labels.tolist()])
+        loss = CenterRankedLoss(
+            anchor=anchor, centers="memory", num_classes=6, parts=PARTS, dim=DIM
+        )
+        loss(torch.randn(PARTS, 6, DIM), torch.arange(6))  # every class remembered
     with syncs as calls:
         loss(features, labels).backward()
     assert calls == Counter()
@@ -287,12 +320,20 @@ def test_center_ranked_odd_batches_make_no_sync(anchor: str, labels: tuple, sync
 # The objective the trainer calls
 
 
-OBJECTIVES = ["center_ranked", "ranked_list", "triplet"]
+# The loss section of each objective under test, by name.
+OBJECTIVES = {
+    "center_ranked": "{name: center_ranked}",
+    "center_ranked-memory": "{name: center_ranked, anchor: sample, centers: memory, "
+    "normalize: false, alpha: 4.0, margin: 1.5}",
+    "ranked_list": "{name: ranked_list}",
+    "triplet": "{name: triplet}",
+}
 
 
 def objective(name: str) -> Objective:
     torch.manual_seed(0)
-    cfg = load_config(None, [f"loss.name={name}", "cross_entropy.weight=0.25", f"model.dim={DIM}"])
+    sets = [f"loss={OBJECTIVES[name]}", "cross_entropy.weight=0.25", f"model.dim={DIM}"]
+    cfg = load_config(None, sets)
     assert cfg.cross_entropy.weight > 0
     return Objective(cfg, num_classes=P, parts=PARTS)
 
@@ -326,17 +367,18 @@ def test_objective_makes_no_host_sync_and_reads_its_stats_once(name: str, syncs:
     else:
         metric_keys = ["active", "active_pos", "active_neg", "pos_dist", "neg_dist"]
     ce_keys = ["cross_entropy/accuracy", "cross_entropy/loss"]
-    assert list(stats) == [f"{name}/{k}" for k in [*metric_keys, "loss"]] + ce_keys
+    prefix = obj.name  # the loss's name in the config
+    assert list(stats) == [f"{prefix}/{k}" for k in [*metric_keys, "loss"]] + ce_keys
     assert all(type(v) is float and math.isfinite(v) for v in stats.values())
     features = features.detach()
-    expected = {f"{name}/{k}": v for k, v in ref_stats(obj.metric, features, labels).items()}
+    expected = {f"{prefix}/{k}": v for k, v in ref_stats(obj.metric, features, labels).items()}
     with torch.no_grad():
-        expected[f"{name}/loss"] = obj.metric(features, labels).item()
+        expected[f"{prefix}/loss"] = obj.metric(features, labels).item()
         expected["cross_entropy/accuracy"] = ref_stats(obj.ce, features, labels)["accuracy"]
         expected["cross_entropy/loss"] = obj.ce(features, labels).item()
     assert stats == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert total.item() == pytest.approx(
-        stats[f"{name}/loss"] + 0.25 * stats["cross_entropy/loss"], rel=1e-6
+        stats[f"{prefix}/loss"] + 0.25 * stats["cross_entropy/loss"], rel=1e-6
     )
 
 

@@ -5,15 +5,21 @@ The paper's full text is not public. This is a reconstruction from its abstract 
 descriptions: the Ranked List Loss (:mod:`gaittrain.losses.ranked_list`) with the samples of each
 class replaced by the class center on one side of every pair. The formulas below are this
 implementation's definition, not a quotation; they may differ from the authors' code in details
-(the weighting, the normalization, the reductions).
+(the weighting, the normalization, the reductions). The options beyond the defaults (``anchor``
+"both", ``centers`` "memory", ``normalize`` false) are this implementation's design space, not
+the paper's.
 
-Per part, independently, with f̂_i = f_i / ‖f_i‖ and Euclidean distances d:
+Per part, independently, with f̂_i = f_i / ‖f_i‖ (``normalize``, the default; with
+``normalize=False``, f̂_i = f_i) and Euclidean distances d:
 
     c_k = mean of f̂_i over the batch samples of class k     (gradients flow through c_k unless
                                                              ``detach_center``)
 
-``anchor="center"`` (default): every class k present in the batch is a query; its positives are its
-samples i, its negatives the samples j of the other classes::
+K is the set of classes that have a center: the classes of the batch, B (``centers="batch"``, the
+default; see below for "memory").
+
+``anchor="center"`` (default): every class k of K is a query; its positives are its samples i, its
+negatives the samples j of the other classes::
 
     L_P(k) = Σ_i w⁺_i (d(f̂_i, c_k) − (α − m))  over i of class k with d(f̂_i, c_k) > α − m
     L_N(k) = Σ_j w⁻_j (α − d(f̂_j, c_k))        over j of other classes with d(f̂_j, c_k) < α
@@ -21,11 +27,52 @@ samples i, its negatives the samples j of the other classes::
     w⁻ = softmax of T_n (α − d) over those active negatives     (constants in the backward pass)
     L(k) = L_P(k) + λ L_N(k)                                    (an empty active set gives 0)
 
-and the loss is the mean of L(k) over the classes in the batch, then over the parts.
+and the loss is the mean of L(k) over the classes k of K, then over the parts: L_center.
 
 ``anchor="sample"``: every sample i is a query; its single positive is its own center c_{y_i}
-(weight 1), its negatives are the other classes' centers, with the same boundaries and weights;
-the loss is the mean of L(i) over the samples, then over the parts.
+(weight 1), its negatives are the other centers c_k, k ∈ K ∖ {y_i}, with the same boundaries and
+weights; the loss is the mean of L(i) over the samples, then over the parts: L_sample.
+
+``anchor="both"``: the two terms above on the same centers and distances, averaged::
+
+    loss = (L_center + L_sample) / 2
+
+Both rank the same sample-center pairs, so the statistics (below) are those of either anchor;
+"both" adds "center_loss" (L_center) and "sample_loss" (L_sample).
+
+``centers="memory"``: a cross-batch memory of the class centers, so that every class of the
+training set seen so far acts as a negative, not only the classes of the batch. The labels must
+then be class indices 0..C−1 (C = ``num_classes``, as the trainer maps the subjects) and the loss
+holds two buffers, allocated at construction and saved in the ``state_dict`` (so in the trainer's
+checkpoints, and loadable into a freshly built loss before its first call): ``memory``
+``[parts, C, dim]`` (M, zeros) and ``seen`` ``[C]`` (false)::
+
+    c_k = mean of f̂_i over the batch samples of class k       k ∈ B (gradients as above)
+    c_k = M_k, a constant                                       k ∉ B, seen_k
+    no center: k is left out of every query and candidate set  k ∉ B, not seen_k
+    K = B ∪ {k : seen_k}
+
+The anchors then run over K as written above. With the center anchor a class k ∈ K ∖ B has no
+sample in the batch, so no positive: L(k) = λ L_N(k), its samples-too-close term; the mean runs
+over K, so the batch classes weigh |B| / |K| of it. With the sample anchor every sample ranks the
+|K| − 1 other centers. After the loss is computed, in training mode only (``module.train()``, as
+batch norm updates its running statistics; ``eval()`` reads the memory and leaves it), the memory
+takes the detached batch centers, per part, for the classes k ∈ B whose center is finite::
+
+    M_k ← c_k                          if not seen_k (first sighting)
+    M_k ← μ M_k + (1 − μ) c_k          otherwise (μ = ``memory_momentum``, in [0, 1)),
+          then, if ``normalize``, M_k ← M_k · ‖c_k‖ / ‖M_k‖
+    seen_k ← true
+
+An average of vectors that turn is shorter than they are; the rescaling keeps M_k at the norm of
+the class's newest batch center, where a batch center of that class would lie (inside the unit
+ball: a center of unit vectors is shorter than 1 unless its samples coincide). The update is in
+place, without a host synchronization (masks and ``torch.where``, no ``unique`` and no boolean
+indexing). Under DDP the trainer gathers the whole batch on every rank, so every rank makes the
+same update and the memories stay equal without communication.
+
+``normalize=False``: the raw features, their class means as centers and raw Euclidean distances;
+α and m then live on the features' scale (not [0, 2]) and must be chosen for it.
 
 Distances between normalized features lie in [0, 2]. A class with one sample in the batch has its
 center on that sample, so its positive distance is 0 and never active.
@@ -33,29 +80,44 @@ center on that sample, so its positive distance is 0 and never active.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gaittrain.losses._common import masked_mean, pairwise_distance
+from gaittrain.losses.cross_entropy import check_class_indices
 from gaittrain.losses.ranked_list import RankedLossBase
 
-ANCHORS = ("center", "sample")
+ANCHORS = ("center", "sample", "both")
+CENTERS = ("batch", "memory")
+
+# The norm of a memory center is rescaled by a ratio of norms: this floor keeps it finite.
+_NORM_EPS = 1e-12
 
 
 class CenterRankedLoss(RankedLossBase):
-    """Center-ranked loss, per part: samples are ranked against the class centers of the batch.
+    """Center-ranked loss, per part: samples are ranked against class centers.
 
     ``loss(features [parts, batch, dim], labels [batch]) -> scalar``; see the module docstring for
     the formulas. ``stats`` after a call: "active", "active_pos", "active_neg" (fractions of the
     sample-center pairs that violate their boundary: all pairs, positive pairs, negative pairs;
-    the pairs are the same for both anchors), "pos_dist" (mean distance of a sample to its own
-    center), "neg_dist" (mean distance of a sample to the other centers).
+    the pairs are the same for every anchor), "pos_dist" (mean distance of a sample to its own
+    center), "neg_dist" (mean distance of a sample to the other centers); with
+    ``anchor="both"`` also "center_loss" and "sample_loss" (the two terms it averages).
 
     Args:
         alpha, margin, t_n, t_p, lam: the ranked-list hyper-parameters (:class:`RankedLossBase`).
-        anchor: "center" (classes rank samples) or "sample" (samples rank centers).
+        anchor: "center" (classes rank samples), "sample" (samples rank centers) or "both" (the
+            mean of the two).
         detach_center: stop the gradient through the class centers.
+        centers: "batch" (the classes of the batch) or "memory" (also the remembered centers of
+            the classes absent from the batch; needs ``num_classes``, ``parts`` and ``dim``).
+        memory_momentum: μ in [0, 1), the weight of the old memory center in its update.
+        normalize: rank L2-normalized features (true) or the raw features (false).
+        num_classes, parts, dim: the size of the memory ``[parts, num_classes, dim]``; used by
+            ``centers="memory"`` only.
     """
 
     def __init__(
@@ -67,34 +129,121 @@ class CenterRankedLoss(RankedLossBase):
         lam: float = 1.0,
         anchor: str = "center",
         detach_center: bool = False,
+        centers: str = "batch",
+        memory_momentum: float = 0.9,
+        normalize: bool = True,
+        num_classes: int | None = None,
+        parts: int | None = None,
+        dim: int | None = None,
     ) -> None:
         super().__init__(alpha=alpha, margin=margin, t_n=t_n, t_p=t_p, lam=lam)
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-        if not isinstance(detach_center, bool):
-            raise ValueError(f"detach_center must be a bool, got {detach_center!r}")
+        if centers not in CENTERS:
+            raise ValueError(f"centers must be one of {CENTERS}, got {centers!r}")
+        for name, flag in {"detach_center": detach_center, "normalize": normalize}.items():
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        momentum_ok = isinstance(memory_momentum, (int, float)) and not isinstance(
+            memory_momentum, bool
+        )
+        if not momentum_ok or not (math.isfinite(memory_momentum) and 0 <= memory_momentum < 1):
+            raise ValueError(f"memory_momentum must be in [0, 1), got {memory_momentum!r}")
         self.anchor = anchor
         self.detach_center = detach_center
+        self.centers = centers
+        self.memory_momentum = float(memory_momentum)
+        self.normalize = normalize
+        self.num_classes = None
+        if centers == "memory":
+            sizes = {"num_classes": num_classes, "parts": parts, "dim": dim}
+            for name, value in sizes.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(
+                        f"centers='memory' needs {name}, a positive int (the memory is "
+                        f"[parts, num_classes, dim], allocated at construction), got {value!r}"
+                    )
+            self.num_classes = num_classes
+            self.register_buffer("memory", torch.zeros(parts, num_classes, dim))
+            self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, anchor={self.anchor!r}, detach_center={self.detach_center}"
+        text = f"{super().extra_repr()}, anchor={self.anchor!r}, detach_center={self.detach_center}"
+        if self.centers == "memory":
+            parts, num_classes, dim = self.memory.shape
+            text += (
+                f", centers='memory', memory_momentum={self.memory_momentum}, "
+                f"num_classes={num_classes}, parts={parts}, dim={dim}"
+            )
+        if not self.normalize:
+            text += ", normalize=False"
+        return text
 
     def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        features = F.normalize(features, dim=-1)
-        own, slot = class_slots(labels)
-        members = own.to(features.dtype)
-        sizes = members.sum(0).clamp_min(1)  # empty slots: a zero center, masked out below
-        centers = members.T @ features / sizes[:, None]  # [parts, slots, dim]
-        if self.detach_center:
-            centers = centers.detach()
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        if self.centers == "memory":
+            own, slot, centers, batch_centers = self._memory_centers(features, labels)
+        else:
+            own, slot = class_slots(labels)
+            members = own.to(features.dtype)
+            sizes = members.sum(0).clamp_min(1)  # empty slots: a zero center, masked out below
+            centers = members.T @ features / sizes[:, None]  # [parts, slots, dim]
+            if self.detach_center:
+                centers = centers.detach()
         other = ~own & slot  # sample i and a class other than its own
         if self.anchor == "center":
             dist = pairwise_distance(centers, features)  # [parts, slots, batch]
             loss, stats = self.ranked_terms(dist, own.T, other.T)
-            return masked_mean(loss, slot), stats  # mean over the classes, not the empty slots
-        dist = pairwise_distance(features, centers)  # [parts, batch, slots]
-        loss, stats = self.ranked_terms(dist, own, other)
-        return loss.mean(), stats
+            loss = masked_mean(loss, slot)  # mean over the classes, not the empty slots
+        elif self.anchor == "sample":
+            dist = pairwise_distance(features, centers)  # [parts, batch, slots]
+            loss, stats = self.ranked_terms(dist, own, other)
+            loss = loss.mean()
+        else:  # both: one table of distances, ranked from each side
+            dist = pairwise_distance(centers, features)  # [parts, slots, batch]
+            center_loss, stats = self.ranked_terms(dist, own.T, other.T)
+            center_loss = masked_mean(center_loss, slot)
+            sample_loss = self.ranked_terms(dist.transpose(-1, -2), own, other)[0].mean()
+            stats["center_loss"] = center_loss.detach()
+            stats["sample_loss"] = sample_loss.detach()
+            loss = (center_loss + sample_loss) / 2
+        if self.centers == "memory" and self.training:
+            self._update_memory(batch_centers.detach(), own.any(0))
+        return loss, stats
+
+    def _memory_centers(self, features: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """``own`` ``[batch, C]`` (sample i is of class k), ``valid`` ``[C]`` (k has a center),
+        the centers ``[parts, C, dim]`` (batch centers, else the memory), the batch centers."""
+        parts, num_classes, dim = self.memory.shape
+        if features.shape[0] != parts or features.shape[2] != dim:
+            raise ValueError(
+                f"features {tuple(features.shape)} do not match the memory of centers: "
+                f"[{parts}, batch, {dim}]"
+            )
+        check_class_indices(labels, num_classes)
+        own = labels[:, None] == torch.arange(num_classes, device=labels.device)
+        members = own.to(features.dtype)
+        present = own.any(0)
+        batch_centers = members.T @ features / members.sum(0).clamp_min(1)[:, None]
+        if self.detach_center:
+            batch_centers = batch_centers.detach()
+        centers = torch.where(present[:, None], batch_centers, self.memory.to(features.dtype))
+        return own, present | self.seen, centers, batch_centers
+
+    @torch.no_grad()
+    def _update_memory(self, batch_centers: Tensor, present: Tensor) -> None:
+        """The exponential moving average of the module docstring, in place, without a sync."""
+        c = batch_centers.to(self.memory.dtype)  # [parts, C, dim]
+        mu = self.memory_momentum
+        average = mu * self.memory + (1 - mu) * c
+        if self.normalize:
+            norm = average.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+            average = average * (c.norm(dim=-1, keepdim=True) / norm)
+        update = present & torch.isfinite(c).all(-1).all(0)  # a non-finite center is not kept
+        new = torch.where(self.seen[:, None], average, c)
+        self.memory.copy_(torch.where(update[:, None], new, self.memory))
+        self.seen.logical_or_(update)
 
 
 def class_slots(labels: Tensor) -> tuple[Tensor, Tensor]:
