@@ -30,9 +30,11 @@ from gaitprep.prep import PrepJob, run_prep
 from gaittrain.config import load_config
 from gaittrain.data.dataset import PackDataset, collate
 from gaittrain.data.sampler import PKSampler
+from gaittrain.device import setup
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from gaittrain.models import SetModel
 from gaittrain.objective import Objective
+from gaittrain.trainer import read_log, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +49,20 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def model_step(config: str, repeats: int) -> dict:
+def model_step(
+    config: str,
+    repeats: int,
+    layout: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
+) -> dict:
+    """ms per forward + backward + Adam step of ``config``'s model and loss on random frames,
+    with the model in ``layout``, under CPU autocast to ``dtype`` (None: float32), compiled or
+    not."""
     cfg = load_config(ROOT / "configs" / f"{config}.yaml")
     torch.manual_seed(0)
-    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim)
+    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(memory_format=layout)
+    net = torch.compile(model) if compile else model
     p, k = cfg.data.batch.p, cfg.data.batch.k
     objective = Objective(cfg, num_classes=p, parts=model.parts)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -61,9 +73,13 @@ def model_step(config: str, repeats: int) -> dict:
 
     def step() -> None:
         opt.zero_grad()
-        objective(model(x), y).backward()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            features = net(x)
+        objective(features, y).backward()
         opt.step()
 
+    if compile:
+        step()  # the compilation itself is not a step
     ms = median_ms(step, repeats)
     frames = p * k * cfg.data.frames
     return {
@@ -71,9 +87,42 @@ def model_step(config: str, repeats: int) -> dict:
         "batch": f"{p}x{k}",
         "frames": frames,
         "input": f"{h}x{w}",
+        "layout": "channels_last" if layout == torch.channels_last else "contiguous",
+        "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "compile": compile,
         "ms": round(ms, 1),
         "frames_per_s": round(frames / ms * 1000, 1),
     }
+
+
+#: (layout, autocast dtype, torch.compile) of each variant; the first is the old default.
+VARIANTS = [
+    (torch.contiguous_format, None, False),
+    (torch.channels_last, None, False),
+    (torch.contiguous_format, torch.bfloat16, False),
+    (torch.channels_last, torch.bfloat16, False),
+    (torch.channels_last, None, True),
+]
+
+
+def variant_steps(config: str, repeats: int) -> list[dict]:
+    rows = [model_step(config, repeats, *v) for v in VARIANTS]
+    for r in rows:
+        r["speedup"] = round(rows[0]["ms"] / r["ms"], 2)
+    return rows
+
+
+def loop_rate(pack: Path, config: str, iterations: int, sets: list[str]) -> dict:
+    """ms per iteration of ``gait train``'s own loop (data loading included) on ``pack``,
+    excluding the first 20 iterations (worker start-up, compilation)."""
+    overrides = [f"train.iterations={iterations}", "train.log_every=10", *sets]
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml", overrides)
+    out = Path(tempfile.mkdtemp(prefix="train-bench-run-"))
+    train(cfg, [pack], out / "run", setup("cpu"), train_split="first:6", progress=False)
+    log = read_log(out / "run" / "log.jsonl")
+    (a, b) = (next(r for r in log if r["iteration"] >= 19), log[-1])
+    ms = 1000 * (b["seconds"] - a["seconds"]) / (b["iteration"] - a["iteration"])
+    return {"config": config, "set": sets, "ms": round(ms, 1)}
 
 
 LOSSES = {
@@ -121,6 +170,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--loop-iterations", type=int, default=120)
     ap.add_argument("--json", type=Path, default=Path("bench/results/train_bench.json"))
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -134,6 +184,15 @@ def main() -> None:
             f"{s['frames_per_s']:>9.0f}"
         )
 
+    variants = [r for c in ("tiny", "casia-b") for r in variant_steps(c, args.repeats)]
+    print("\nmodel step by layout, precision and compilation (speed-up vs the first row)")
+    print(f"{'config':9} {'layout':>14} {'dtype':>6} {'compile':>8} {'ms/it':>9} {'speed-up':>9}")
+    for r in variants:
+        print(
+            f"{r['config']:9} {r['layout']:>14} {r['dtype']:>6} {str(r['compile']):>8} "
+            f"{r['ms']:>9.1f} {r['speedup']:>8.2f}x"
+        )
+
     rows = loss_times(args.repeats)
     print("\nloss forward + backward, ms, features [31, P*K, 256]")
     print(f"{'P x K':>7} " + " ".join(f"{n:>22}" for n in LOSSES))
@@ -145,6 +204,20 @@ def main() -> None:
         PrepJob(raw=ROOT / "sample_data" / "casia-b", out=pack, dataset="casia-b", layout=CASIA_B),
         workers=1,
     )
+    loops = [
+        loop_rate(pack, "tiny", args.loop_iterations, sets)
+        for sets in (
+            ["train.memory_format=contiguous"],  # before: PyTorch's default layout
+            [],  # now: the defaults (channels_last on the CPU)
+            ["data.workers=0"],
+            ["train.compile=true"],
+        )
+    ]
+    print(f"\ngait train's loop, tiny config on the sample_data pack, {args.loop_iterations} its")
+    for r in loops:
+        r["speedup"] = round(loops[0]["ms"] / r["ms"], 2)
+        print(f"{' '.join(r['set']) or 'defaults':40} {r['ms']:>7.1f} ms/it {r['speedup']:>6.2f}x")
+
     loaders = []
     print("\ndata loader (sample_data pack) against what the model consumes")
     print(
@@ -168,7 +241,17 @@ def main() -> None:
             )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
-        json.dumps({"model_step": steps, "losses_ms": rows, "loader": loaders}, indent=2) + "\n"
+        json.dumps(
+            {
+                "model_step": steps,
+                "variants": variants,
+                "train_loop": loops,
+                "losses_ms": rows,
+                "loader": loaders,
+            },
+            indent=2,
+        )
+        + "\n"
     )
 
 

@@ -157,6 +157,10 @@ class TrainConfig:
         False  # TensorFloat-32 on Ampere+ GPUs: faster, ~10 mantissa bits; not with deterministic
     )
     grad_clip: float = _float(0.0, 0.0)  # 0 = no clipping
+    # auto: channels_last on the CPU (its convolutions and max-pools are faster), contiguous
+    # (PyTorch's default) on CUDA; the same arithmetic either way, up to summation order
+    memory_format: str = "auto"  # auto | channels_last | contiguous
+    compile: bool = False  # torch.compile the model (a one-off compilation, then faster steps)
 
 
 @dataclass
@@ -182,6 +186,10 @@ class Config:
             "optim.name": (self.optim.name, ("adam", "sgd")),
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "none")),
+            "train.memory_format": (
+                self.train.memory_format,
+                ("auto", "channels_last", "contiguous"),
+            ),
         }
         if isinstance(self.loss, CenterRankedLossConfig):
             choices["loss.anchor"] = (self.loss.anchor, ("center", "sample", "both"))

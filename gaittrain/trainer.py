@@ -101,6 +101,16 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
+    """The model's memory format: ``auto`` is channels_last on the CPU, where oneDNN's
+    convolutions and max-pools run faster in it (bench/train_bench.py), and PyTorch's default on
+    CUDA."""
+    fmt = cfg.train.memory_format
+    if fmt == "channels_last" or (fmt == "auto" and device.type == "cpu"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "sgd":
@@ -439,7 +449,8 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     seed_everything(cfg.seed, cfg.train.deterministic, device, cfg.train.tf32)
 
     # Model, objective, optimizer, schedule, AMP.
-    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
+    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim)
+    model = model.to(device, memory_format=memory_format(cfg, device))
     objective = Objective(cfg, num_classes=len(subjects), parts=model.parts).to(device)
     optimizer = build_optimizer(cfg, list(model.parameters()) + list(objective.parameters()))
     schedule = build_schedule(cfg, optimizer)
@@ -475,6 +486,8 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.train.compile:
+        net = torch.compile(net)
 
     total = cfg.train.iterations
     sampler = PKSampler(
