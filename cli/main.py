@@ -11,6 +11,7 @@ import click
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
+from gaitcli.study import study_cmd
 from gaitcli.synth import synth
 from gaitcli.train import train_cmd
 from gaitprep.errors import GaitError, describe_os_error, one_line
@@ -67,6 +68,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
       gait identify rank the gallery subjects for one raw sequence folder
+      gait study    a grid of runs from YAML: train, evaluate, compare across seeds
     Run `gait COMMAND --help` for each command's options.
     """
     ctx.obj = {"debug": debug}
@@ -80,3 +82,4 @@ cli.add_command(train_cmd)
 cli.add_command(embed_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(identify_cmd)
+cli.add_command(study_cmd)

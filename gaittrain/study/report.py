@@ -1,0 +1,131 @@
+"""The HTML page of a study summary: one self-contained file (``study.html``).
+
+Its figures are PNGs drawn by matplotlib (Agg backend) and embedded as data URIs; nothing is
+loaded from the network. It shows, for each probe group, the validation rank-1 against the
+iteration for every variant (the mean across seeds as a line, the 95 % interval as a band, each
+seed faintly), the final test table (mean ± half width of the interval), the paired differences
+with the reference variant, the iterations to reach the target, every run, and the study itself.
+Every string that comes from data is escaped by the template engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import jinja2
+import yaml
+
+TEMPLATE = Path(__file__).with_name("study.html.j2")
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def curve_plots(summary: dict) -> dict[str, str]:
+    """One PNG (a data URI) per probe group: validation rank-1 (%) against the iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    target = summary["study"]["target"]
+    plots = {}
+    for g in summary["conditions"]:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, v in enumerate(summary["variants"]):
+            color = colors[i % len(colors)]
+            for r in (r for r in summary["runs"] if r["variant"] == v["name"]):
+                pts = [
+                    (int(it), 100 * c[g]["rank1"])
+                    for it, c in r["validation"].items()
+                    if g in c and c[g]["rank1"] is not None
+                ]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), color=color, alpha=0.25, lw=0.8)
+            cells = [(int(it), c.get(g)) for it, c in v["validation"].items() if c.get(g)]
+            if not cells:
+                continue
+            its = [it for it, _ in cells]
+            ax.plot(its, [100 * c["mean"] for _, c in cells], color=color, lw=2, label=v["name"])
+            band = [(it, c) for it, c in cells if c["low"] is not None]
+            if band:
+                ax.fill_between(
+                    [it for it, _ in band],
+                    [100 * c["low"] for _, c in band],
+                    [100 * c["high"] for _, c in band],
+                    color=color,
+                    alpha=0.18,
+                    lw=0,
+                )
+        if target is not None and g == summary["target_condition"]:
+            ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:g} %")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -2), min(hi, 102))  # a band may reach past 0 or 100; rank-1 cannot
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation rank-1 (%)")
+        ax.set_title(f"{g}: mean across seeds, 95 % interval")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        plots[g] = _png(fig)
+    return plots
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _pm(i: dict | None) -> str:
+    """``mean ± half width`` in percent; the mean alone when the interval is undefined."""
+    if i is None:
+        return "–"
+    if i["high"] is None:
+        return _pct(i["mean"])
+    return f"{100 * i['mean']:.1f} ± {100 * (i['high'] - i['mean']):.1f}"
+
+
+def _signed(x) -> str:
+    """Percentage points with a sign, ``0.0`` without one (never ``-0.0``)."""
+    if x is None:
+        return "–"
+    text = f"{100 * x:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _interval(low, high) -> str:
+    return "–" if low is None or high is None else f"[{_signed(low)}, {_signed(high)}]"
+
+
+def _p(p) -> str:
+    if p is None:
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def to_html(summary: dict) -> str:
+    """The self-contained page of a :func:`~gaittrain.study.summary.build_summary` result."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals.update(pct=_pct, pm=_pm, signed=_signed, interval=_interval, pvalue=_p)
+    spec = yaml.safe_dump(
+        json.loads(json.dumps(summary["study"], default=str)),
+        sort_keys=False,
+        default_flow_style=None,
+        width=96,
+    )
+    return env.get_template(TEMPLATE.name).render(s=summary, plots=curve_plots(summary), spec=spec)

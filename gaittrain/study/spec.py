@@ -1,0 +1,498 @@
+"""The study file: a grid of ordinary training runs declared in YAML, validated strictly.
+
+A study names a base config (a path relative to the study file, or an inline mapping), optional
+overrides (dotted config keys), the subjects (training, a validation split taken out of them,
+test), the evaluation protocol, the checkpoints at which runs are evaluated (``eval_every``), an
+optional target rank-1 and a list of axes. The grid is the product of the axes, in the order
+given, the last axis varying fastest; the ``seed`` axis (if any) holds the replicates, all other
+axes define the variants. docs/study.md describes every key.
+
+Everything is checked by :func:`load_study` before anything is trained: an unknown key (named,
+with the closest known one), a value of the wrong type or range, axes that overlap, and every
+run's config, built as base + overrides + its axis values and validated by the normal config
+validation (an error names the run and the key). Subject selectors need the pack's subjects and
+are resolved by :func:`resolve_subjects`.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "s.yaml"
+>>> _ = path.write_text('''
+... base: {train: {iterations: 100}}
+... train: first:20
+... validation: last:4
+... test: 021-040
+... eval_every: 50
+... axes:
+...   - {key: loss, values: [center_ranked, triplet]}
+...   - {key: seed, values: [0, 1]}
+... ''')
+>>> study = load_study(path)
+>>> [r.name for r in study.runs]
+['center_ranked-seed0', 'center_ranked-seed1', 'triplet-seed0', 'triplet-seed1']
+>>> study.variants, study.reference, study.runs[3].config.train.checkpoint_every
+(['center_ranked', 'triplet'], 'center_ranked', 50)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gaitprep.errors import GaitError
+from gaittrain.config import INT_MAX, Config, ConfigError, config_from_dict
+from gaittrain.data.splits import SplitError, select
+from gaittrain.evaluation.protocol import load_eval_protocol
+from gaittrain.yaml_strict import load_yaml
+
+#: The study file's keys; the first six are required.
+KEYS = (
+    "base",
+    "train",
+    "validation",
+    "test",
+    "eval_every",
+    "axes",
+    "name",
+    "overrides",
+    "protocol",
+    "target",
+    "reference",
+)
+REQUIRED = KEYS[:6]
+AXIS_KEYS = ("key", "values", "labels")
+SEED = "seed"  #: the axis of replicates
+CHECKPOINT_KEY = "train.checkpoint_every"  #: set from eval_every, never by hand
+MAX_RUNS = 10_000
+DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  #: a label: part of a folder name
+
+
+class StudyError(GaitError, ValueError):
+    """A study file that cannot be used, explained in one line."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the grid: a dotted config key, its values and their labels."""
+
+    key: str
+    values: tuple
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: its index, folder name, variant, axis values and validated config."""
+
+    index: int
+    name: str
+    variant: str
+    values: dict
+    labels: dict
+    config: Config
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """The subjects of a study: the runs train on ``train`` (the study's training subjects less
+    ``validation``), are evaluated at every checkpoint on ``validation`` and at the end on
+    ``test``."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+
+@dataclass(frozen=True)
+class Study:
+    path: Path
+    name: str
+    base: str | None  # the base config's path as written; None when inline
+    base_config: dict
+    overrides: dict
+    train: str
+    validation: str
+    test: str
+    protocol: str
+    eval_every: int
+    target: float | None  # validation rank-1 in percent, of the protocol's first probe group
+    reference: str
+    axes: tuple[Axis, ...]
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def variants(self) -> list[str]:
+        """The variant names in grid order."""
+        return list(dict.fromkeys(r.variant for r in self.runs))
+
+    def spec(self) -> dict:
+        """The study as plain data (for study.json)."""
+        return {
+            "file": str(self.path),
+            "name": self.name,
+            "base": self.base if self.base is not None else "inline",
+            "base_config": self.base_config,
+            "overrides": self.overrides,
+            "train": self.train,
+            "validation": self.validation,
+            "test": self.test,
+            "protocol": self.protocol,
+            "eval_every": self.eval_every,
+            "target": self.target,
+            "reference": self.reference,
+            "axes": [
+                {"key": a.key, "values": list(a.values), "labels": list(a.labels)}
+                for a in self.axes
+            ],
+        }
+
+
+def load_study(path: Path) -> Study:
+    """Read, check and expand a study file; every problem is a one-line :class:`StudyError`
+    that starts with the file's path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise StudyError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path} is not a text file (not UTF-8)") from None
+    data = load_yaml(text, str(path), StudyError)
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: a study must be a mapping (base:, train:, axes:, ...)")
+    return _Reader(path).study(data)
+
+
+class _Reader:
+    """Checks one study file's data; ``fail`` prefixes every message with the file's path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, message: str) -> StudyError:
+        return StudyError(f"{self.path}: {message}")
+
+    def study(self, data: dict) -> Study:
+        for key in data:
+            if key not in KEYS:
+                raise self.fail(_unknown(str(key), KEYS))
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise self.fail(f"missing key {missing[0]!r} (required: {', '.join(REQUIRED)})")
+        base, base_config = self.base(data["base"])
+        overrides = self.overrides(data.get("overrides", {}))
+        axes = self.axes(data["axes"])
+        self.no_overlap(overrides, axes)
+        eval_every = self.integer(data["eval_every"], "eval_every", 1, INT_MAX)
+        target = data.get("target")
+        if target is not None:
+            target = self.number(target, "target")
+            if not 0 < target <= 100:
+                raise self.fail(f"target is a rank-1 in percent, in (0, 100]; got {target:g}")
+        study = Study(
+            path=self.path,
+            name=self.text(data.get("name", self.path.stem), "name"),
+            base=base,
+            base_config=base_config,
+            overrides=overrides,
+            train=self.selector(data["train"], "train"),
+            validation=self.selector(data["validation"], "validation"),
+            test=self.selector(data["test"], "test"),
+            protocol=self.protocol(data.get("protocol", "casia-b-lt")),
+            eval_every=eval_every,
+            target=target,
+            reference="",
+            axes=axes,
+            runs=(),
+        )
+        runs = self.expand(study)
+        variants = list(dict.fromkeys(r.variant for r in runs))
+        reference = data.get("reference")
+        reference = variants[0] if reference is None else self.text(reference, "reference")
+        if reference not in variants:
+            raise self.fail(
+                f"reference {reference!r} is not a variant; the variants are {', '.join(variants)}"
+            )
+        return replace(study, runs=tuple(runs), reference=reference)
+
+    # -- the values -------------------------------------------------------------------------
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{key} must be a non-empty string, got {_show(value)}")
+        return value.strip()
+
+    def integer(self, value: Any, key: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{key} must be a whole number, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(f"{key} must lie in [{lo}, {hi}], got {value}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"{key} must be a number, got {_show(value)}")
+        return float(value)
+
+    def selector(self, value: Any, key: str) -> str:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        sel = str(value) if whole else self.text(value, key)
+        if sel.startswith("last:") and not sel[5:].isdigit():
+            raise self.fail(f"{key} {sel!r}: use last:N with a whole number N")
+        return sel
+
+    def base(self, value: Any) -> tuple[str | None, dict]:
+        if isinstance(value, dict):
+            return None, copy.deepcopy(value)
+        where = self.text(value, "base")
+        file = self.path.parent / where
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise self.fail(
+                f"cannot read the base config {where} ({file}): {e.strerror or e}; give a path "
+                "relative to the study file, or an inline mapping"
+            ) from None
+        except UnicodeDecodeError:
+            raise self.fail(f"the base config {file} is not a text file (not UTF-8)") from None
+        data = load_yaml(text, str(file), StudyError) or {}
+        if not isinstance(data, dict):
+            raise self.fail(f"the base config {file} must be a mapping of sections")
+        return where, data
+
+    def overrides(self, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(
+                f"overrides must map dotted config keys to values (optim.lr: 0.001), "
+                f"got {_show(value)}"
+            )
+        for key in value:
+            self.dotted(key, f"overrides key {key!r}")
+        return copy.deepcopy(value)
+
+    def dotted(self, key: Any, what: str) -> str:
+        if not isinstance(key, str) or not DOTTED.fullmatch(key):
+            raise self.fail(f"{what} is not a dotted config key like optim.lr")
+        if key == CHECKPOINT_KEY:
+            raise self.fail(
+                f"{what}: {CHECKPOINT_KEY} is set from eval_every (runs keep a checkpoint at "
+                "every evaluation); remove it"
+            )
+        return key
+
+    def protocol(self, value: Any) -> str:
+        name = self.text(value, "protocol")
+        if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+            name = str(self.path.parent / name)  # a protocol file beside the study
+        try:
+            load_eval_protocol(name)
+        except GaitError as e:
+            raise self.fail(f"protocol: {e}") from None
+        return name
+
+    def axes(self, value: Any) -> tuple[Axis, ...]:
+        if not isinstance(value, list):
+            raise self.fail(f"axes must be a list of {{key, values}} mappings, got {_show(value)}")
+        axes = [self.axis(item, f"axes[{i}]") for i, item in enumerate(value)]
+        keys = [a.key for a in axes]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise self.fail(f"axes[{i}].key {key!r} is also axes[{keys.index(key)}]'s key")
+        size = 1
+        for a in axes:
+            size *= len(a.values)
+        if size > MAX_RUNS:
+            raise self.fail(f"the grid has {size} runs; at most {MAX_RUNS}")
+        return tuple(axes)
+
+    def axis(self, item: Any, where: str) -> Axis:
+        if not isinstance(item, dict):
+            raise self.fail(f"{where} must be a mapping with key and values, got {_show(item)}")
+        for k in item:
+            if k not in AXIS_KEYS:
+                raise self.fail(_unknown(f"{where}.{k}", AXIS_KEYS, str(k)))
+        for k in ("key", "values"):
+            if k not in item:
+                raise self.fail(f"{where} lacks {k!r} (an axis is key, values and labels)")
+        key = self.dotted(item["key"], f"{where}.key")
+        values = item["values"]
+        if not isinstance(values, list) or not values:
+            raise self.fail(f"{where}.values must be a non-empty list, got {_show(values)}")
+        labels = item.get("labels")
+        if labels is None:
+            labels = [_label(key, v) for v in values]
+        elif not isinstance(labels, list) or len(labels) != len(values):
+            raise self.fail(f"{where}.labels must be a list of {len(values)} labels, one a value")
+        for i, label in enumerate(labels):
+            if not isinstance(label, str) or not SAFE.fullmatch(label):
+                raise self.fail(
+                    f"{where}.labels[{i}] is {_show(label)}: labels name folders, so use letters, "
+                    "digits, '.', '_' and '-' (not first)"
+                )
+            if label in labels[:i]:
+                raise self.fail(f"{where}: two values have the label {label!r}; give labels:")
+        return Axis(key, tuple(copy.deepcopy(values)), tuple(labels))
+
+    def no_overlap(self, overrides: dict, axes: tuple[Axis, ...]) -> None:
+        """An axis key may not lie inside another's, nor meet an override's: one would
+        silently replace the other."""
+        keys = [(f"axes[{i}].key {a.key!r}", a.key) for i, a in enumerate(axes)]
+        keys += [(f"overrides key {k!r}", k) for k in overrides]
+        for (what, a), (other, b) in itertools.combinations(keys, 2):
+            if a == b or a.startswith(b + ".") or b.startswith(a + "."):
+                if what.startswith("overrides"):
+                    continue  # two override keys: applied in order, like --set
+                raise self.fail(
+                    f"{what} overlaps {other}: one would replace the other in every run; "
+                    "give each config key once"
+                )
+
+    # -- the grid ---------------------------------------------------------------------------
+
+    def expand(self, study: Study) -> list[RunSpec]:
+        """Every run of the grid, with its config validated."""
+        runs: list[RunSpec] = []
+        names: dict[str, int] = {}
+        for index, combo in enumerate(
+            itertools.product(*(range(len(a.values)) for a in study.axes))
+        ):
+            chosen = [(a, a.values[j], a.labels[j]) for a, j in zip(study.axes, combo, strict=True)]
+            name = "-".join(label for _, _, label in chosen) or "base"
+            variant = "-".join(label for a, _, label in chosen if a.key != SEED) or "base"
+            if name in names:
+                raise self.fail(
+                    f"runs {names[name]} and {index} would both be named {name!r}; "
+                    "give the axes distinct labels"
+                )
+            names[name] = index
+            where = f"run {index} ({name})"
+            data = copy.deepcopy(study.base_config)
+            for key, value in study.overrides.items():
+                _put(data, key, value, self.fail, f"{where}: overrides key {key!r}")
+            for a, value, _ in chosen:
+                _put(data, a.key, value, self.fail, f"{where}: axis {a.key!r}")
+            _put(data, CHECKPOINT_KEY, study.eval_every, self.fail, where)
+            try:
+                config = config_from_dict(data)
+            except ConfigError as e:
+                raise self.fail(f"{where}: {e}") from None
+            if config.train.iterations % study.eval_every:
+                raise self.fail(
+                    f"{where}: eval_every {study.eval_every} does not divide train.iterations "
+                    f"{config.train.iterations}; choose a divisor"
+                )
+            runs.append(
+                RunSpec(
+                    index=index,
+                    name=name,
+                    variant=variant,
+                    values={a.key: copy.deepcopy(v) for a, v, _ in chosen},
+                    labels={a.key: label for a, _, label in chosen},
+                    config=config,
+                )
+            )
+        return runs
+
+
+def _put(data: dict, dotted: str, value: Any, fail, where: str) -> None:
+    """Set ``data[a][b] = value`` for ``a.b`` (creating sections), replacing what was there; a
+    string given for the whole ``loss`` section is its name (``loss: triplet``)."""
+    if dotted == "loss" and isinstance(value, str):
+        value = {"name": value}
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise fail(f"{where}: {'.'.join(keys[: i + 1])} is not a section of the config")
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def _label(key: str, value: Any) -> str:
+    """The default label of an axis value: a string as it is (``triplet``), a number after its
+    key's last part (``seed3``, ``lr0.001``), a mapping as its entries (``p8-k8``)."""
+    last = key.rsplit(".", 1)[-1]
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, dict):
+        text = "-".join(str(v) if k == "name" else f"{k}{_flat(v)}" for k, v in value.items())
+    else:
+        text = f"{last}{_flat(value)}"
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".-")
+    return text or last
+
+
+def _flat(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "_".join(map(_flat, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _unknown(key: str, known, short: str | None = None) -> str:
+    close = difflib.get_close_matches(short or key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; known: {', '.join(known)}"
+
+
+def _show(value: Any) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def pick(subjects: list[str], selector: str) -> list[str]:
+    """``select`` with one more form: ``last:N``, the last N subjects in natural order."""
+    sel = selector.strip()
+    if sel.startswith("last:"):
+        n = sel[5:]
+        if not n.isdigit():
+            raise SplitError(f"{selector!r}: use last:N with a whole number N")
+        ordered = select(subjects, f"first:{len(subjects)}")
+        return ordered[len(ordered) - int(n) :] if int(n) else []
+    return select(subjects, sel)
+
+
+def resolve_subjects(study: Study, pack_subjects: list[str]) -> Subjects:
+    """The study's subjects among a pack's; a selection that is empty, a validation split that
+    takes every training subject, or test subjects that are training subjects are refused."""
+
+    def fail(message: str) -> StudyError:
+        return StudyError(f"{study.path}: {message}")
+
+    try:
+        chosen = pick(pack_subjects, study.train)
+        validation = pick(chosen, study.validation)
+        test = pick(pack_subjects, study.test)
+    except SplitError as e:
+        raise fail(str(e)) from None
+    shown = ", ".join(pack_subjects[:5]) + (", ..." if len(pack_subjects) > 5 else "")
+    if not chosen:
+        raise fail(f"train {study.train!r} selects no subject of the pack ({shown})")
+    if not validation:
+        raise fail(f"validation {study.validation!r} selects none of the training subjects")
+    train = [s for s in chosen if s not in set(validation)]
+    if not train:
+        raise fail(
+            f"validation {study.validation!r} takes all {len(chosen)} training subjects; "
+            "leave some to train on"
+        )
+    if not test:
+        raise fail(f"test {study.test!r} selects no subject of the pack ({shown})")
+    both = [s for s in test if s in set(chosen)]
+    if both:
+        raise fail(
+            f"{len(both)} test subjects ({', '.join(both[:5])}) are training subjects; "
+            "test on unseen people"
+        )
+    return Subjects(train, validation, test)

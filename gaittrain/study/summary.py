@@ -1,0 +1,244 @@
+"""The summary of a study: ``study.json`` (docs/study.md describes it) and ``study.html``.
+
+:func:`build_summary` is pure: from the study and each run's kept results it computes, per
+variant, the mean and 95 % Student-t interval across seeds at every checkpoint and at the end,
+the paired comparison of every variant with the reference over their shared seeds, and the
+iterations to reach the target. :func:`write_summary` collects the results from a study folder
+(computing nothing) and writes both files atomically. Rank-1 and mAP are fractions in [0, 1], as
+in ``gait eval``'s JSON; the target is in percent, as written in the study file.
+
+A run without a test result is listed as incomplete and left out of the final figures and the
+comparisons; its validation results still count at their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gaitprep.files import OutputLock, atomic_write
+from gaittrain.evaluation.protocol import load_eval_protocol
+from gaittrain.study import stats
+from gaittrain.study.report import to_html
+from gaittrain.study.runner import (
+    Context,
+    StudyPaths,
+    check_unchanged,
+    run_results,
+    study_context,
+)
+from gaittrain.study.spec import SEED, Study
+
+FORMAT = "gait-study v1"
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def _num(x) -> float | None:
+    """A JSON number: NaN (undefined) becomes null."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _interval(values: list[float]) -> dict:
+    m = stats.mean_ci(values, CONFIDENCE)
+    return {"mean": _num(m.mean), "low": _num(m.low), "high": _num(m.high), "n": m.n}
+
+
+def _across(results: list[dict | None], group: str) -> dict | None:
+    """The interval of ``group``'s rank-1 over the results that have it (None if none does)."""
+    xs = [v for c in results if (v := _rank1(c, group)) is not None]
+    return _interval(xs) if xs else None
+
+
+def _rank1(conditions: dict | None, group: str) -> float | None:
+    if not conditions or group not in conditions:
+        return None
+    value = conditions[group].get("rank1")
+    return None if value is None else float(value)
+
+
+def build_summary(study: Study, ctx: Context, results: dict[str, dict]) -> dict:
+    """The study.json data from ``results`` (run name -> :func:`run_results`)."""
+    groups = list(load_eval_protocol(study.protocol).probes)  # NM, BG, CL in the protocol's order
+    for r in results.values():
+        for conditions in [*r["validation"].values(), r["test"] or {}]:
+            groups += [g for g in conditions if g not in groups]
+    first = groups[0] if groups else "NM"
+    target = None if study.target is None else study.target / 100
+    runs = []
+    for spec in study.runs:
+        r = results[spec.name]
+        curve = dict(sorted(r["validation"].items()))
+        reach = None
+        if target is not None and curve:
+            values = [_rank1(c, first) for c in curve.values()]
+            its = [it for it, v in zip(curve, values, strict=True) if v is not None]
+            reach = stats.iterations_to_reach(its, [v for v in values if v is not None], target)
+        runs.append(
+            {
+                "index": spec.index,
+                "name": spec.name,
+                "variant": spec.variant,
+                "seed": spec.seed,
+                "values": spec.values,
+                "labels": spec.labels,
+                "complete": r["test"] is not None
+                and len(curve) == spec.config.train.iterations // study.eval_every,
+                "validation": {str(it): c for it, c in curve.items()},
+                "test": r["test"],
+                "iterations_to_target": reach,
+            }
+        )
+    variants = [_variant(study, name, runs, groups, first, target) for name in study.variants]
+    comparisons = [
+        c
+        for v in study.variants
+        if v != study.reference
+        for c in _compare(v, study.reference, runs, groups)
+    ]
+    checkpoints = sorted({int(it) for r in runs for it in r["validation"]})
+    return {
+        "format": FORMAT,
+        "study": study.spec(),
+        "pack": {"path": str(ctx.pack), "fingerprint": ctx.pack_fingerprint},
+        "subjects": {
+            "train": ctx.subjects.train,
+            "validation": ctx.subjects.validation,
+            "test": ctx.subjects.test,
+        },
+        "conditions": groups,
+        "target_condition": first,
+        "checkpoints": checkpoints,
+        "statistics": {
+            "confidence": CONFIDENCE,
+            "interval": "Student t, n - 1 degrees of freedom, across seeds",
+            "test": "two-sided paired t-test over shared seeds",
+            "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "kind": "percentile"},
+        },
+        "runs": runs,
+        "variants": variants,
+        "reference": study.reference,
+        "comparisons": comparisons,
+        "complete": sum(r["complete"] for r in runs),
+        "incomplete": [r["name"] for r in runs if not r["complete"]],
+    }
+
+
+def _variant(study: Study, name: str, runs: list[dict], groups, first, target) -> dict:
+    mine = [r for r in runs if r["variant"] == name]
+    values = {k: v for k, v in mine[0]["values"].items() if k != SEED}
+    checkpoints = sorted({int(it) for r in mine for it in r["validation"]})
+    validation = {}
+    mean_curve = []
+    for it in checkpoints:
+        at = [r["validation"].get(str(it)) for r in mine]
+        validation[str(it)] = {g: _across(at, g) for g in groups}
+        firsts = [_rank1(c, first) for c in at]
+        if all(v is not None for v in firsts):  # the mean curve: every seed at this checkpoint
+            mean_curve.append((it, float(np.mean(firsts))))
+    test = {g: _across([r["test"] for r in mine], g) for g in groups}
+    reach = None
+    if target is not None:
+        its = [it for it, _ in mean_curve]
+        reach = {
+            "mean_curve": stats.iterations_to_reach(its, [m for _, m in mean_curve], target)
+            if mean_curve
+            else None,
+            "per_seed": {str(r["seed"]): r["iterations_to_target"] for r in mine},
+            "reached": sum(r["iterations_to_target"] is not None for r in mine),
+            "n": len(mine),
+        }
+    return {
+        "name": name,
+        "values": values,
+        "runs": [r["name"] for r in mine],
+        "seeds": [r["seed"] for r in mine],
+        "validation": validation,
+        "test": test,
+        "iterations_to_target": reach,
+    }
+
+
+def _compare(variant: str, reference: str, runs: list[dict], groups: list[str]) -> list[dict]:
+    """variant - reference on the final test rank-1 of each group, paired by seed."""
+    out = []
+    for g in groups:
+        a = {r["seed"]: _rank1(r["test"], g) for r in runs if r["variant"] == variant}
+        b = {r["seed"]: _rank1(r["test"], g) for r in runs if r["variant"] == reference}
+        seeds = [s for s in a if s in b and a[s] is not None and b[s] is not None]
+        entry = {"variant": variant, "reference": reference, "condition": g, "seeds": seeds}
+        if seeds:
+            d = stats.paired_difference(
+                [a[s] for s in seeds],
+                [b[s] for s in seeds],
+                CONFIDENCE,
+                RESAMPLES,
+                BOOTSTRAP_SEED,
+            )
+            entry.update(
+                n=d.n,
+                mean=_num(d.mean),
+                low=_num(d.low),
+                high=_num(d.high),
+                p_value=_num(d.p_value),
+                boot_low=_num(d.boot_low),
+                boot_high=_num(d.boot_high),
+            )
+        else:
+            entry.update(
+                n=0, mean=None, low=None, high=None, p_value=None, boot_low=None, boot_high=None
+            )
+        out.append(entry)
+    return out
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """A few lines for the terminal: each variant's final figures, mean ± half width."""
+
+    def pm(i: dict | None) -> str:
+        if i is None:
+            return "–"
+        if i["high"] is None:
+            return f"{100 * i['mean']:.1f}"
+        return f"{100 * i['mean']:.1f} ± {100 * (i['high'] - i['mean']):.1f}"
+
+    lines = []
+    for v in summary["variants"]:
+        n = max((i["n"] for i in v["test"].values() if i), default=0)
+        figures = ", ".join(f"{g} {pm(v['test'].get(g))}" for g in summary["conditions"])
+        lines.append(f"{v['name']}: {figures or 'no test result yet'} ({n} seeds)")
+    if summary["incomplete"]:
+        lines.append(f"incomplete runs: {len(summary['incomplete'])} of {len(summary['runs'])}")
+    return lines
+
+
+def write_summary(
+    study: Study, pack: Path, out: Path, notify: Callable[[str], None] = print
+) -> dict:
+    """Collect the kept results of every run in ``out`` and write study.json and study.html
+    (atomically, under a lock). Runs that are not done are reported as incomplete; a run that
+    the study no longer describes is refused (:func:`~gaittrain.study.runner.check_unchanged`).
+    """
+    ctx = study_context(study, pack)
+    paths = StudyPaths(Path(out))
+    results = {}
+    for spec in study.runs:
+        check_unchanged(spec, paths.run(spec.name), ctx)
+        results[spec.name] = run_results(study, spec, ctx, out)
+    summary = build_summary(study, ctx, results)
+    if summary["incomplete"]:
+        shown = ", ".join(summary["incomplete"][:3])
+        more = ", ..." if len(summary["incomplete"]) > 3 else ""
+        notify(
+            f"{len(summary['incomplete'])} of {len(study.runs)} runs are not done yet "
+            f"({shown}{more}); summarizing what is there"
+        )
+    with OutputLock(paths.json):
+        atomic_write(paths.json, json.dumps(summary, indent=1, default=str) + "\n")
+        atomic_write(paths.html, to_html(summary))
+    return summary
