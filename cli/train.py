@@ -33,7 +33,7 @@ from gaittrain.trainer import train
 @click.option(
     "--train-subjects",
     metavar="SEL",
-    help="Training subjects instead of the protocol's: 001-074, 1-10,15, odd, first:N.",
+    help="Training subjects instead of the protocol's: 001-074, 1-10,15, odd, first:N, last:N.",
 )
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Override train.checkpoint_every.")
 @click.option(

@@ -31,6 +31,10 @@ def test_selectors() -> None:
     subjects = ["3", "10", "1", "2", "bob"]
     assert select(subjects, "1-2,10") == ["1", "2", "10"]
     assert select(subjects, "first:2") == ["1", "2"]
+    assert select(subjects, "last:2") == ["10", "bob"]
+    assert select(subjects, "last:0") == []
+    with pytest.raises(SplitError, match="use last:N"):
+        select(subjects, "last:two")
     assert select(subjects, "bob,003") == ["3", "bob"]
     assert select(subjects, "even") == ["2", "10"]
     with pytest.raises(SplitError, match="no subject of the pack matches"):

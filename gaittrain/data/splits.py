@@ -1,8 +1,9 @@
 """Subject splits from protocol files (``gaittrain/protocols/*.yaml``) or explicit lists.
 
 A selector is a string: ranges and lists of numeric ids (``001-074``, ``1-10,15``), ``odd`` or
-``even``, or ``first:N`` (the first N subjects of the pack in natural order). Subjects are matched
-by numeric value, so ``1`` and ``001`` name the same subject; non-numeric ids match as text.
+``even``, ``first:N`` or ``last:N`` (the first or last N subjects in natural order). Subjects are
+matched by numeric value, so ``1`` and ``001`` name the same subject; non-numeric ids match as
+text.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ def select(subjects: list[str], selector: str) -> list[str]:
     if sel in ("odd", "even"):
         parity = 1 if sel == "odd" else 0
         return [s for s in ordered if _number(s) is not None and _number(s) % 2 == parity]
-    if sel.startswith("first:"):
-        n = sel.split(":", 1)[1]
-        if not n.isdigit():
-            raise SplitError(f"{selector!r}: use first:N with a whole number N")
-        return ordered[: int(n)]
+    for end in ("first", "last"):
+        if sel.startswith(f"{end}:"):
+            n = sel.split(":", 1)[1]
+            if not n.isdigit():
+                raise SplitError(f"{selector!r}: use {end}:N with a whole number N")
+            if end == "first":
+                return ordered[: int(n)]
+            return ordered[len(ordered) - int(n) :] if int(n) else []
     wanted_numbers: set[int] = set()
     wanted_text: set[str] = set()
     for token in (t.strip() for t in sel.split(",") if t.strip()):

@@ -451,18 +451,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def pick(subjects: list[str], selector: str) -> list[str]:
-    """``select`` with one more form: ``last:N``, the last N subjects in natural order."""
-    sel = selector.strip()
-    if sel.startswith("last:"):
-        n = sel[5:]
-        if not n.isdigit():
-            raise SplitError(f"{selector!r}: use last:N with a whole number N")
-        ordered = select(subjects, f"first:{len(subjects)}")
-        return ordered[len(ordered) - int(n) :] if int(n) else []
-    return select(subjects, sel)
-
-
 def resolve_subjects(study: Study, pack_subjects: list[str]) -> Subjects:
     """The study's subjects among a pack's; a selection that is empty, a validation split that
     takes every training subject, or test subjects that are training subjects are refused."""
@@ -471,9 +459,9 @@ def resolve_subjects(study: Study, pack_subjects: list[str]) -> Subjects:
         return StudyError(f"{study.path}: {message}")
 
     try:
-        chosen = pick(pack_subjects, study.train)
-        validation = pick(chosen, study.validation)
-        test = pick(pack_subjects, study.test)
+        chosen = select(pack_subjects, study.train)
+        validation = select(chosen, study.validation)
+        test = select(pack_subjects, study.test)
     except SplitError as e:
         raise fail(str(e)) from None
     shown = ", ".join(pack_subjects[:5]) + (", ..." if len(pack_subjects) > 5 else "")
