@@ -23,11 +23,22 @@ from gaittrain.study.summary import summary_lines, write_summary
     "--out",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Study folder: runs/NAME (run folders), evals/NAME.json, study.json, study.html.",
+    help="Study folder: runs/NAME (run folders), evals/NAME.json, tune/VARIANT/trial-NN "
+    "(trials), study.json, study.html.",
 )
-@click.option("--list", "as_list", is_flag=True, help="Print one `gait study ... --run I` a run.")
+@click.option(
+    "--list",
+    "as_list",
+    is_flag=True,
+    help="Print one `gait study ... --trial VARIANT:I` a trial, then one `... --run I` a run.",
+)
 @click.option(
     "--run", "only", type=click.IntRange(0), metavar="I", help="Train and evaluate run I only."
+)
+@click.option(
+    "--trial",
+    metavar="VARIANT:I",
+    help="Train trial I of VARIANT's tuning only (and score it on the validation subjects).",
 )
 @click.option(
     "--summarize",
@@ -40,7 +51,7 @@ from gaittrain.study.summary import summary_lines, write_summary
     help="Train again, from scratch, the runs whose config the study file changed.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def study_cmd(study_file, pack, out, as_list, only, summarize, overwrite, device) -> None:
+def study_cmd(study_file, pack, out, as_list, only, trial, summarize, overwrite, device) -> None:
     """Train, evaluate and compare a grid of runs declared in STUDY_FILE (docs/study.md).
 
     Every run is an ordinary run folder (OUT/runs/NAME) trained on the training subjects less
@@ -54,9 +65,15 @@ def study_cmd(study_file, pack, out, as_list, only, summarize, overwrite, device
     the end, paired differences with the reference variant (t-test p, bootstrap interval) and
     the iterations to reach the target.
 
+    With a tune: section every variant first gets the same number of trials of a seeded random
+    search (OUT/tune/VARIANT/trial-NN, scored on the validation subjects only, never on the test
+    subjects); its runs then use the values of its best trial (a tune axis with values default
+    and tuned gives both). Without --run, the trials come first.
+
     \b
-    On a cluster: gait study S.yaml --pack P.h5 --out D --list   (one command per run, for
-    Slurm), then gait study S.yaml --pack P.h5 --out D --summarize once they are done.
+    On a cluster: gait study S.yaml --pack P.h5 --out D --list   (one command per trial, then
+    one per run, for Slurm: the trials first), then gait study S.yaml --pack P.h5 --out D
+    --summarize once they are done.
 
     \b
     Example study file (configs/studies/loss-demo.yaml):
@@ -81,6 +98,8 @@ def study_cmd(study_file, pack, out, as_list, only, summarize, overwrite, device
     modes = [name for name, on in (("--list", as_list), ("--summarize", summarize)) if on]
     if only is not None:
         modes.append("--run")
+    if trial is not None:
+        modes.append("--trial")
     if len(modes) > 1:
         raise click.UsageError(f"{' and '.join(modes)} exclude each other")
     study = load_study(study_file)
@@ -93,8 +112,17 @@ def study_cmd(study_file, pack, out, as_list, only, summarize, overwrite, device
         click.echo(line, err=True)
 
     if not summarize:
-        run_study(study, pack, out, only=only, device=device, overwrite=overwrite, notify=note)
-        if only is not None:
+        run_study(
+            study,
+            pack,
+            out,
+            only=only,
+            trial=trial,
+            device=device,
+            overwrite=overwrite,
+            notify=note,
+        )
+        if only is not None or trial is not None:
             return
     summary = write_summary(study, pack, out, notify=note)
     for line in summary_lines(summary):

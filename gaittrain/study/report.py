@@ -4,7 +4,9 @@ Its figures are PNGs drawn by matplotlib (Agg backend) and embedded as data URIs
 loaded from the network. It shows, for each probe group, the validation rank-1 against the
 iteration for every variant (the mean across seeds as a line, the 95 % interval as a band, each
 seed faintly), the final test table (mean ± half width of the interval), the paired differences
-with the reference variant, the iterations to reach the target, every run, and the study itself.
+with the reference variant, the iterations to reach the target, the tuning (when the study has a
+``tune:`` section: per variant the default and the tuned validation score, the chosen values and
+the trials done), every run, and the study itself.
 Every string that comes from data is escaped by the template engine.
 """
 
@@ -114,6 +116,17 @@ def _p(p) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _values(values: dict | None) -> str:
+    """``key=value, ...`` of a trial's hyper-parameters (floats to 4 significant digits)."""
+    if not values:
+        return "–"
+
+    def show(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str)
+
+    return ", ".join(f"{k}={show(v)}" for k, v in values.items())
+
+
 def to_html(summary: dict) -> str:
     """The self-contained page of a :func:`~gaittrain.study.summary.build_summary` result."""
     env = jinja2.Environment(
@@ -121,7 +134,9 @@ def to_html(summary: dict) -> str:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals.update(pct=_pct, pm=_pm, signed=_signed, interval=_interval, pvalue=_p)
+    env.globals.update(
+        pct=_pct, pm=_pm, signed=_signed, interval=_interval, pvalue=_p, values=_values
+    )
     spec = yaml.safe_dump(
         json.loads(json.dumps(summary["study"], default=str)),
         sort_keys=False,

@@ -19,6 +19,13 @@ For each run, :func:`run_one`
 A finished run with all its results costs one hash of each checkpoint (or a stat, when the file
 is unchanged). The run's results file is locked for the whole of it, so two jobs of one run are
 refused, while jobs of different runs proceed side by side.
+
+With a ``tune:`` section, the trials come first: each is an ordinary run folder
+``tune/VARIANT/trial-NN/`` with its results in ``tune/VARIANT/trial-NN.json``, trained and
+resumed like a run (:func:`run_trial`) and evaluated once, at its end, on the validation
+subjects only: the test subjects are never evaluated during tuning. :func:`tuning_results`
+collects the kept trial results, and a run that takes tuned values gets those of its variant's
+best trial (:func:`resolve`); a run whose variant's trials are not all done cannot start.
 """
 
 from __future__ import annotations
@@ -42,8 +49,17 @@ from gaittrain.data.dataset import PackDataset, pack_subjects
 from gaittrain.device import Runtime, setup, teardown
 from gaittrain.evaluation.embed import embed_dataset, load_model
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from gaittrain.study import tune
 from gaittrain.study.cache import EvalCache, identity
-from gaittrain.study.spec import RunSpec, Study, StudyError, Subjects, resolve_subjects
+from gaittrain.study.spec import (
+    RunSpec,
+    Study,
+    StudyError,
+    Subjects,
+    Trial,
+    resolve_subjects,
+    with_values,
+)
 from gaittrain.trainer import RUN_ENTRIES, RunPaths, train
 
 METRIC = "euclidean"  # gait eval's default, and the protocol's identical-view rule
@@ -60,6 +76,12 @@ class StudyPaths:
 
     def evaluation(self, name: str) -> Path:
         return self.root / "evals" / f"{name}.json"
+
+    def trial(self, trial: Trial) -> Path:
+        return self.root / "tune" / trial.variant / trial.name
+
+    def trial_evaluation(self, trial: Trial) -> Path:
+        return self.root / "tune" / trial.variant / f"{trial.name}.json"
 
     @property
     def json(self) -> Path:
@@ -98,10 +120,14 @@ def study_context(study: Study, pack: Path) -> Context:
 
 
 def commands(study_file: Path, pack: Path, out: Path, study: Study, device: str = "auto") -> list:
-    """One shell command per run, ``gait study STUDY --pack PACK --out DIR --run I``."""
+    """One shell command per trial, ``gait study STUDY --pack PACK --out DIR --trial VARIANT:I``,
+    then one per run, ``... --run I`` (a run that takes tuned values waits for its trials)."""
     extra = [] if device == "auto" else ["--device", device]
     base = ["gait", "study", str(study_file), "--pack", str(pack), "--out", str(out)]
-    return [shlex.join([*base, "--run", str(r.index), *extra]) for r in study.runs]
+    trials = [
+        shlex.join([*base, "--trial", f"{t.variant}:{t.index}", *extra]) for t in study.trials
+    ]
+    return trials + [shlex.join([*base, "--run", str(r.index), *extra]) for r in study.runs]
 
 
 def checkpoints(spec: RunSpec, eval_every: int) -> list[int]:
@@ -127,8 +153,9 @@ def _span(subjects: list[str]) -> str:
     return f"{len(subjects)} ({subjects[0]}..{subjects[-1]})" if subjects else "none"
 
 
-def what_changed(spec: RunSpec, run_dir: Path, ctx: Context) -> str | None:
-    """What differs between the run folder and what the study now gives it, or None."""
+def what_changed(spec: RunSpec | Trial, run_dir: Path, ctx: Context) -> str | None:
+    """What differs between the run (or trial) folder and what the study now gives it, or
+    None."""
     paths = RunPaths(run_dir)
     if paths.config.is_file():
         try:
@@ -161,14 +188,14 @@ def what_changed(spec: RunSpec, run_dir: Path, ctx: Context) -> str | None:
     return None
 
 
-def check_unchanged(spec: RunSpec, run_dir: Path, ctx: Context) -> None:
-    """Refuse, in one line naming the run and the change, a run the study no longer describes."""
+def check_unchanged(spec: RunSpec | Trial, run_dir: Path, ctx: Context) -> None:
+    """Refuse, in one line naming the run (or trial) and the change, a run the study no longer
+    describes."""
     change = what_changed(spec, run_dir, ctx)
     if change is not None:
         raise StudyError(
-            f"run {spec.index} ({spec.name}) in {run_dir}: {change}; the study changed since it "
-            "was trained: undo the change, choose another --out, or pass --overwrite to train "
-            "the changed runs again"
+            f"{spec.title} in {run_dir}: {change}; the study changed since it was trained: undo "
+            "the change, choose another --out, or pass --overwrite to train the changed runs again"
         )
 
 
@@ -226,10 +253,53 @@ def run_one(
     notify: Callable[[str], None] = print,
 ) -> dict:
     """Train (or resume) and evaluate one run; returns what was done. A problem of the run is
-    one line that names it."""
+    one line that names it. A run that takes tuned values is given with them
+    (:func:`resolve`)."""
     paths = StudyPaths(Path(out))
     run_dir, results = paths.run(spec.name), paths.evaluation(spec.name)
     tag = f"run {spec.index + 1}/{len(study.runs)} {spec.name}"
+    todo = [("validation", it) for it in checkpoints(spec, study.eval_every)]
+    todo.append(("test", spec.config.train.iterations))
+    job = _Job(spec, run_dir, results, tag, todo)
+    done = _run_job(study, job, ctx, runtime, overwrite, progress, notify)
+    return {"index": spec.index, "name": spec.name, **done}
+
+
+def run_trial(
+    study: Study,
+    trial: Trial,
+    ctx: Context,
+    out: Path,
+    runtime: Runtime,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    notify: Callable[[str], None] = print,
+) -> dict:
+    """Train (or resume) one trial and evaluate its last checkpoint on the validation subjects
+    (only: the test subjects are not evaluated during tuning); returns what was done."""
+    paths = StudyPaths(Path(out))
+    trials = study.trials
+    tag = f"trial {trials.index(trial) + 1}/{len(trials)} {trial.variant}/{trial.name}"
+    todo = [("validation", trial.config.train.iterations)]
+    job = _Job(trial, paths.trial(trial), paths.trial_evaluation(trial), tag, todo)
+    done = _run_job(study, job, ctx, runtime, overwrite, progress, notify)
+    return {"trial": f"{trial.variant}:{trial.index}", "name": trial.name, **done}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A run or a trial: its spec, folder, results file, tag in messages and evaluations."""
+
+    spec: RunSpec | Trial
+    run_dir: Path
+    results: Path
+    tag: str
+    todo: list  # (split, iteration)
+
+
+def _run_job(study, job: _Job, ctx: Context, runtime, overwrite, progress, notify) -> dict:
+    spec, run_dir, results, tag = job.spec, job.run_dir, job.results, job.tag
     try:
         with OutputLock(results):  # the run's lock among study jobs; the trainer takes run_dir's
             change = what_changed(spec, run_dir, ctx)
@@ -239,17 +309,19 @@ def run_one(
                 notify(f"{tag}: {change}; --overwrite: training it again from scratch")
                 _remove_run(run_dir, results)
             trained = _train(spec, ctx, run_dir, runtime, progress, tag, notify)
-            evaluated = _evaluate(study, spec, ctx, run_dir, results, runtime.device, tag, notify)
+            evaluated = _evaluate(
+                study, job.todo, ctx, run_dir, results, runtime.device, tag, notify
+            )
     except StudyError:
         raise
     except GaitError as e:
-        raise StudyError(f"run {spec.index} ({spec.name}): {one_line(e)}") from e
+        raise StudyError(f"{spec.title}: {one_line(e)}") from e
     if not trained and not evaluated:
         notify(f"{tag}: done already")
-    return {"index": spec.index, "name": spec.name, "trained": trained, "evaluated": evaluated}
+    return {"trained": trained, "evaluated": evaluated}
 
 
-def _train(spec: RunSpec, ctx: Context, run_dir: Path, runtime, progress, tag, notify) -> bool:
+def _train(spec, ctx: Context, run_dir: Path, runtime, progress, tag, notify) -> bool:
     """Train the run up to train.iterations (resuming it); whether there was anything to do."""
     total = spec.config.train.iterations
     done = last_iteration(run_dir)
@@ -269,11 +341,10 @@ def _train(spec: RunSpec, ctx: Context, run_dir: Path, runtime, progress, tag, n
     return True
 
 
-def _evaluate(study, spec, ctx: Context, run_dir, results, device, tag, notify) -> int:
-    """Evaluate every checkpoint that has no valid result yet; how many were evaluated."""
+def _evaluate(study, todo, ctx: Context, run_dir, results, device, tag, notify) -> int:
+    """Evaluate every (split, iteration) of ``todo`` that has no valid result yet; how many
+    were evaluated."""
     cache = EvalCache.read(results)
-    todo = [("validation", it) for it in checkpoints(spec, study.eval_every)]
-    todo.append(("test", spec.config.train.iterations))
     count = 0
     try:
         for split, it in todo:
@@ -303,34 +374,65 @@ def run_study(
     out: Path,
     *,
     only: int | None = None,
+    trial: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Train and evaluate every run that is not done (or only run ``only``).
+    """Train and evaluate every trial, then every run, that is not done (or only run ``only``,
+    or only the trial named ``trial``, ``VARIANT:I``).
 
-    Every run folder is checked against the study before anything is trained: a changed study
-    is refused up front (unless ``overwrite``).
+    Every trial and run folder is checked against the study before anything is trained: a
+    changed study is refused up front (unless ``overwrite``); a run whose tuned values are not
+    known yet is checked once its variant's trials are done. A run that takes tuned values
+    refuses to start while a trial of its variant is not done (``only``).
     """
     if only is not None and not 0 <= only < len(study.runs):
         raise StudyError(
             f"--run {only}: {study.path} has {len(study.runs)} runs, 0 to {len(study.runs) - 1}"
         )
+    trials = [study.trial(trial)] if trial is not None else []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StudyError(
             "gait study trains each run in one process; do not start it with torchrun (hand the "
             "commands of --list to a scheduler instead)"
         )
     ctx = study_context(study, pack)
-    chosen = list(study.runs) if only is None else [study.runs[only]]
     paths = StudyPaths(Path(out))
+    if trial is not None:
+        chosen = []
+    elif only is not None:
+        chosen = [study.runs[only]]
+    else:
+        chosen, trials = list(study.runs), study.trials
     if not overwrite:
-        for spec in chosen:
+        for t in trials:
+            check_unchanged(t, paths.trial(t), ctx)
+    # The runs whose config is known now (with tuned values, if their trials are done).
+    needed = {spec.tuned for spec in chosen if spec.tuned is not None}
+    tuning = tuning_results(study, ctx, out, strict=not overwrite, only=needed)
+    if only is not None:
+        chosen = [resolve(study.runs[only], tuning, need=True)]
+    known = [r for r in (resolve(spec, tuning) for spec in chosen) if r is not None]
+    if not overwrite:
+        for spec in known:
             check_unchanged(spec, paths.run(spec.name), ctx)
     runtime = setup(device)
     try:
-        return [
+        done = [
+            run_trial(
+                study, t, ctx, out, runtime, overwrite=overwrite, progress=progress, notify=notify
+            )
+            for t in trials
+        ]
+        if trials and needed:  # the tuned values, now that the trials are done
+            tuning = tuning_results(study, ctx, out, strict=True, only=needed)
+            chosen = [resolve(spec, tuning, need=True) for spec in chosen]
+            if not overwrite:
+                for spec in chosen:
+                    check_unchanged(spec, paths.run(spec.name), ctx)
+        return done + [
             run_one(
                 study,
                 spec,
@@ -345,6 +447,86 @@ def run_study(
         ]
     finally:
         teardown()
+
+
+def trial_result(study: Study, trial: Trial, ctx: Context, out: Path) -> dict | None:
+    """The kept validation result (group -> rank1, mAP) of a trial at its end, as valid now;
+    None when it is not done. Nothing is computed."""
+    paths = StudyPaths(Path(out))
+    total = trial.config.train.iterations
+    ckpt = checkpoint.path_for(paths.trial(trial), total)
+    cache = EvalCache.read(paths.trial_evaluation(trial))
+    return cache.lookup("validation", total, ckpt, ctx.of("validation", study.protocol))
+
+
+def score_condition(study: Study) -> str:
+    """The probe group whose validation rank-1 scores a trial: the protocol's first (NM)."""
+    return next(iter(load_eval_protocol(study.protocol).probes))
+
+
+def tuning_results(
+    study: Study, ctx: Context, out: Path, *, strict: bool = True, only: set | None = None
+) -> dict:
+    """Per tuned variant: ``results`` (each trial's validation result, None if not done),
+    ``scores`` (validation rank-1 of the first probe group), ``missing`` (the trials not done),
+    ``best`` (the index of the best trial; None until every trial is done) and its ``values``.
+    A trial folder the study no longer describes is refused (``strict``) or counted as not
+    done. ``only``: just these variants."""
+    if study.tune is None:
+        return {}
+    paths = StudyPaths(Path(out))
+    group = score_condition(study)
+    found = {}
+    for name, trials in study.tune.searches.items():
+        if only is not None and name not in only:
+            continue
+        results = []
+        for t in trials:
+            if strict:
+                check_unchanged(t, paths.trial(t), ctx)
+            elif what_changed(t, paths.trial(t), ctx) is not None:
+                results.append(None)
+                continue
+            results.append(trial_result(study, t, ctx, out))
+        scores = [_score(r, group) for r in results]
+        missing = [t.index for t, r in zip(trials, results, strict=True) if r is None]
+        best = None if missing else tune.best(scores)
+        found[name] = {
+            "results": results,
+            "scores": scores,
+            "missing": missing,
+            "best": best,
+            "values": None if best is None else trials[best].values,
+        }
+    return found
+
+
+def _score(conditions: dict | None, group: str) -> float | None:
+    if not conditions or group not in conditions:
+        return None
+    value = conditions[group].get("rank1")
+    return None if value is None else float(value)
+
+
+def resolve(spec: RunSpec, tuning: dict, *, need: bool = False) -> RunSpec | None:
+    """``spec`` as it runs: with its variant's tuned values (those of the best trial) when it
+    takes them. None when they are not known yet, or, with ``need``, a one-line refusal that
+    names the trials missing."""
+    if spec.tuned is None:
+        return spec
+    state = tuning[spec.tuned]
+    if state["best"] is None:
+        if not need:
+            return None
+        missing = state["missing"]
+        shown = ", ".join(f"{spec.tuned}:{i}" for i in missing[:5])
+        more = ", ..." if len(missing) > 5 else ""
+        raise StudyError(
+            f"{spec.title} takes the tuned values of {spec.tuned}, but {len(missing)} of its "
+            f"{len(state['results'])} trials are not done ({shown}{more}): run them first "
+            "(--trial VARIANT:I, see --list)"
+        )
+    return with_values(spec, state["values"])
 
 
 def run_results(study: Study, spec: RunSpec, ctx: Context, out: Path) -> dict:

@@ -3,15 +3,21 @@
 A study names a base config (a path relative to the study file, or an inline mapping), optional
 overrides (dotted config keys), the subjects (training, a validation split taken out of them,
 test), the evaluation protocol, the checkpoints at which runs are evaluated (``eval_every``), an
-optional target rank-1 and a list of axes. The grid is the product of the axes, in the order
-given, the last axis varying fastest; the ``seed`` axis (if any) holds the replicates, all other
-axes define the variants. docs/study.md describes every key.
+optional target rank-1, a list of axes and an optional ``tune:`` section. The grid is the product
+of the axes, in the order given, the last axis varying fastest; the ``seed`` axis (if any) holds
+the replicates, all other axes define the variants. docs/study.md describes every key.
+
+``tune:`` gives every variant the same number of trials of a seeded random search
+(:mod:`gaittrain.study.tune`) over its own space, scored on the validation subjects only; the
+runs then take the values of the best trial. Trials are per variant less the special axis
+``key: tune`` (values ``default``, ``tuned``), whose ``default`` runs keep the config as it is.
 
 Everything is checked by :func:`load_study` before anything is trained: an unknown key (named,
 with the closest known one), a value of the wrong type or range, axes that overlap, and every
 run's config, built as base + overrides + its axis values and validated by the normal config
-validation (an error names the run and the key). Subject selectors need the pack's subjects and
-are resolved by :func:`resolve_subjects`.
+validation (an error names the run and the key), and so is every trial's config (an error names
+the variant, the trial and the key). Subject selectors need the pack's subjects and are resolved
+by :func:`resolve_subjects`.
 
 Examples
 --------
@@ -32,6 +38,15 @@ Examples
 ['center_ranked-seed0', 'center_ranked-seed1', 'triplet-seed0', 'triplet-seed1']
 >>> study.variants, study.reference, study.runs[3].config.train.checkpoint_every
 (['center_ranked', 'triplet'], 'center_ranked', 50)
+>>> _ = path.write_text(path.read_text() + '''
+... tune: {trials: 3, seed: 0, space: {triplet: {loss.margin: [0.1, 0.4]},
+...                                    center_ranked: {loss.alpha: [1.0, 1.6]}}}
+... ''')
+>>> study = load_study(path)
+>>> [t.title for t in study.trials][:4]
+['trial center_ranked:0', 'trial center_ranked:1', 'trial center_ranked:2', 'trial triplet:0']
+>>> study.trial("triplet:0").values, study.runs[2].tuned
+({'loss.margin': 0.2}, 'triplet')
 """
 
 from __future__ import annotations
@@ -45,9 +60,10 @@ from pathlib import Path
 from typing import Any
 
 from gaitprep.errors import GaitError
-from gaittrain.config import INT_MAX, Config, ConfigError, config_from_dict
+from gaittrain.config import INT_MAX, SEED_MAX, Config, ConfigError, config_from_dict
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.protocol import load_eval_protocol
+from gaittrain.study import tune
 from gaittrain.yaml_strict import load_yaml
 
 #: The study file's keys; the first six are required.
@@ -63,10 +79,16 @@ KEYS = (
     "protocol",
     "target",
     "reference",
+    "tune",
 )
 REQUIRED = KEYS[:6]
 AXIS_KEYS = ("key", "values", "labels")
 SEED = "seed"  #: the axis of replicates
+TUNE_KEYS = ("trials", "space", "seed", "iterations")  #: the tune section's; the first two required
+TUNE = "tune"  #: the axis whose values pick a variant's default or tuned hyper-parameters
+TUNE_VALUES = ("default", "tuned")
+ALL = "all"  #: the tune.space entry of every variant
+MAX_TRIALS = 1000
 CHECKPOINT_KEY = "train.checkpoint_every"  #: set from eval_every, never by hand
 MAX_RUNS = 10_000
 DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -96,10 +118,58 @@ class RunSpec:
     values: dict
     labels: dict
     config: Config
+    #: the variant (less the tune axis) whose tuned values this run takes; None: none
+    tuned: str | None = None
 
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    @property
+    def title(self) -> str:
+        return f"run {self.index} ({self.name})"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """Trial ``index`` of the tuning of ``variant``: trial 0 holds the defaults, the others a
+    random point of the variant's space; ``config`` is the variant's config with ``values``, the
+    tuning's seed and (if given) its iterations."""
+
+    variant: str
+    index: int
+    values: dict
+    config: Config
+
+    @property
+    def name(self) -> str:
+        return f"trial-{self.index:02d}"
+
+    @property
+    def title(self) -> str:
+        return f"trial {self.variant}:{self.index}"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The ``tune:`` section: ``trials`` per variant, the search's ``seed``, the trials'
+    ``iterations`` (None: the runs'), the space as written, and per tuned variant (the variant
+    less the tune axis) its space and its trials."""
+
+    trials: int
+    seed: int
+    iterations: int | None
+    space: dict
+    spaces: dict[str, dict[str, tune.Dimension]]
+    searches: dict[str, tuple[Trial, ...]]
+
+    def spec(self) -> dict:
+        return {
+            "trials": self.trials,
+            "seed": self.seed,
+            "iterations": self.iterations,
+            "space": self.space,
+        }
 
 
 @dataclass(frozen=True)
@@ -129,11 +199,36 @@ class Study:
     reference: str
     axes: tuple[Axis, ...]
     runs: tuple[RunSpec, ...]
+    tune: Tuning | None = None
 
     @property
     def variants(self) -> list[str]:
         """The variant names in grid order."""
         return list(dict.fromkeys(r.variant for r in self.runs))
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every trial, variant by variant (in grid order), trial 0 first."""
+        if self.tune is None:
+            return []
+        return [t for trials in self.tune.searches.values() for t in trials]
+
+    def trial(self, ref: str) -> Trial:
+        """The trial named ``VARIANT:I`` (as ``--trial`` takes it)."""
+        if self.tune is None:
+            raise StudyError(f"--trial {ref}: {self.path} has no tune: section, so no trials")
+        name, colon, index = ref.rpartition(":")
+        searches = self.tune.searches
+        if not colon or not index.isdigit():
+            raise StudyError(f"--trial {ref!r}: use VARIANT:I, e.g. {next(iter(searches))}:0")
+        if name not in searches:
+            raise StudyError(
+                f"--trial {ref}: {name!r} is not a tuned variant; they are {', '.join(searches)}"
+            )
+        n = self.tune.trials
+        if int(index) >= n:
+            raise StudyError(f"--trial {ref}: {name} has {n} trials, 0 to {n - 1}")
+        return searches[name][int(index)]
 
     def spec(self) -> dict:
         """The study as plain data (for study.json)."""
@@ -154,6 +249,7 @@ class Study:
                 {"key": a.key, "values": list(a.values), "labels": list(a.labels)}
                 for a in self.axes
             ],
+            "tune": None if self.tune is None else self.tune.spec(),
         }
 
 
@@ -223,7 +319,16 @@ class _Reader:
             raise self.fail(
                 f"reference {reference!r} is not a variant; the variants are {', '.join(variants)}"
             )
-        return replace(study, runs=tuple(runs), reference=reference)
+        study = replace(study, runs=tuple(runs), reference=reference)
+        if "tune" in data:
+            return self.tuning(data["tune"], study)
+        for i, a in enumerate(axes):
+            if a.key == TUNE:
+                raise self.fail(
+                    f"axes[{i}].key tune picks default or tuned hyper-parameters, but there is "
+                    "no tune: section (docs/study.md, Fair tuning)"
+                )
+        return study
 
     # -- the values -------------------------------------------------------------------------
 
@@ -328,6 +433,13 @@ class _Reader:
         values = item["values"]
         if not isinstance(values, list) or not values:
             raise self.fail(f"{where}.values must be a non-empty list, got {_show(values)}")
+        if key == TUNE:
+            for i, v in enumerate(values):
+                if not isinstance(v, str) or v not in TUNE_VALUES:
+                    raise self.fail(
+                        f"{where}.values[{i}] is {_show(v)}: the tune axis takes default (the "
+                        "config as it is) and tuned (the values the tuning chose)"
+                    )
         labels = item.get("labels")
         if labels is None:
             labels = [_label(key, v) for v in values]
@@ -376,12 +488,7 @@ class _Reader:
                 )
             names[name] = index
             where = f"run {index} ({name})"
-            data = copy.deepcopy(study.base_config)
-            for key, value in study.overrides.items():
-                _put(data, key, value, self.fail, f"{where}: overrides key {key!r}")
-            for a, value, _ in chosen:
-                _put(data, a.key, value, self.fail, f"{where}: axis {a.key!r}")
-            _put(data, CHECKPOINT_KEY, study.eval_every, self.fail, where)
+            data = self.config_data(study, {a.key: v for a, v, _ in chosen}, where)
             try:
                 config = config_from_dict(data)
             except ConfigError as e:
@@ -402,6 +509,195 @@ class _Reader:
                 )
             )
         return runs
+
+    def config_data(self, study: Study, values: dict, where: str) -> dict:
+        """The config of a run as data: base + overrides + the axis ``values`` (the tune axis
+        is no config key) + a checkpoint at every evaluation."""
+        data = copy.deepcopy(study.base_config)
+        for key, value in study.overrides.items():
+            _put(data, key, value, self.fail, f"{where}: overrides key {key!r}")
+        for key, value in values.items():
+            if key != TUNE:
+                _put(data, key, value, self.fail, f"{where}: axis {key!r}")
+        _put(data, CHECKPOINT_KEY, study.eval_every, self.fail, where)
+        return data
+
+    # -- fair tuning ------------------------------------------------------------------------
+
+    def tuning(self, value: Any, study: Study) -> Study:
+        """The tune: section checked, every trial's config built and validated, and the runs
+        told whose tuned values they take."""
+        if not isinstance(value, dict):
+            raise self.fail(f"tune must be a mapping (trials, space, ...), got {_show(value)}")
+        for k in value:
+            if k not in TUNE_KEYS:
+                raise self.fail(_unknown(f"tune.{k}", TUNE_KEYS, str(k)))
+        for k in TUNE_KEYS[:2]:
+            if k not in value:
+                raise self.fail(f"tune lacks {k!r} (required: trials, space)")
+        trials = self.integer(value["trials"], "tune.trials", 1, MAX_TRIALS)
+        seed = self.integer(value.get("seed", 0), "tune.seed", 0, SEED_MAX)
+        iterations = value.get("iterations")
+        if iterations is not None:
+            iterations = self.integer(iterations, "tune.iterations", 1, INT_MAX)
+        # The tuned variants: the combinations of the axes other than seed and tune.
+        found: dict[str, tuple[list[str], dict]] = {}
+        for run in study.runs:
+            name = tuned_name(run.labels)
+            labels = [lab for k, lab in run.labels.items() if k not in (SEED, TUNE)]
+            values = {k: v for k, v in run.values.items() if k not in (SEED, TUNE)}
+            if name in found and found[name][1] != values:
+                raise self.fail(
+                    f"two variants would both be tuned as {name!r}; give the axes distinct labels"
+                )
+            found.setdefault(name, (labels, values))
+        space = self.space(value["space"], study, {lab for ls, _ in found.values() for lab in ls})
+        if trials * len(found) > MAX_RUNS:
+            raise self.fail(f"tune: {trials} trials x {len(found)} variants; at most {MAX_RUNS}")
+        spaces, searches = {}, {}
+        for name, (labels, values) in found.items():
+            spaces[name], source = self.merged(name, labels, space)
+            if trials > 1 and not spaces[name]:
+                raise self.fail(
+                    f"tune.space gives variant {name} nothing to tune; add an entry for one of "
+                    f"its labels ({', '.join(labels) or 'none'}) or {ALL!r}"
+                )
+            data = self.config_data(study, values, f"variant {name}")
+            defaults = {}
+            current = config_from_dict(data).to_dict()  # valid: the runs' configs were
+            for key in spaces[name]:
+                node = current
+                for part in key.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise self.fail(
+                            f"tune.space.{source[key]} key {key!r}: the config of variant "
+                            f"{name} has no such key; tune it under one of that variant's labels"
+                        )
+                    node = node[part]
+                defaults[key] = copy.deepcopy(node)
+            searches[name] = tuple(
+                self.trial(name, i, defaults, data, seed, iterations, spaces[name])
+                for i in range(trials)
+            )
+        tuning = Tuning(trials, seed, iterations, copy.deepcopy(value["space"]), spaces, searches)
+        runs = tuple(
+            replace(
+                r, tuned=tuned_name(r.labels) if r.values.get(TUNE, "tuned") == "tuned" else None
+            )
+            for r in study.runs
+        )
+        return replace(study, runs=runs, tune=tuning)
+
+    def space(self, value: Any, study: Study, labels: set[str]) -> dict:
+        """tune.space read: entry (all, or a variant label) -> dotted key -> Dimension."""
+        if not isinstance(value, dict) or not value:
+            raise self.fail(
+                f"tune.space must map {ALL!r} or a variant's label to dotted config keys and their "
+                f"ranges ({{all: {{optim.lr: {{log: [0.0003, 0.003]}}}}}}), got {_show(value)}"
+            )
+        taken = [(f"axes[{i}].key {a.key!r}", a.key) for i, a in enumerate(study.axes)]
+        taken += [(f"overrides key {k!r}", k) for k in study.overrides]
+        out = {}
+        for entry, keys in value.items():
+            where = f"tune.space.{entry}"
+            if entry != ALL and entry not in labels:
+                known = ", ".join(sorted(labels)) or "none"
+                raise self.fail(
+                    f"{where}: {entry!r} is no label of any variant (the labels: {known}); "
+                    f"use a label, or {ALL!r} for every variant"
+                )
+            if not isinstance(keys, dict) or not keys:
+                raise self.fail(
+                    f"{where} must map dotted config keys to ranges (loss.margin: [0.1, 0.4]), "
+                    f"got {_show(keys)}"
+                )
+            dims = {}
+            for key, form in keys.items():
+                what = f"{where} key {key!r}"
+                self.dotted(key, what)
+                if key in (SEED, "train", "train.iterations"):
+                    raise self.fail(
+                        f"{what}: the trials' seed is tune.seed and their iterations "
+                        "tune.iterations, the same for every variant; do not tune them"
+                    )
+                for other, k in taken:
+                    if key == k or k.startswith(key + "."):
+                        raise self.fail(
+                            f"{what} is also {other}: tuned and fixed at once would be "
+                            "ambiguous; give the key in one place"
+                        )
+                try:
+                    dims[key] = tune.parse(key, form)
+                except tune.SpaceError as e:
+                    raise self.fail(f"{what}: {e}") from None
+            out[entry] = dims
+        return out
+
+    def merged(self, name: str, labels: list[str], space: dict) -> tuple[dict, dict]:
+        """The space of variant ``name``: ``all`` and the entries of its labels, each key once
+        (and no key inside another's section); with the entry each key comes from."""
+        dims: dict[str, tune.Dimension] = {}
+        source: dict[str, str] = {}
+        for entry in dict.fromkeys([ALL, *labels]):
+            for key, dim in space.get(entry, {}).items():
+                for k, src in source.items():
+                    if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                        raise self.fail(
+                            f"tune.space: variant {name} gets {key!r} from {entry!r} and {k!r} "
+                            f"from {src!r}; give each key once"
+                        )
+                dims[key], source[key] = dim, entry
+        return dims, source
+
+    def trial(
+        self,
+        name: str,
+        index: int,
+        defaults: dict,
+        data: dict,
+        seed: int,
+        iterations: int | None,
+        space: dict,
+    ) -> Trial:
+        """Trial ``index`` of variant ``name``, its config validated (an invalid point is an
+        error naming the variant, the trial and the key)."""
+        values = copy.deepcopy(defaults) if index == 0 else tune.point(space, seed, name, index)
+        where = f"tune: trial {index} of variant {name}"
+        data = copy.deepcopy(data)
+        for key, value in values.items():
+            _put(data, key, value, self.fail, where)
+        _put(data, SEED, seed, self.fail, where)
+        if iterations is not None:
+            _put(data, "train.iterations", iterations, self.fail, where)
+        try:
+            config = config_from_dict(data)
+        except ConfigError as e:
+            shown = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
+            raise self.fail(f"{where} ({shown}): {e}; narrow tune.space") from None
+        return Trial(name, index, values, config)
+
+
+def tuned_name(labels: dict) -> str:
+    """The name under which a run's variant is tuned: its labels less the seed's and the tune
+    axis's (``center_ranked-tuned-seed0`` -> ``center_ranked``)."""
+    return "-".join(lab for k, lab in labels.items() if k not in (SEED, TUNE)) or "base"
+
+
+def with_values(spec: RunSpec, values: dict) -> RunSpec:
+    """``spec`` with ``values`` (dotted key -> value: its variant's tuned hyper-parameters) put
+    into its config, after base, overrides and axis values."""
+    data = spec.config.to_dict()
+
+    def fail(message: str) -> StudyError:
+        return StudyError(message)
+
+    for key, value in values.items():
+        _put(data, key, value, fail, spec.title)
+    try:
+        config = config_from_dict(data)
+    except ConfigError as e:
+        raise StudyError(f"{spec.title} with its tuned values: {e}") from None
+    return replace(spec, config=config)
 
 
 def _put(data: dict, dotted: str, value: Any, fail, where: str) -> None:

@@ -9,6 +9,10 @@ in ``gait eval``'s JSON; the target is in percent, as written in the study file.
 
 A run without a test result is listed as incomplete and left out of the final figures and the
 comparisons; its validation results still count at their checkpoints.
+
+With a ``tune:`` section, ``tuning`` holds per tuned variant every trial's values and validation
+score, the default score (trial 0), the chosen trial (the best score; the lowest index among
+equals) and the budget; only validation results enter it.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ import numpy as np
 
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.evaluation.protocol import load_eval_protocol
-from gaittrain.study import stats
+from gaittrain.study import stats, tune
 from gaittrain.study.report import to_html
 from gaittrain.study.runner import (
     Context,
     StudyPaths,
     check_unchanged,
+    resolve,
     run_results,
     study_context,
+    tuning_results,
 )
 from gaittrain.study.spec import SEED, Study
 
@@ -62,14 +68,19 @@ def _rank1(conditions: dict | None, group: str) -> float | None:
     return None if value is None else float(value)
 
 
-def build_summary(study: Study, ctx: Context, results: dict[str, dict]) -> dict:
-    """The study.json data from ``results`` (run name -> :func:`run_results`)."""
+def build_summary(
+    study: Study, ctx: Context, results: dict[str, dict], trials: dict | None = None
+) -> dict:
+    """The study.json data from ``results`` (run name -> :func:`run_results`) and ``trials``
+    (tuned variant -> each trial's validation result at its end, None if not done)."""
     groups = list(load_eval_protocol(study.protocol).probes)  # NM, BG, CL in the protocol's order
     for r in results.values():
         for conditions in [*r["validation"].values(), r["test"] or {}]:
             groups += [g for g in conditions if g not in groups]
     first = groups[0] if groups else "NM"
     target = None if study.target is None else study.target / 100
+    tuning = _tuning(study, trials or {}, first)
+    chosen = {v["name"]: v["chosen"] for v in tuning["variants"]} if tuning else {}
     runs = []
     for spec in study.runs:
         r = results[spec.name]
@@ -87,6 +98,10 @@ def build_summary(study: Study, ctx: Context, results: dict[str, dict]) -> dict:
                 "seed": spec.seed,
                 "values": spec.values,
                 "labels": spec.labels,
+                "tuned": spec.tuned,
+                "tuned_values": (chosen.get(spec.tuned) or {}).get("values")
+                if spec.tuned
+                else None,
                 "complete": r["test"] is not None
                 and len(curve) == spec.config.train.iterations // study.eval_every,
                 "validation": {str(it): c for it, c in curve.items()},
@@ -126,6 +141,57 @@ def build_summary(study: Study, ctx: Context, results: dict[str, dict]) -> dict:
         "comparisons": comparisons,
         "complete": sum(r["complete"] for r in runs),
         "incomplete": [r["name"] for r in runs if not r["complete"]],
+        "tuning": tuning,
+    }
+
+
+def _tuning(study: Study, trials: dict, first: str) -> dict | None:
+    """The tuning section: per tuned variant its space, budget, every trial (values, score,
+    validation result), the defaults' score and the chosen trial (once every trial is done)."""
+    if study.tune is None:
+        return None
+    variants, incomplete = [], []
+    for name, specs in study.tune.searches.items():
+        found = list(trials.get(name) or [])
+        found += [None] * (len(specs) - len(found))
+        scores = [_rank1(r, first) for r in found]
+        missing = [t.name for t, r in zip(specs, found, strict=True) if r is None]
+        incomplete += [f"{name}/{m}" for m in missing]
+        best = None if missing else tune.best(scores)
+        variants.append(
+            {
+                "name": name,
+                "space": {k: d.form() for k, d in study.tune.spaces[name].items()},
+                "budget": len(specs),
+                "done": len(specs) - len(missing),
+                "iterations": specs[0].config.train.iterations,
+                "default": {"values": specs[0].values, "score": _num(scores[0])},
+                "chosen": None
+                if best is None
+                else {"trial": best, "values": specs[best].values, "score": _num(scores[best])},
+                "runs": [r.name for r in study.runs if r.tuned == name],
+                "trials": [
+                    {
+                        "index": t.index,
+                        "name": t.name,
+                        "default": t.index == 0,
+                        "values": t.values,
+                        "score": _num(score),
+                        "validation": r,
+                    }
+                    for t, score, r in zip(specs, scores, found, strict=True)
+                ],
+            }
+        )
+    return {
+        **study.tune.spec(),
+        "condition": first,
+        "score": f"validation rank-1 of {first} at the end of the trial, on the validation "
+        "subjects (the test subjects are not evaluated during tuning)",
+        "choice": "the highest score; the lowest trial index among equals; trial 0 is the defaults",
+        "variants": variants,
+        "complete": not incomplete,
+        "incomplete": incomplete,
     }
 
 
@@ -208,6 +274,15 @@ def summary_lines(summary: dict) -> list[str]:
         return f"{100 * i['mean']:.1f} ± {100 * (i['high'] - i['mean']):.1f}"
 
     lines = []
+    for t in (summary.get("tuning") or {}).get("variants", []):
+        c = t["chosen"]
+        chosen = (
+            f"tuned {pm_score(c['score'])} (trial {c['trial']})" if c else "tuned: trials not done"
+        )
+        lines.append(
+            f"tuning {t['name']}: default {pm_score(t['default']['score'])}, {chosen}, "
+            f"{t['done']} of {t['budget']} trials"
+        )
     for v in summary["variants"]:
         n = max((i["n"] for i in v["test"].values() if i), default=0)
         figures = ", ".join(f"{g} {pm(v['test'].get(g))}" for g in summary["conditions"])
@@ -217,20 +292,39 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+def pm_score(x: float | None) -> str:
+    """A validation score in percent."""
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
 def write_summary(
     study: Study, pack: Path, out: Path, notify: Callable[[str], None] = print
 ) -> dict:
-    """Collect the kept results of every run in ``out`` and write study.json and study.html
-    (atomically, under a lock). Runs that are not done are reported as incomplete; a run that
-    the study no longer describes is refused (:func:`~gaittrain.study.runner.check_unchanged`).
+    """Collect the kept results of every trial and run in ``out`` and write study.json and
+    study.html (atomically, under a lock). Trials and runs that are not done are reported as
+    incomplete (a run whose tuned values are not known yet too); a trial or run that the study
+    no longer describes is refused (:func:`~gaittrain.study.runner.check_unchanged`).
     """
     ctx = study_context(study, pack)
     paths = StudyPaths(Path(out))
+    tuning = tuning_results(study, ctx, out)
     results = {}
     for spec in study.runs:
-        check_unchanged(spec, paths.run(spec.name), ctx)
-        results[spec.name] = run_results(study, spec, ctx, out)
-    summary = build_summary(study, ctx, results)
+        resolved = resolve(spec, tuning)
+        if resolved is None:  # its variant's trials are not all done: nothing to show yet
+            results[spec.name] = {"validation": {}, "test": None}
+            continue
+        check_unchanged(resolved, paths.run(spec.name), ctx)
+        results[spec.name] = run_results(study, resolved, ctx, out)
+    trials = {name: state["results"] for name, state in tuning.items()}
+    summary = build_summary(study, ctx, results, trials)
+    if summary["tuning"] and summary["tuning"]["incomplete"]:
+        missing = summary["tuning"]["incomplete"]
+        more = ", ..." if len(missing) > 3 else ""
+        notify(
+            f"{len(missing)} of {len(study.trials)} trials are not done yet "
+            f"({', '.join(missing[:3])}{more}); their variants' tuned runs wait for them"
+        )
     if summary["incomplete"]:
         shown = ", ".join(summary["incomplete"][:3])
         more = ", ..." if len(summary["incomplete"]) > 3 else ""
