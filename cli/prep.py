@@ -8,6 +8,8 @@ import click
 
 from gaitcli.options import workers_option
 from gaitprep.layout import PRESETS
+from gaitprep.opengait import LAYOUTS as OPENGAIT_LAYOUTS
+from gaitprep.opengait import opengait_params
 from gaitprep.pack import COMPRESSIONS
 from gaitprep.prep import PrepJob, run_prep
 from gaitprep.process import Params
@@ -22,57 +24,97 @@ def _shard(ctx, param, text: str | None) -> tuple[int, int]:
     return int(k), int(n)
 
 
-def _options(f):
-    opts = [
-        click.argument("raw", type=click.Path(path_type=Path, file_okay=False)),
-        click.argument("packed", type=click.Path(path_type=Path, dir_okay=False)),
-        click.option(
+def _option_table() -> dict:
+    """Every argument and option of the image commands, by name, in their order."""
+    return {
+        "raw": click.argument("raw", type=click.Path(path_type=Path, file_okay=False)),
+        "packed": click.argument("packed", type=click.Path(path_type=Path, dir_okay=False)),
+        "size": click.option(
             "--size",
             type=click.Choice(["64", "128"]),
             default="64",
             show_default=True,
             help="Output frame size S (S x S).",
         ),
-        click.option(
+        "min_sum": click.option(
             "--min-sum",
             type=click.IntRange(0),
             default=10000,
             show_default=True,
             help="Drop frames whose grey-value sum is at most this (10000: ~40 white px).",
         ),
-        click.option(
+        "min_frames": click.option(
             "--min-frames",
             type=click.IntRange(1),
             default=5,
             show_default=True,
             help="Flag sequences with fewer kept frames in the manifest (still written).",
         ),
-        click.option("--binarize", is_flag=True, help="Threshold frames at 127 after resizing."),
-        click.option(
+        "binarize": click.option(
+            "--binarize", is_flag=True, help="Threshold frames at 127 after resizing."
+        ),
+        "largest_blob": click.option(
             "--largest-blob",
             is_flag=True,
             help="Keep only the largest connected component (drops shadows, specks).",
         ),
-        click.option(
+        "compression": click.option(
             "--compression",
             type=click.Choice(COMPRESSIONS),
             default="gzip",
             show_default=True,
             help="Frame compression in the pack (gzip level 1).",
         ),
-        workers_option("Parallel reader/normalizer processes."),
-        click.option(
+        "workers": workers_option("Parallel reader/normalizer processes."),
+        "shard": click.option(
             "--shard",
             callback=_shard,
             metavar="K/N",
             help="Write only the K-th of N disjoint shards (K from 1); combine them "
             "with `gait pack merge`.",
         ),
-        click.option("--overwrite", is_flag=True, help="Replace an existing pack."),
-    ]
+        "overwrite": click.option("--overwrite", is_flag=True, help="Replace an existing pack."),
+    }
+
+
+def _apply(f, opts):
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _options(f):
+    return _apply(f, list(_option_table().values()))
+
+
+def _opengait_options(f):
+    """The image commands' options less the normalization ones, with --layout and --size as
+    OpenGait's pickles need them."""
+    t = _option_table()
+    for name in ("min_sum", "binarize", "largest_blob"):
+        del t[name]
+    t["raw"] = click.argument(
+        "raw", metavar="PKL_ROOT", type=click.Path(path_type=Path, file_okay=False)
+    )
+    t["size"] = click.option(
+        "--size",
+        type=click.Choice(["64", "128"]),
+        default="64",
+        show_default=True,
+        help="Frame size S of the pickles (OpenGait's pretreatment.py --img_size); a pickle of "
+        "another size is listed in the manifest and not written.",
+    )
+    layout = click.option(
+        "--layout",
+        default="casia-b",
+        show_default=True,
+        metavar="PRESET|PATTERN",
+        help="casia-b: {subject}/{condition}-{seq}/{view}/*.pkl; ou-mvlp: "
+        "{subject}/{seq}/{view}/*.pkl (OpenGait's rearranged OU-MVLP); or a pattern as for "
+        "`gait prep folder` whose file glob picks one .pkl per sequence folder.",
+    )
+    opts = list(t.values())
+    return _apply(f, [*opts[:2], layout, *opts[2:]])
 
 
 def _run(
@@ -100,6 +142,12 @@ def _run(
         compression=compression,
         shard=shard,
     )
+    _execute(job, workers, overwrite)
+
+
+def _execute(job: PrepJob, workers: int, overwrite: bool) -> dict:
+    """Run ``job`` with a progress bar and print its summary; returns the manifest."""
+    packed = job.out
     m = run_prep(job, workers=workers, overwrite=overwrite, progress=True)
     f, s = m["frames"], m["sequences"]
     click.echo(
@@ -110,6 +158,7 @@ def _run(
         err=True,
     )
     click.echo(f"manifest: {packed}.manifest.json", err=True)
+    return m
 
 
 @click.group()
@@ -120,6 +169,7 @@ def prep() -> None:
     S x S; frames with too little foreground are dropped and listed in PACKED.manifest.json with
     the reason. Interrupted runs (Ctrl-C, kill, a full disk) resume when the same command is run
     again; one run at a time writes a PACKED, a second is refused naming the first.
+    `gait prep opengait` imports OpenGait's pickles, already normalized, as they are.
     """
 
 
@@ -156,3 +206,44 @@ def prep_ou_mvlp(**kw) -> None:
 def prep_folder(layout: str, **kw) -> None:
     """RAW in any layout described by --layout -> PACKED (png, jpg or bmp frames)."""
     _run("folder", layout, **kw)
+
+
+#: How many refused pickles `gait prep opengait` names on the terminal (the manifest has all).
+SHOW_REFUSED = 5
+
+
+@prep.command("opengait")
+@_opengait_options
+def prep_opengait(
+    layout, raw, packed, size, min_frames, compression, workers, shard, overwrite
+) -> None:
+    """OpenGait's pickles under PKL_ROOT -> PACKED, frames stored as they are.
+
+    PKL_ROOT is the output of OpenGait's datasets/pretreatment.py: one pickle per sequence,
+    {subject}/{type}-{seq}/{view}/{view}.pkl, each a uint8 array [frames, S, S] of silhouettes
+    OpenGait has already normalized. Sequence keys are those `gait prep casia-b` (or, with
+    --layout ou-mvlp, `gait prep ou-mvlp`) gives, so protocols work unchanged.
+
+    Pickles are read by a restricted unpickler that builds numpy arrays and nothing else: a pickle
+    that asks for anything else (a function, a class) is refused before any of it runs. Refused,
+    damaged, empty, non-uint8 or non-3-D pickles are listed in PACKED.manifest.json with their
+    reason, and the run goes on (docs/opengait.md).
+
+    Example: gait prep opengait CASIA-B-pkl build/casia-b.h5
+    """
+    job = PrepJob(
+        raw=raw,
+        out=packed,
+        dataset="opengait",
+        layout=OPENGAIT_LAYOUTS.get(layout, layout),
+        params=opengait_params(int(size)),
+        min_frames=min_frames,
+        compression=compression,
+        shard=shard,
+        reader="opengait",
+    )
+    refused = _execute(job, workers, overwrite)["unreadable"]
+    for u in refused[:SHOW_REFUSED]:
+        click.echo(f"not written: {u['file']}: {u['reason']}", err=True)
+    if len(refused) > SHOW_REFUSED:
+        click.echo(f"... and {len(refused) - SHOW_REFUSED} more in the manifest", err=True)

@@ -8,7 +8,8 @@ sequence and whose last part is a glob for its frames::
 
 Fields are ``subject`` (required), ``condition``, ``seq`` and ``view``; a field the layout does not
 name gets a default. Frames are image files (png, jpg, jpeg, bmp) matching the glob, in natural
-order of their names. Hidden files and folders (names starting with ".") are ignored.
+order of their names (another kind of file, such as OpenGait's pickles, on request: see
+:func:`discover`). Hidden files and folders (names starting with ".") are ignored.
 """
 
 from __future__ import annotations
@@ -82,8 +83,17 @@ def compile_layout(pattern: str) -> tuple[re.Pattern, str]:
     return re.compile(regex + r"\Z"), glob
 
 
-def discover(root: Path, pattern: str, defaults: dict[str, str] | None = None) -> list[RawSequence]:
+def discover(
+    root: Path,
+    pattern: str,
+    defaults: dict[str, str] | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    what: str = "image frames",
+) -> list[RawSequence]:
     """Every sequence under ``root`` that ``pattern`` describes, sorted by key.
+
+    A sequence's files are those whose names end with one of ``extensions`` (any case) and match
+    the pattern's glob; ``what`` names them in messages.
 
     Raises LayoutError naming the expected pattern and the first folder of frames that does not
     fit it, or when two folders give the same sequence key, or when no frame is found.
@@ -101,7 +111,7 @@ def discover(root: Path, pattern: str, defaults: dict[str, str] | None = None) -
                 f
                 for f in files
                 if not f.startswith(".")
-                and f.lower().endswith(IMAGE_EXTENSIONS)
+                and f.lower().endswith(extensions)
                 and fnmatch.fnmatchcase(f, glob)
             ),
             key=_natural,
@@ -131,5 +141,5 @@ def discover(root: Path, pattern: str, defaults: dict[str, str] | None = None) -
             )
         found[seq.key] = seq
     if not found:
-        raise LayoutError(f"no image frames under {root} fit the layout {pattern!r}")
+        raise LayoutError(f"no {what} under {root} fit the layout {pattern!r}")
     return [found[k] for k in sorted(found, key=lambda k: [_natural(x) for x in k])]

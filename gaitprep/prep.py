@@ -16,6 +16,10 @@ resumable:
 * a failed write (full disk, file size limit) ends the run with one line naming the file; the
   partial pack and the journal stay, so the same command resumes once there is space;
 * only a complete pack is renamed to ``PACKED``; ``PACKED.manifest.json`` follows.
+
+A job's ``reader`` says what its raw files are: ``images`` (frames that gait normalizes, see
+:mod:`gaitprep.process`) or ``opengait`` (OpenGait's pickles, one per sequence, whose frames are
+stored as they are, see :mod:`gaitprep.opengait`). Everything else is the same for both.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gaitprep import __version__
 from gaitprep.errors import GaitError, OutputError, describe_os_error
 from gaitprep.files import OutputLock, atomic_write, fsync_path
 from gaitprep.layout import RawSequence, discover
+from gaitprep.opengait import IMPORTED_FROM, PICKLE_EXTENSIONS, read_pickle_sequence
 from gaitprep.pack import VERSION, PackWriter, created_timestamp, frames_crc
 from gaitprep.process import Params, process_sequence
 
@@ -55,12 +60,17 @@ class PrepJob:
 
     raw: Path
     out: Path
-    dataset: str  # casia-b, ou-mvlp or folder
+    dataset: str  # casia-b, ou-mvlp, folder or opengait
     layout: str
     params: Params = field(default_factory=Params)
     min_frames: int = 5
     compression: str = "gzip"
     shard: tuple[int, int] = (1, 1)  # K-th of N, K from 1
+    reader: str = "images"  # images (normalized by gait) or opengait (pickles, stored as they are)
+
+    def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, not {self.reader!r}")
 
     def paths(self) -> dict[str, Path]:
         o = self.out
@@ -90,6 +100,7 @@ class PrepJob:
             "compression": self.compression,
             "shard": list(self.shard),
             "inputs": digest.hexdigest(),
+            **({} if self.reader == "images" else {"reader": self.reader}),
         }
 
     def attrs(self) -> dict:
@@ -102,7 +113,21 @@ class PrepJob:
             "shard": f"{self.shard[0]}/{self.shard[1]}",
             "gait_version": __version__,
             "created": created_timestamp(),
+            **({"imported_from": IMPORTED_FROM} if self.reader == "opengait" else {}),
         }
+
+
+#: What a job's raw files are.
+READERS = ("images", "opengait")
+
+
+def _source(job: PrepJob) -> tuple:
+    """How ``job``'s raw files are read: the function that reads one sequence (looked up when
+    called), :func:`discover`'s file options and the progress bar's unit (one per file)."""
+    if job.reader == "opengait":
+        files = {"extensions": PICKLE_EXTENSIONS, "what": "pickles (*.pkl)"}
+        return read_pickle_sequence, files, "pickle"
+    return process_sequence, {}, "frame"
 
 
 def _json(data: dict) -> str:
@@ -211,7 +236,8 @@ def run_prep(
 
 def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> dict:
     _check_output(job, overwrite)
-    sequences = job.select(discover(job.raw, job.layout, {"condition": "nm"}))
+    read_sequence, files, unit = _source(job)
+    sequences = job.select(discover(job.raw, job.layout, {"condition": "nm"}, **files))
     identity = job.identity(sequences)
     p = job.paths()
     resumed = _resume(job, identity)
@@ -230,7 +256,7 @@ def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> 
     start = time.perf_counter()
     bar = tqdm(
         total=sum(len(s.files) for s in todo),
-        unit="frame",
+        unit=unit,
         unit_scale=True,
         desc="prep",
         disable=not progress,
@@ -255,10 +281,10 @@ def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> 
 
     if workers > 1:
         results = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(process_sequence)(job.raw, s, job.params) for s in todo
+            delayed(read_sequence)(job.raw, s, job.params) for s in todo
         )
     else:
-        results = (process_sequence(job.raw, s, job.params) for s in todo)
+        results = (read_sequence(job.raw, s, job.params) for s in todo)
     last = time.perf_counter()
     try:
         for seq, res in zip(todo, results, strict=True):
@@ -290,7 +316,7 @@ def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> 
                 raise OutputError(describe_os_error(e, p["log"])) from e
             entries.append(entry)
             done_frames += res.read
-            bar.update(res.read)
+            bar.update(len(seq.files))
             if time.perf_counter() - last > COMMIT_SECONDS:
                 commit()
                 last = time.perf_counter()
