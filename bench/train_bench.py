@@ -2,7 +2,10 @@
 
 1. Forward + backward + optimizer step, in ms per iteration, for the paper-scale shape
    (configs/casia-b.yaml: P x K 8 x 16, 30 frames of 64 x 44, widths 32/64/128, 31 x 256) and the
-   tiny shape (configs/tiny.yaml), with the Center-ranked loss; then the tiny step by memory
+   tiny shape (configs/tiny.yaml), with the Center-ranked loss, and GaitSet, GaitBase and tiny
+   GaitBase with their own objectives (configs/gaitset.yaml, gaitbase.yaml, tiny-gaitbase.yaml;
+   with each model's parameter count; GaitBase at P x K 2 x 4: its 8 x 16 batch holds about 40 GB
+   of activations, a GPU's work); then the tiny step by memory
    layout (contiguous, channels_last), precision (float32, bf16 autocast) and torch.compile,
    and `gait train`'s own loop (data loading included) with the old and the new defaults.
 2. Each loss alone (forward + backward on random [31, P*K, 256] features), P x K from 8 x 4 to
@@ -34,9 +37,9 @@ from gaittrain.data.dataset import PackDataset, collate
 from gaittrain.data.sampler import PKSampler
 from gaittrain.device import setup
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
-from gaittrain.models import SetModel
+from gaittrain.models import build_model
 from gaittrain.objective import Objective
-from gaittrain.trainer import read_log, train
+from gaittrain.trainer import read_log, train, with_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,15 +60,16 @@ def model_step(
     layout: torch.memory_format = torch.contiguous_format,
     dtype: torch.dtype | None = None,
     compile: bool = False,
+    batch: tuple[int, int] | None = None,
 ) -> dict:
     """ms per forward + backward + Adam step of ``config``'s model and loss on random frames,
     with the model in ``layout``, under CPU autocast to ``dtype`` (None: float32), compiled or
-    not."""
+    not; ``batch`` (P, K) instead of the config's."""
     cfg = load_config(ROOT / "configs" / f"{config}.yaml")
     torch.manual_seed(0)
-    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(memory_format=layout)
+    p, k = batch or (cfg.data.batch.p, cfg.data.batch.k)
+    model = build_model(with_classes(cfg, p).model).to(memory_format=layout)
     net = torch.compile(model) if compile else model
-    p, k = cfg.data.batch.p, cfg.data.batch.k
     objective = Objective(cfg, num_classes=p, parts=model.parts)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     h = cfg.data.height
@@ -76,8 +80,11 @@ def model_step(
     def step() -> None:
         opt.zero_grad()
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            features = net(x)
-        objective(features, y).backward()
+            out = net(x)
+        if isinstance(out, tuple):  # a BNNeck model (gaitbase): its logits go to the objective
+            objective(out[0], y, out[1]).backward()
+        else:
+            objective(out, y).backward()
         opt.step()
 
     if compile:
@@ -92,6 +99,7 @@ def model_step(
         "layout": "channels_last" if layout == torch.channels_last else "contiguous",
         "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
         "compile": compile,
+        "params": sum(q.numel() for q in model.parameters()),
         "ms": round(ms, 1),
         "frames_per_s": round(frames / ms * 1000, 1),
     }
@@ -177,13 +185,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
-    steps = [model_step(c, args.repeats) for c in ("tiny", "casia-b")]
+    models = {"tiny": None, "casia-b": None, "gaitset": None, "tiny-gaitbase": None}
+    models["gaitbase"] = (2, 4)  # 8 x 16 would need about 40 GB of activations on the CPU
+    steps = [model_step(c, args.repeats, batch=b) for c, b in models.items()]
     print(f"model step (forward + backward + Adam), CPU, {torch.get_num_threads()} threads")
-    print(f"{'config':9} {'P x K':>7} {'input':>7} {'frames':>7} {'ms/it':>9} {'frames/s':>9}")
+    print(
+        f"{'config':13} {'P x K':>7} {'input':>7} {'frames':>7} {'params':>10} {'ms/it':>9} "
+        f"{'frames/s':>9}"
+    )
     for s in steps:
         print(
-            f"{s['config']:9} {s['batch']:>7} {s['input']:>7} {s['frames']:>7} {s['ms']:>9.1f} "
-            f"{s['frames_per_s']:>9.0f}"
+            f"{s['config']:13} {s['batch']:>7} {s['input']:>7} {s['frames']:>7} "
+            f"{s['params']:>10} {s['ms']:>9.1f} {s['frames_per_s']:>9.0f}"
         )
 
     # The paper-scale step takes tens of seconds on a CPU: the variants are timed on tiny only.

@@ -9,6 +9,7 @@ import threading
 import click
 
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
+from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.study import study_cmd
@@ -68,6 +69,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
       gait identify rank the gallery subjects for one raw sequence folder
+      gait import-checkpoint  an OpenGait GaitSet / GaitBase checkpoint as a gait run folder
       gait study    a grid of runs from YAML: train, evaluate, compare across seeds
     Run `gait COMMAND --help` for each command's options.
     """
@@ -82,4 +84,5 @@ cli.add_command(train_cmd)
 cli.add_command(embed_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(identify_cmd)
+cli.add_command(import_checkpoint_cmd)
 cli.add_command(study_cmd)

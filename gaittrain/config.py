@@ -8,7 +8,8 @@ overrides any field, with ``value`` parsed as YAML.
 
 ``loss`` is a tagged union: its ``name`` picks one of :data:`LOSSES`, and each loss has its own
 keys and defaults (the triplet margin is 0.2, the ranked losses' 0.4); a key of another loss is
-an error that says whose key it is.
+an error that says whose key it is. ``model`` is one the same way: its ``name`` picks one of
+:data:`MODELS` (``setnet``, the default, ``gaitset`` or ``gaitbase``), each with its own keys.
 """
 
 from __future__ import annotations
@@ -56,18 +57,114 @@ def _ints(default: list[int], lo: int, hi: int, length: tuple[int, int]) -> Any:
 
 
 @dataclass
-class ModelConfig:
-    """The set-based model (gaittrain.models.SetModel)."""
+class SetNetConfig:
+    """``model: {name: setnet, ...}`` (the default, also for a model section without ``name``):
+    the set-based model gaittrain.models.SetModel (GaitSet without its global branch)."""
 
+    name: str = field(default="setnet", init=False)
     channels: list[int] = _ints([32, 64, 128], 1, 65536, (3, 3))
     bins: list[int] = _ints([16, 8, 4, 2, 1], 1, 1024, (1, 64))
     dim: int = _int(256, 1, 65536)
 
 
 @dataclass
+class GaitSetConfig(SetNetConfig):
+    """``model: {name: gaitset, ...}``: GaitSet as published (gaittrain.models.GaitSet): the
+    setnet keys; horizontal pooling of both branches gives 2 x sum(bins) parts (62)."""
+
+    name: str = field(default="gaitset", init=False)
+
+
+@dataclass
+class GaitBaseConfig:
+    """``model: {name: gaitbase, ...}``: GaitBase (gaittrain.models.GaitBase), OpenGait's
+    Baseline: a ResNet-9-style backbone, temporal max pooling, horizontal pooling, a BNNeck."""
+
+    name: str = field(default="gaitbase", init=False)
+    channels: list[int] = _ints([64, 128, 256, 512], 1, 65536, (4, 4))  # the four stages' widths
+    layers: list[int] = _ints([1, 1, 1, 1], 0, 64, (4, 4))  # basic blocks per stage (0: skipped)
+    strides: list[int] = _ints([1, 2, 2, 1], 1, 8, (4, 4))  # each stage's first stride
+    maxpool: bool = False  # a 3x3 max-pool of stride 2 after the first convolution
+    bins: list[int] = _ints([16], 1, 1024, (1, 64))
+    dim: int = _int(256, 1, 65536)
+    classes: int = _int(0, 0, 10**7)  # the BNNeck's classes; 0: the training subjects' count
+
+    def steps(self) -> list[int]:
+        """The strides that reduce the height: the max-pool's 2, each stage's with blocks."""
+        steps = [2] if self.maxpool else []
+        return steps + [s for s, n in zip(self.strides, self.layers, strict=True) if n > 0]
+
+    def rows(self, height: int) -> int:
+        """Rows of the backbone's output for an input of ``height``: ceil(h / s) per step."""
+        for s in self.steps():
+            height = -(-height // s)
+        return height
+
+
+# The first is the default (also for a model section without ``name``).
+ModelConfig = SetNetConfig | GaitSetConfig | GaitBaseConfig
+MODELS: dict[str, type] = {
+    cls.name: cls  # type: ignore[attr-defined]
+    for cls in (SetNetConfig, GaitSetConfig, GaitBaseConfig)
+}
+#: Models whose training output carries BNNeck logits (the cross-entropy then uses those).
+BNNECK_MODELS = ("gaitbase",)
+
+
+@dataclass
 class BatchConfig:
     p: int = _int(8, 1, 10**5)  # subjects per batch
     k: int = _int(16, 1, 10**5)  # sequences per subject
+
+
+@dataclass
+class RotateConfig:
+    """A random rotation of the whole sequence by one angle in [-degrees, degrees]."""
+
+    prob: float = _float(0.0, 0.0, 1.0)
+    degrees: float = _float(10.0, 0.0, 180.0)
+
+
+@dataclass
+class EraseConfig:
+    """Random erasing: one rectangle, set to 0 in every frame, of a random area (a fraction of
+    the frame in [area_min, area_max]) and aspect ratio (in [aspect_min, 1 / aspect_min])."""
+
+    prob: float = _float(0.0, 0.0, 1.0)
+    area_min: float = _float(0.05, hi=1.0, above=0.0)
+    area_max: float = _float(0.2, hi=1.0, above=0.0)
+    aspect_min: float = _float(0.3, hi=1.0, above=0.0)
+
+
+@dataclass
+class FlipConfig:
+    """A horizontal flip of the whole sequence."""
+
+    prob: float = _float(0.0, 0.0, 1.0)
+
+
+@dataclass
+class PerspectiveConfig:
+    """A random perspective warp (before the width cut): the top and bottom corners of each side
+    move inwards by up to ``shift`` of the width, that quadrilateral stretched to the frame."""
+
+    prob: float = _float(0.0, 0.0, 1.0)
+    shift: float = _float(0.15625, hi=0.5, above=0.0)  # 10 of 64 columns, as OpenGait's
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation, per sequence, in the data workers (gaittrain.data.augment): all
+    off by default (every ``prob`` 0)."""
+
+    perspective: PerspectiveConfig = field(default_factory=PerspectiveConfig)
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    rotate: RotateConfig = field(default_factory=RotateConfig)
+    erase: EraseConfig = field(default_factory=EraseConfig)
+
+    def active(self) -> bool:
+        """Whether any augmentation can fire."""
+        return any(a.prob > 0 for a in (self.perspective, self.flip, self.rotate, self.erase))
 
 
 @dataclass
@@ -81,6 +178,7 @@ class DataConfig:
     protocol: str = "casia-b-lt"  # protocol file with the subject split
     workers: int = _int(2, 0, 1024)  # DataLoader worker processes
     cache: bool = False  # hold the training sequences in RAM
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -122,12 +220,17 @@ LOSSES: dict[str, type] = {
     cls.name: cls  # type: ignore[attr-defined]
     for cls in (CenterRankedLossConfig, TripletLossConfig, RankedListLossConfig)
 }
+#: The tagged unions, by section: their members by name.
+UNIONS: dict[str, dict[str, type]] = {"loss": LOSSES, "model": MODELS}
 
 
 @dataclass
 class CrossEntropyConfig:
     weight: float = _float(0.0, 0.0)  # 0 switches the per-part cross-entropy off
     label_smoothing: float = _float(0.1, 0.0, 1.0)
+    # logits are multiplied by it before the softmax; gaitbase's BNNeck logits are cosines
+    # (OpenGait scales them by 16)
+    scale: float = _float(1.0, above=0.0)
 
 
 @dataclass
@@ -165,7 +268,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=SetNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=CenterRankedLossConfig)
     cross_entropy: CrossEntropyConfig = field(default_factory=CrossEntropyConfig)
@@ -175,7 +278,8 @@ class Config:
     seed: int = _int(0, 0, SEED_MAX)
 
     def to_dict(self) -> dict:
-        """Plain data; the loss section holds only the chosen loss's keys."""
+        """Plain data; the loss and model sections hold only the chosen loss's and model's
+        keys."""
         return asdict(self)
 
     def validate(self) -> Config:
@@ -204,6 +308,14 @@ class Config:
                 raise ConfigError(f"{key} is {_show(value)}; use one of {', '.join(allowed)}")
         if not isinstance(self.loss, tuple(LOSSES.values())):
             raise ConfigError(f"loss is {_show(self.loss)}; use one of {', '.join(LOSSES)}")
+        if not isinstance(self.model, tuple(MODELS.values())):
+            raise ConfigError(f"model is {_show(self.model)}; use one of {', '.join(MODELS)}")
+        erase = self.data.augment.erase
+        if not erase.area_min <= erase.area_max:
+            raise ConfigError(
+                f"data.augment.erase.area_min {erase.area_min:g} is above area_max "
+                f"{erase.area_max:g}; the erased area is drawn from [area_min, area_max]"
+            )
         ranked = isinstance(self.loss, RankedListLossConfig)  # center_ranked is one too
         if ranked and not self.loss.margin < self.loss.alpha:
             raise ConfigError(
@@ -217,12 +329,17 @@ class Config:
             )
         if not self.data.protocol.strip():
             raise ConfigError("data.protocol is empty; name a protocol (e.g. casia-b-lt)")
-        _check_height(self.data.height, self.model.bins)
+        _check_height(self.data.height, self.model)
         return self
 
 
-def _check_height(height: int, bins: list[int]) -> None:
-    """The model pools the height by 4, then cuts the rows into n strips for each n in bins."""
+def _check_height(height: int, model: Any) -> None:
+    """The model reduces the height (setnet, gaitset: by 4), then cuts the rows into n strips
+    for each n in bins."""
+    bins = model.bins
+    if isinstance(model, GaitBaseConfig):
+        _check_gaitbase_height(height, model)
+        return
     if height % POOLING == 0 and all((height // POOLING) % n == 0 for n in bins):
         return
     step = POOLING * math.lcm(*bins)
@@ -242,6 +359,24 @@ def _check_height(height: int, bins: list[int]) -> None:
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+
+
+def _check_gaitbase_height(height: int, model: GaitBaseConfig) -> None:
+    """GaitBase's strides give ``model.rows(height)`` rows, which every bin must divide."""
+    rows = model.rows(height)
+    if all(rows % n == 0 for n in model.bins):
+        return
+    step = math.prod(model.steps()) * math.lcm(*model.bins)
+    valid = [h for h in range(step, HEIGHT_MAX + 1, step) if h >= HEIGHT_MIN][:3]
+    fix = (
+        f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
+        if valid
+        else f"no height up to {HEIGHT_MAX} fits them; choose fewer or smaller bins"
+    )
+    raise ConfigError(
+        f"data.height {height} does not suit model.bins {model.bins}: the backbone's strides "
+        f"leave {rows} rows, cut into {', '.join(map(str, model.bins))} strips; {fix}"
+    )
 
 
 def _show(value: Any) -> str:
@@ -273,7 +408,8 @@ def _unknown(path: str, key: Any, known: dict, where: str, tag: str | None) -> s
     text = f"unknown key {path!r}"
     if tag is not None:
         text += f" for {where} {tag!r}"
-        owners = [name for name, c in LOSSES.items() if key in {f.name for f in fields(c)}]
+        union = UNIONS.get(where, {})
+        owners = [name for name, c in union.items() if key in {f.name for f in fields(c)}]
         if owners:
             return f"{text} ({key} belongs to {', '.join(owners)}); known: {', '.join(known)}"
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
@@ -371,23 +507,38 @@ def _set(data: dict, dotted: str, value: Any) -> None:
         node = node[k]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section")
-    if keys[-1:] == ["name"] and keys[:-1] == ["loss"]:
-        _check_loss_switch(node, value)
+    if keys[-1:] == ["name"] and len(keys) == 2 and keys[0] in UNIONS:
+        _check_union_switch(keys[0], node, value)
     node[keys[-1]] = value
 
 
-def _check_loss_switch(section: dict, name: Any) -> None:
-    """``--set loss.name=NEW`` may not keep the keys given for another loss."""
-    old = section.get("name", next(iter(LOSSES)))
+def _check_union_switch(where: str, section: dict, name: Any) -> None:
+    """``--set loss.name=NEW`` may not keep the keys given for another loss; ``--set
+    model.name=NEW`` may not keep keys that the new model does not have."""
+    union = UNIONS[where]
+    old = section.get("name", next(iter(union)))
     given = [str(k) for k in section if k != "name"]
-    if not isinstance(name, str) or name == old or name not in LOSSES or not given:
-        return  # a name that is no loss is refused, with the list of losses, by the schema
-    own = [f.name for f in fields(LOSSES[name]) if f.init]
+    if not isinstance(name, str) or name == old or name not in union or not given:
+        return  # a name that is no member is refused, with the list of members, by the schema
+    own = [f.name for f in fields(union[name]) if f.init]
+    if where == "model" and old in union and own == [f.name for f in fields(union[old]) if f.init]:
+        return  # setnet <-> gaitset: the same keys, meaning the same things
     raise ConfigError(
-        f"--set loss.name={name}: the loss section holds keys given for {old} "
+        f"--set {where}.name={name}: the {where} section holds keys given for {old} "
         f"({', '.join(given)}); drop them by replacing the whole section, e.g. "
-        f"--set 'loss={{name: {name}}}' (its keys: {', '.join(own)})"
+        f"--set '{where}={{name: {name}}}' (its keys: {', '.join(own)})"
     )
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides (``--set``; VALUE read as YAML) to a plain config mapping, in
+    place; returns it."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. optim.lr=0.001)")
+        _set(data, key.strip(), load_yaml(text, f"--set {key.strip()}", ConfigError))
+    return data
 
 
 def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
@@ -410,11 +561,7 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
                 f"{path}: the config must be a mapping of sections (model:, data:, ...), "
                 f"got {type(data).__name__}"
             )
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. optim.lr=0.001)")
-        _set(data, key.strip(), load_yaml(text, f"--set {key.strip()}", ConfigError))
+    apply_overrides(data, list(overrides))
     return _strict(Config, data, "").validate()
 
 

@@ -1,4 +1,5 @@
-"""The training objective named by a config: one metric loss, plus optional part cross-entropy."""
+"""The training objective named by a config: one metric loss, plus optional part cross-entropy
+(on classifiers of its own, or on the logits of a model with a BNNeck: gaitbase)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from dataclasses import fields
 import torch
 from torch import nn
 
-from gaittrain.config import CenterRankedLossConfig, Config
-from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+from gaittrain.config import BNNECK_MODELS, CenterRankedLossConfig, Config
+from gaittrain.losses import (
+    CenterRankedLoss,
+    LogitCrossEntropyLoss,
+    PartCrossEntropyLoss,
+    RankedListLoss,
+    TripletLoss,
+)
 from gaittrain.losses._common import PartLoss, to_floats
 
 #: The loss class of each ``loss.name``; a loss section's keys are that class's arguments.
@@ -41,6 +48,11 @@ def metric_loss(cfg: Config, num_classes: int | None = None, parts: int | None =
 class Objective(nn.Module):
     """``metric(features, labels) + weight * cross_entropy(features, labels)``.
 
+    For a model with a BNNeck (``model.name`` in :data:`~gaittrain.config.BNNECK_MODELS`:
+    gaitbase, as OpenGait trains its Baseline) the cross-entropy is that of the model's own
+    logits, ``weight * cross_entropy(scale * logits, labels)``: call ``objective(features,
+    labels, logits)``. Otherwise it is that of per-part linear classifiers held here.
+
     A call makes no host synchronization. ``stats`` holds the statistics of the last call: each
     part's statistics and its loss value ("<name>/loss", "cross_entropy/loss"), prefixed by its
     name, as Python floats converted when read (one device synchronization, at most once per call).
@@ -54,24 +66,33 @@ class Objective(nn.Module):
         self.metric = metric_loss(cfg, num_classes=num_classes, parts=parts)
         self.name = cfg.loss.name
         self.ce_weight = cfg.cross_entropy.weight
-        self.ce = (
-            PartCrossEntropyLoss(
-                num_classes, cfg.model.dim, parts, label_smoothing=cfg.cross_entropy.label_smoothing
+        self.uses_logits = cfg.model.name in BNNECK_MODELS
+        ce = cfg.cross_entropy
+        self.ce: nn.Module | None = None
+        if self.ce_weight > 0 and self.uses_logits:
+            self.ce = LogitCrossEntropyLoss(ce.label_smoothing, ce.scale)
+        elif self.ce_weight > 0:
+            self.ce = PartCrossEntropyLoss(
+                num_classes, cfg.model.dim, parts, ce.label_smoothing, ce.scale
             )
-            if self.ce_weight > 0
-            else None
-        )
         self._stat_tensors: dict[str, torch.Tensor] = {}
         self._stat_floats: dict[str, float] | None = {}
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         features = features.float()
         metric = self.metric(features, labels)
         total = metric
         stats = {f"{self.name}/{k}": v for k, v in self.metric.stat_tensors.items()}
         stats[f"{self.name}/loss"] = metric.detach()
         if self.ce is not None:
-            ce = self.ce(features, labels)
+            if self.uses_logits and logits is None:
+                raise ValueError(
+                    "this objective's cross-entropy is on the model's BNNeck logits: call "
+                    "objective(features, labels, logits)"
+                )
+            ce = self.ce(logits.float() if self.uses_logits else features, labels)
             total = total + self.ce_weight * ce
             stats.update({f"cross_entropy/{k}": v for k, v in self.ce.stat_tensors.items()})
             stats["cross_entropy/loss"] = ce.detach()

@@ -8,6 +8,7 @@ checkpoint). Everything a run needs to continue exactly is in its checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,12 +31,12 @@ from gaitprep.files import OutputLock, atomic_write
 from gaitprep.pack import Pack
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import Config, dump_config, load_config
+from gaittrain.config import BNNECK_MODELS, Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
 from gaittrain.device import Runtime
-from gaittrain.models import SetModel
+from gaittrain.models import build_model
 from gaittrain.objective import Objective
 
 
@@ -160,6 +161,11 @@ def _check_same_run(paths: RunPaths, cfg: Config, data: dict, saved_data) -> Non
 
     ``saved_data`` is the data record of the checkpoint being resumed (tied to its weights).
     """
+    if isinstance(saved_data, dict) and "imported" in saved_data:
+        raise TrainError(
+            f"--resume: the run in {paths.root} was imported (gait import-checkpoint) and holds "
+            "no training state to continue; train a new run with another --out"
+        )
     saved = load_config(paths.config)
     if saved.train.iterations != cfg.train.iterations and cfg.schedule.name == "cosine":
         raise TrainError(
@@ -292,6 +298,7 @@ class _GatherBatch(torch.autograd.Function):
     Backward: every process computed the same loss on the whole batch, so the gradient of this
     process's slice is the sum of the slice's gradients over the processes (an all-reduce); with
     DDP's averaging of the parameter gradients that gives exactly the one-process gradient.
+    The same holds for any [parts, b, ...] tensor (a BNNeck's logits).
     """
 
     @staticmethod
@@ -333,8 +340,10 @@ def train_step(
 ) -> tuple[float, bool]:
     """One optimization step on one batch; returns the loss and whether the optimizer stepped.
 
-    Forward under autocast (``dtype`` None: full precision); under DDP the features are gathered
-    in float32 with their gradients, and the labels with them, so the loss sees the whole batch;
+    Forward under autocast (``dtype`` None: full precision); a model that returns ``(features,
+    logits)`` (a BNNeck's, in training mode) has both passed to the objective. Under DDP the
+    features (and logits) are gathered in float32 with their gradients, and the labels with
+    them, so the loss sees the whole batch;
     the loss is computed in float32; backward; clipping of every parameter the optimizer updates
     (the cross-entropy classifier's included); the step. A loss that is not finite is returned
     without any update. With fp16 the grad scaler skips steps whose gradients overflowed: then
@@ -344,10 +353,13 @@ def train_step(
     """
     amp = dtype is not None
     with torch.autocast(frames.device.type, dtype=dtype or torch.float32, enabled=amp):
-        features = net(frames)
+        out = net(frames)
+    features, logits = out if isinstance(out, tuple) else (out, None)  # logits: a BNNeck's
     if distributed:
+        if logits is not None:
+            logits = _GatherBatch.apply(logits.float())
         features, labels = gather_batch(features, labels)
-    loss = objective(features, labels)
+    loss = objective(features, labels) if logits is None else objective(features, labels, logits)
     value = float(loss.detach())
     if not math.isfinite(value):
         return value, False
@@ -427,11 +439,30 @@ def _resume_state(paths: RunPaths, cfg: Config, identity: dict, resume: bool):
     return start_ckpt, state
 
 
+def with_classes(cfg: Config, classes: int) -> Config:
+    """``cfg`` with a BNNeck model's ``model.classes`` filled in: 0 becomes ``classes`` (the
+    training subjects' count); another count than that is refused. The run's config.yaml and
+    checkpoints keep the section as given (0 stays 0: the count follows from data.json's
+    subjects, and from the classifier's shape in the weights)."""
+    if cfg.model.name not in BNNECK_MODELS:
+        return cfg
+    given = cfg.model.classes
+    if given == 0:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, classes=classes))
+    if given != classes:
+        raise TrainError(
+            f"model.classes is {given}, but the run trains on {classes} subjects (one class "
+            f"each); set model.classes to 0 (the subjects' count) or {classes}"
+        )
+    return cfg
+
+
 def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, progress) -> dict:
     device, main = runtime.device, runtime.main
 
     # Data: the training subjects, a deterministic P x K sampler, workers that sample frames.
     subjects = train_subjects(pack_subjects(packs), cfg.data.protocol, train_split)
+    built = with_classes(cfg, len(subjects))  # the model's class count, checked here
     data = PackDataset(
         packs,
         subjects,
@@ -440,6 +471,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         height=cfg.data.height,
         cut=cfg.data.cut,
         cache=cfg.data.cache,
+        augment=cfg.data.augment if cfg.data.augment.active() else None,
     )
     identity = data_identity(data.packs, subjects)  # the handles the frames are read through
     # Rank 0 alone reads and checks the run folder and the checkpoint, then sends the outcome (an
@@ -449,7 +481,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     seed_everything(cfg.seed, cfg.train.deterministic, device, cfg.train.tf32)
 
     # Model, objective, optimizer, schedule, AMP.
-    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim)
+    model = build_model(built.model)
     model = model.to(device, memory_format=memory_format(cfg, device))
     objective = Objective(cfg, num_classes=len(subjects), parts=model.parts).to(device)
     optimizer = build_optimizer(cfg, list(model.parameters()) + list(objective.parameters()))
@@ -483,8 +515,12 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         _truncate_log(paths.log, start)
     net = model
     if runtime.distributed:
+        # a BNNeck without cross-entropy: its classifier gets no gradient
+        unused = cfg.model.name in BNNECK_MODELS and cfg.cross_entropy.weight == 0
         net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused,
         )
     if cfg.train.compile:
         net = torch.compile(net)

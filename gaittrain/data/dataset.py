@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gaitprep.pack import Pack, PackError
+from gaittrain.data.augment import augment_sequence
 
 
 def pack_subjects(packs: list[Path]) -> list[str]:
@@ -56,7 +57,9 @@ class PackDataset(Dataset):
 
     Items are addressed by ``(index, seed)`` pairs from :class:`~gaittrain.data.sampler.PKSampler`;
     the seed makes frame sampling reproducible whatever the worker. ``frames=None`` returns every
-    frame (evaluation). ``cache=True`` reads the selected sequences into RAM once.
+    frame (evaluation). ``cache=True`` reads the selected sequences into RAM once. ``augment``
+    (a :class:`~gaittrain.config.AugmentConfig`, training only) augments each sampled sequence
+    with the same seeded generator (:func:`~gaittrain.data.augment.augment_sequence`).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class PackDataset(Dataset):
         height: int | None = None,
         cut: bool = True,
         cache: bool = False,
+        augment=None,
     ):
         self.packs = [Pack(p) for p in packs]
         sizes = {p.size for p in self.packs}
@@ -98,6 +102,7 @@ class PackDataset(Dataset):
         self.frames, self.ordered = frames, ordered
         self.height = height or self.size
         self.cut = cut
+        self.augment = augment
         self._cache = [self._read(j) for j in range(len(self.items))] if cache else None
 
     def __len__(self) -> int:
@@ -123,6 +128,11 @@ class PackDataset(Dataset):
         if self.frames is not None:
             rng = np.random.default_rng(seed)
             seq = seq[sample_frames(len(seq), self.frames, self.ordered, rng)]
+            if self.augment is not None:  # the same generator: reproducible whatever the worker
+                cut = cut_width(self.height) if self.cut else 0
+                seq = shape_frames(seq, self.height, cut=False)
+                seq = augment_sequence(seq, rng, self.augment, cut)
+                return torch.from_numpy(np.ascontiguousarray(seq)), int(self.labels[j])
         x = torch.from_numpy(np.ascontiguousarray(shape_frames(seq, self.height, self.cut)))
         return x, int(self.labels[j])  # uint8: a quarter of float32's bytes to copy and move
 

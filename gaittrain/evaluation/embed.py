@@ -10,13 +10,14 @@ recorded normalization parameters, never with defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gaitprep.errors import GaitError, first_line
@@ -25,9 +26,9 @@ from gaitprep.pack import Pack
 from gaitprep.process import Params
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import Config, config_from_dict
+from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
-from gaittrain.models import SetModel
+from gaittrain.models import build_model
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
 
@@ -58,7 +59,7 @@ class TrainedModel:
     """A checkpoint's model in eval mode, its config, the file it came from and the SHA-256 of
     the bytes the weights were read from."""
 
-    model: SetModel
+    model: nn.Module
     cfg: Config
     path: Path
     fingerprint: str
@@ -69,15 +70,26 @@ def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     path = resolve_checkpoint(ckpt)
     state, fingerprint = checkpoint.load_with_fingerprint(path)
     cfg = config_from_dict(state["config"])
-    model = SetModel(cfg.model.channels, cfg.model.bins, cfg.model.dim).to(device)
     try:
+        model = build_model(_with_classes(cfg, state["model"]).model).to(device)
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise CheckpointError(
             f"{path}: the weights do not fit its own config ({first_line(e)})"
         ) from None
     model.eval()
     return TrainedModel(model, cfg, path, fingerprint)
+
+
+def _with_classes(cfg: Config, weights) -> Config:
+    """A BNNeck model's ``model.classes`` 0 (the training subjects' count) resolved from the
+    classifier's shape in the weights."""
+    if cfg.model.name not in BNNECK_MODELS or cfg.model.classes > 0:
+        return cfg
+    classifier = weights.get("classifier") if isinstance(weights, dict) else None
+    if not isinstance(classifier, torch.Tensor) or classifier.dim() != 3:
+        raise ValueError("no BNNeck classifier [parts, dim, classes] among the weights")
+    return replace(cfg, model=replace(cfg.model, classes=int(classifier.shape[-1])))
 
 
 def pack_normalization(pack: Pack) -> dict:
@@ -216,7 +228,7 @@ def _collate_even(
 
 @torch.no_grad()
 def embed_dataset(
-    model: SetModel,
+    model: nn.Module,
     data: PackDataset,
     device: torch.device,
     max_frames: int = 0,

@@ -3,7 +3,8 @@
 :func:`evaluate_run` resolves the protocol and test subjects, makes or reuses the run's
 embeddings of the pack (:func:`~gaittrain.evaluation.embed.ensure_embeddings`), scores them and
 adds what a reader must know about the numbers: the checkpoint, the pack, and a warning when test
-subjects were among the run's training subjects. :func:`render_report` turns the result into
+subjects were among the run's training subjects (or, for a run imported from OpenGait, that its
+training subjects are not known). :func:`render_report` turns the result into
 JSON, CSV or the HTML page.
 """
 
@@ -56,6 +57,24 @@ def trained_test_subjects(run: Path, attrs: dict, test: list[str]) -> tuple[list
     return [s for s in test if s in trained], same_pack
 
 
+def imported_note(run: Path) -> str | None:
+    """For a run imported from another toolkit (``gait import-checkpoint``), a warning that its
+    training subjects are not recorded; None for a run gait trained."""
+    try:
+        record = json.loads(RunPaths(run_folder(run)).data.read_text())
+    except (OSError, ValueError):
+        return None
+    source = record.get("imported") if isinstance(record, dict) else None
+    if not isinstance(source, dict):
+        return None
+    return (
+        f"this run was imported from {source.get('from', 'another toolkit')} "
+        f"({source.get('checkpoint', 'a checkpoint')}): the subjects it trained on are not "
+        "recorded, so gait cannot check them against the test subjects; make sure they were "
+        "not among them (OpenGait's CASIA-B split trains on 001-074)"
+    )
+
+
 def evaluate_run(
     run: Path,
     pack: Path,
@@ -98,6 +117,10 @@ def evaluate_run(
         )
         result["warnings"].append(warning)
         notify(f"warning: {warning}")
+    note = imported_note(run)
+    if note is not None:
+        result["warnings"].append(note)
+        notify(f"warning: {note}")
     return result
 
 

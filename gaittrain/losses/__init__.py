@@ -6,8 +6,14 @@ docs/losses.md).
 """
 
 from gaittrain.losses.center_ranked import CenterRankedLoss
-from gaittrain.losses.cross_entropy import PartCrossEntropyLoss
+from gaittrain.losses.cross_entropy import LogitCrossEntropyLoss, PartCrossEntropyLoss
 from gaittrain.losses.ranked_list import RankedListLoss
 from gaittrain.losses.triplet import TripletLoss
 
-__all__ = ["CenterRankedLoss", "PartCrossEntropyLoss", "RankedListLoss", "TripletLoss"]
+__all__ = [
+    "CenterRankedLoss",
+    "LogitCrossEntropyLoss",
+    "PartCrossEntropyLoss",
+    "RankedListLoss",
+    "TripletLoss",
+]

@@ -7,6 +7,9 @@ and, with label smoothing ε over C classes (the target is (1 − ε) on y_i plu
 
 The loss is the mean over the samples, then over the parts. It carries parameters (the classifiers),
 so it is trained with the model; the trainer adds it, weighted, to a metric loss.
+
+:class:`LogitCrossEntropyLoss` is the same loss on logits a model computes itself (GaitBase's
+BNNeck: cosines between normalized features and class weights, multiplied by ``scale``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,16 @@ class PartCrossEntropyLoss(PartLoss):
         dim: feature size of a part.
         parts: number of parts.
         label_smoothing: ε in [0, 1], as in ``torch.nn.functional.cross_entropy``.
+        scale: the logits are multiplied by it (1: as they are).
     """
 
     def __init__(
-        self, num_classes: int, dim: int, parts: int, label_smoothing: float = 0.0
+        self,
+        num_classes: int,
+        dim: int,
+        parts: int,
+        label_smoothing: float = 0.0,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in {"num_classes": num_classes, "dim": dim, "parts": parts}.items():
@@ -45,6 +54,7 @@ class PartCrossEntropyLoss(PartLoss):
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
+        self.scale = _check_scale(scale)
         # nn.Linear's default scale: logits start small whatever the feature size.
         bound = 1 / math.sqrt(dim)
         self.weight = nn.Parameter(torch.empty(parts, dim, num_classes).uniform_(-bound, bound))
@@ -65,12 +75,54 @@ class PartCrossEntropyLoss(PartLoss):
             )
         check_class_indices(labels, self.num_classes)
         logits = features @ self.weight.to(features.dtype)  # [parts, batch, classes]
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), labels.repeat(parts), label_smoothing=self.label_smoothing
-        )
-        with torch.no_grad():
-            stats = {"accuracy": (logits.argmax(-1) == labels).to(features.dtype).mean()}
-        return loss, stats
+        return logit_cross_entropy(logits, labels, self.label_smoothing, self.scale)
+
+
+class LogitCrossEntropyLoss(PartLoss):
+    """Cross-entropy on per-part logits a model computed: ``loss(logits [parts, batch, classes],
+    labels [batch]) -> scalar``, the mean over samples and parts of the (label-smoothed)
+    cross-entropy of ``scale * logits``. No parameters. ``stats``: "accuracy" (top-1, mean over
+    the parts).
+
+    Args:
+        label_smoothing: ε in [0, 1].
+        scale: the logits are multiplied by it (OpenGait's GaitBase: 16 on cosine logits).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, scale: float = 1.0) -> None:
+        super().__init__()
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.scale = _check_scale(scale)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}, scale={self.scale}"
+
+    def compute(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        check_class_indices(labels, logits.shape[-1])
+        return logit_cross_entropy(logits, labels, self.label_smoothing, self.scale)
+
+
+def _check_scale(scale: float) -> float:
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
+def logit_cross_entropy(
+    logits: Tensor, labels: Tensor, label_smoothing: float, scale: float = 1.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The mean (label-smoothed) cross-entropy of ``scale * logits`` [parts, batch, classes]
+    over samples and parts, and its "accuracy" statistic."""
+    parts = logits.shape[0]
+    scaled = logits if scale == 1 else logits * scale
+    loss = F.cross_entropy(
+        scaled.flatten(0, 1), labels.repeat(parts), label_smoothing=label_smoothing
+    )
+    with torch.no_grad():
+        stats = {"accuracy": (logits.argmax(-1) == labels).to(logits.dtype).mean()}
+    return loss, stats
 
 
 def check_class_indices(labels: Tensor, num_classes: int) -> None:
