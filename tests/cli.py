@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gaitcli.main import cli
@@ -58,3 +62,27 @@ def train_tiny(pack: Path, out: Path, *extra) -> object:
     """`gait train configs/tiny.yaml` on ``pack`` into ``out`` with the FAST settings, then
     ``extra`` (later ``--set`` values win)."""
     return gait("train", TINY, "--pack", pack, "--out", out, *FAST, *extra)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on ``page`` with ``args`` (e.g. ``--dump-dom``), in a fresh profile,
+    offline; skips the test where no Chromium is installed (.ci/run installs Debian's)."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+    ]
+    return subprocess.run(
+        [CHROMIUM, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=120
+    )

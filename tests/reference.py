@@ -49,11 +49,11 @@ def reference_normalize(img: np.ndarray, size: int = 64, min_sum: int = 10000) -
 # The center-ranked loss and its options
 
 
-def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).sum().sqrt()
 
 
-def _weighted_mean(gaps: list[torch.Tensor], temperature: float) -> torch.Tensor | float:
+def weighted_mean(gaps: list[torch.Tensor], temperature: float) -> torch.Tensor | float:
     """Σ w·gap over the positive gaps, w = softmax(T·gap) as constants; 0 when none is positive."""
     active = [gap for gap in gaps if gap.item() > 0]
     if not active:
@@ -118,15 +118,15 @@ def ref_center_ranked_variant(
     for x, part_centers in zip(samples, centers, strict=True):
         losses = []  # anchor "center": every class with a center ranks the samples
         for k, c in part_centers.items():
-            pos = [_dist(x[i], c) - (alpha - margin) for i in range(len(x)) if y[i] == k]
-            neg = [alpha - _dist(x[j], c) for j in range(len(x)) if y[j] != k]
-            losses.append(_weighted_mean(pos, t_p) + lam * _weighted_mean(neg, t_n))
+            pos = [dist(x[i], c) - (alpha - margin) for i in range(len(x)) if y[i] == k]
+            neg = [alpha - dist(x[j], c) for j in range(len(x)) if y[j] != k]
+            losses.append(weighted_mean(pos, t_p) + lam * weighted_mean(neg, t_n))
         center_total = center_total + sum(losses) / len(losses)
         losses = []  # anchor "sample": every sample ranks the centers
         for i in range(len(x)):
-            pos = [_dist(x[i], part_centers[y[i]]) - (alpha - margin)]
-            neg = [alpha - _dist(x[i], c) for k, c in part_centers.items() if k != y[i]]
-            losses.append(_weighted_mean(pos, t_p) + lam * _weighted_mean(neg, t_n))
+            pos = [dist(x[i], part_centers[y[i]]) - (alpha - margin)]
+            neg = [alpha - dist(x[i], c) for k, c in part_centers.items() if k != y[i]]
+            losses.append(weighted_mean(pos, t_p) + lam * weighted_mean(neg, t_n))
         sample_total = sample_total + sum(losses) / len(losses)
     dtype = features.dtype
     center = torch.as_tensor(center_total / len(samples), dtype=dtype)
@@ -153,7 +153,7 @@ def ref_center_ranked_stats(
     for x, part_centers in zip(samples, centers, strict=True):
         for i in range(len(x)):
             for k, c in part_centers.items():
-                (pos if k == y[i] else neg).append(_dist(x[i], c).item())
+                (pos if k == y[i] else neg).append(dist(x[i], c).item())
 
     def mean(values: list) -> float:
         return sum(float(v) for v in values) / len(values) if values else math.nan

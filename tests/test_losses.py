@@ -15,25 +15,13 @@ import torch
 from torch.func import functional_call
 
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+from tests.reference import dist, weighted_mean
 
 IDS = (7, 1003, 42, 5, 64, 2)  # subject ids as a dataset has them: arbitrary, not 0..P-1
 
 
 # ---------------------------------------------------------------------------------------------
 # References
-
-
-def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return ((a - b) ** 2).sum().sqrt()
-
-
-def weighted_mean(gaps: list[torch.Tensor], temperature: float) -> torch.Tensor | float:
-    """Σ w·gap over the positive gaps, w = softmax(T·gap) as constants; 0 when none is positive."""
-    active = [gap for gap in gaps if gap.item() > 0]
-    if not active:
-        return 0.0
-    exps = [math.exp(temperature * gap.item()) for gap in active]
-    return sum(e / sum(exps) * gap for e, gap in zip(exps, active, strict=True))
 
 
 def ref_center_ranked(

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -19,10 +16,9 @@ from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
 from gaittrain.evaluation.embed import read_embeddings
-from tests.cli import train_tiny
+from tests.cli import chromium, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def gait(*args) -> object:
@@ -90,34 +86,14 @@ def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> No
     assert "<img src=x onerror" not in html and "&lt;img src=x onerror" in html
     assert "http://" not in html and "https://" not in html  # self-contained
     assert html.count("data:image/png;base64,") >= 5  # heatmaps, CMC, loss, thumbnails
-    if CHROMIUM is None:
-        pytest.skip("no Chromium here (.ci/run installs Debian's chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-    ]
-    dom = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
+    dom = chromium(page, "--dump-dom")
     assert (
         dom.returncode == 0
         and 'id="summary"' in dom.stdout
         and "Rank-1 per probe view" in dom.stdout
     )
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    assert chromium(page, "--window-size=1200,1600", f"--screenshot={shot}").returncode == 0
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1600, 1200)
     assert (img < 128).mean() > 0.01  # text and figures, not a blank page

@@ -7,8 +7,6 @@ import copy
 import json
 import shlex
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,9 +19,8 @@ from gaittrain.study.report import to_html
 from gaittrain.study.runner import Context, StudyPaths
 from gaittrain.study.spec import StudyError, Subjects, load_study
 from gaittrain.study.summary import build_summary
-from tests.cli import TINY, assert_one_line_error, gait, make_pack
+from tests.cli import TINY, assert_one_line_error, chromium, gait, make_pack
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RUNS = ["center_ranked-seed0", "center_ranked-seed1", "triplet-seed0", "triplet-seed1"]
 
 #: 2 variants x 2 seeds, 2 iterations each, evaluated after each: a few seconds in all. The
@@ -515,31 +512,11 @@ def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:
     assert html.count("data:image/png;base64,") == 3  # the NM, BG and CL curves
     for table in ('id="final"', 'id="paired"', 'id="target"', 'id="runs"'):
         assert table in html
-    if CHROMIUM is None:
-        pytest.skip("no Chromium here (.ci/run installs Debian's chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-    ]
-    dom = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
+    dom = chromium(page, "--dump-dom")
     assert dom.returncode == 0 and 'id="paired"' in dom.stdout
     assert "Paired differences with center_ranked" in dom.stdout
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    assert chromium(page, "--window-size=1200,1600", f"--screenshot={shot}").returncode == 0
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1600, 1200)
     assert (img < 128).mean() > 0.01  # text and figures, not a blank page

@@ -21,25 +21,13 @@ from gaittrain.study import tune
 from gaittrain.study.runner import Context, StudyPaths
 from gaittrain.study.spec import StudyError, Subjects, load_study
 from gaittrain.study.summary import build_summary
-from tests.cli import TINY, assert_one_line_error, gait, make_pack
+from tests.cli import assert_one_line_error, gait, make_pack
+from tests.test_study import STUDY as BASE_STUDY
 
 #: 2 losses x 1 seed, 2 iterations, evaluated after each, 2 trials of 1 iteration per loss. The
 #: sample pack has subjects 001-006: train on 001-002, validate on 003-004, test on 005-006.
 STUDY = {
-    "base": str(TINY),
-    "overrides": {
-        "data.batch": {"p": 2, "k": 2},
-        "data.workers": 0,
-        "data.frames": 6,
-        "data.cache": False,
-        "schedule": {"name": "constant"},
-        "train.iterations": 2,
-        "train.log_every": 1,
-    },
-    "train": "001-004",
-    "validation": "last:2",
-    "test": "005-006",
-    "eval_every": 1,
+    **{k: v for k, v in BASE_STUDY.items() if k not in ("target", "axes")},
     "tune": {
         "trials": 2,
         "seed": 0,
