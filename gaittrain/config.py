@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from gaitprep.errors import GaitError
-from gaittrain.yaml_strict import load_yaml
+from gaittrain.yaml_strict import load_yaml, load_yaml_file
 
 
 class ConfigError(GaitError, ValueError):
@@ -549,13 +549,7 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     """
     data: Any = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not a text file (not UTF-8)") from None
-        data = load_yaml(text, str(path), ConfigError) or {}
+        data = load_yaml_file(path, ConfigError) or {}
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{path}: the config must be a mapping of sections (model:, data:, ...), "

@@ -36,7 +36,7 @@ from gaittrain.config import (
     dump_config,
 )
 from gaittrain.models import build_model
-from gaittrain.yaml_strict import load_yaml
+from gaittrain.yaml_strict import load_yaml_file
 
 
 class OpenGaitError(GaitError, ValueError):
@@ -284,14 +284,7 @@ def read_checkpoint(path: Path) -> OpenGaitCheckpoint:
 
 def read_model_cfg(path: Path) -> dict:
     """The ``model_cfg`` section of an OpenGait YAML (a whole OpenGait config, or only it)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise OpenGaitError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise OpenGaitError(f"{path} is not a text file (not UTF-8)") from None
-    data = load_yaml(text, str(path), OpenGaitError)
+    data = load_yaml_file(path, OpenGaitError)
     if not isinstance(data, dict) or not isinstance(data.get("model_cfg"), dict):
         raise OpenGaitError(
             f"{path} has no model_cfg section; give the OpenGait YAML the checkpoint was "

@@ -22,6 +22,7 @@ gaittrain.yaml_strict.YamlError: c.yaml: duplicate key 'a' on line 2 (first on l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -110,3 +111,15 @@ def load_yaml(text: str, source: str, error: type[Exception] = YamlError) -> Any
         raise error(f"{source}: {_describe(e)}") from None
     except RecursionError:  # a safety net: MAX_DEPTH stops the composer long before
         raise error(f"{source}: nested too deeply") from None
+
+
+def load_yaml_file(path: Path, error: type[Exception] = YamlError) -> Any:
+    """:func:`load_yaml` of the file at ``path``; a file that cannot be read or is not UTF-8
+    text is one ``error`` line naming it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not a text file (not UTF-8)") from None
+    return load_yaml(text, str(path), error)

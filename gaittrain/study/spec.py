@@ -64,7 +64,7 @@ from gaittrain.config import INT_MAX, SEED_MAX, Config, ConfigError, config_from
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.protocol import load_eval_protocol
 from gaittrain.study import tune
-from gaittrain.yaml_strict import load_yaml
+from gaittrain.yaml_strict import load_yaml, load_yaml_file
 
 #: The study file's keys; the first six are required.
 KEYS = (
@@ -257,13 +257,7 @@ def load_study(path: Path) -> Study:
     """Read, check and expand a study file; every problem is a one-line :class:`StudyError`
     that starts with the file's path."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise StudyError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise StudyError(f"{path} is not a text file (not UTF-8)") from None
-    data = load_yaml(text, str(path), StudyError)
+    data = load_yaml_file(path, StudyError)
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study must be a mapping (base:, train:, axes:, ...)")
     return _Reader(path).study(data)
