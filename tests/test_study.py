@@ -138,8 +138,20 @@ def copied(done, pack, tmp_path: Path) -> dict:
             ["train.checkpoint_every is set from eval_every"],
         ),
         (
-            {"eval_every": 3},
-            ["run 0 (center_ranked-seed0): eval_every 3 does not divide", "train.iterations 2"],
+            {"axes": [{"key": ["optim.lr"], "values": [[0.1]]}]},
+            ["axes[0].key lists 1 keys: give one key, or a list of two or more"],
+        ),
+        (
+            {"axes": [{"key": ["optim.lr", "loss.margin"], "values": [[0.1, 0.2], [0.1]]}]},
+            ["axes[0].values[1] is [0.1]: with 2 keys, every value is a list of 2 values"],
+        ),
+        (
+            {"axes": [{"key": ["optim.lr", "seed"], "values": [[0.1, 0]]}]},
+            ["axes[0].key[1] is 'seed', an axis of its own: give it alone"],
+        ),
+        (
+            {"axes": [{"key": ["optim.lr", "train.iterations"], "values": [[0.1, 4]]}]},
+            ["axes[0].key 'train.iterations' overlaps overrides key 'train.iterations'"],
         ),
     ],  # fmt: skip
 )
@@ -223,6 +235,39 @@ def test_the_grid_is_the_product_of_the_axes(tmp_path) -> None:
         "data.batch": {"p": 3, "k": 4},
         "seed": 6,
     }
+
+
+def test_an_axis_of_several_keys_sets_them_together(tmp_path, pack) -> None:
+    """P x K with the iterations that keep the sequences seen equal: a run whose iterations
+    eval_every does not divide is evaluated at every eval_every and at its end."""
+    overrides = {
+        k: v for k, v in STUDY["overrides"].items() if k not in ("data.batch", "train.iterations")
+    }
+    axes = [
+        {
+            "key": ["data.batch", "train.iterations"],
+            "values": [[{"p": 2, "k": 3}, 2], [{"p": 2, "k": 2}, 3]],
+            "labels": ["2x3", "2x2"],
+        },
+        {"key": "seed", "values": [0]},
+    ]
+    path = write_study(tmp_path / "pk.yaml", axes=axes, overrides=overrides, eval_every=2)
+    study = load_study(path)
+    assert [r.name for r in study.runs] == ["2x3-seed0", "2x2-seed0"]
+    short, long = (r.config for r in study.runs)
+    assert (short.data.batch.k, short.train.iterations, long.data.batch.k) == (3, 2, 2)
+    assert long.train.iterations == 3 and long.train.checkpoint_every == 2
+    assert study.runs[1].values["data.batch+train.iterations"] == [{"p": 2, "k": 2}, 3]
+    assert study.spec()["axes"][0]["key"] == ["data.batch", "train.iterations"]
+    out = tmp_path / "out"
+    r = gait("study", path, "--pack", pack, "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "study.json").read_text())
+    runs = {x["name"]: x for x in s["runs"]}
+    assert set(runs["2x2-seed0"]["validation"]) == {"2", "3"}  # every 2 and the last
+    assert set(runs["2x3-seed0"]["validation"]) == {"2"}
+    assert s["complete"] == 2
+    assert [v["sequences_per_iteration"] for v in s["variants"]] == [6, 4]
 
 
 def test_the_reference_and_labels(tmp_path) -> None:
@@ -531,5 +576,10 @@ def test_the_example_study_is_valid() -> None:
         study.reference == "center_ranked-4x4" and study.runs[0].name == "center_ranked-4x4-seed0"
     )
     assert {r.config.train.checkpoint_every for r in study.runs} == {250}
+    seen = {
+        r.config.train.iterations * r.config.data.batch.p * r.config.data.batch.k
+        for r in study.runs
+    }
+    assert seen == {24_000}  # 4x4 for 1,500 iterations, 8x8 for 375
     with pytest.raises(StudyError):
         load_study(Path("missing.yaml"))

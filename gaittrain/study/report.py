@@ -33,7 +33,8 @@ def _png(fig) -> str:
 
 
 def curve_plots(summary: dict) -> dict[str, str]:
-    """One PNG (a data URI) per probe group: validation rank-1 (%) against the iteration."""
+    """One PNG (a data URI) per probe group: validation rank-1 (%) against the iteration, or
+    against the training sequences seen (iteration x P x K) when variants differ in batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,21 +42,24 @@ def curve_plots(summary: dict) -> dict[str, str]:
     from matplotlib.ticker import MaxNLocator
 
     target = summary["study"]["target"]
+    sizes = {v["sequences_per_iteration"] for v in summary["variants"]}
+    by_sequences = len(sizes) > 1
     plots = {}
     for g in summary["conditions"]:
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, v in enumerate(summary["variants"]):
             color = colors[i % len(colors)]
+            scale = v["sequences_per_iteration"] if by_sequences else 1
             for r in (r for r in summary["runs"] if r["variant"] == v["name"]):
                 pts = [
-                    (int(it), 100 * c[g]["rank1"])
+                    (int(it) * scale, 100 * c[g]["rank1"])
                     for it, c in r["validation"].items()
                     if g in c and c[g]["rank1"] is not None
                 ]
                 if pts:
                     ax.plot(*zip(*pts, strict=True), color=color, alpha=0.25, lw=0.8)
-            cells = [(int(it), c.get(g)) for it, c in v["validation"].items() if c.get(g)]
+            cells = [(int(it) * scale, c.get(g)) for it, c in v["validation"].items() if c.get(g)]
             if not cells:
                 continue
             its = [it for it, _ in cells]
@@ -75,7 +79,9 @@ def curve_plots(summary: dict) -> dict[str, str]:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, -2), min(hi, 102))  # a band may reach past 0 or 100; rank-1 cannot
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(
+            "training sequences seen (iteration × P × K)" if by_sequences else "iteration"
+        )
         ax.set_ylabel("validation rank-1 (%)")
         ax.set_title(f"{g}: mean across seeds, 95 % interval")
         ax.grid(alpha=0.3)

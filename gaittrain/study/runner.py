@@ -131,8 +131,15 @@ def commands(study_file: Path, pack: Path, out: Path, study: Study, device: str 
 
 
 def checkpoints(spec: RunSpec, eval_every: int) -> list[int]:
-    """The iterations at which ``spec`` is evaluated on the validation subjects."""
-    return list(range(eval_every, spec.config.train.iterations + 1, eval_every))
+    """The iterations at which ``spec`` is evaluated on the validation subjects: every
+    ``eval_every`` and the last (the trainer keeps a checkpoint at both).
+
+    >>> from types import SimpleNamespace as NS
+    >>> checkpoints(NS(config=NS(train=NS(iterations=375))), 250)
+    [250, 375]
+    """
+    total = spec.config.train.iterations
+    return sorted({*range(eval_every, total + 1, eval_every), total})
 
 
 def last_iteration(run_dir: Path) -> int:

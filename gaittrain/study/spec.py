@@ -101,11 +101,23 @@ class StudyError(GaitError, ValueError):
 
 @dataclass(frozen=True)
 class Axis:
-    """One axis of the grid: a dotted config key, its values and their labels."""
+    """One axis of the grid: a dotted config key (or several, set together), its values and
+    their labels. ``key`` names the axis: the key, or the keys joined by ``+``."""
 
     key: str
     values: tuple
     labels: tuple[str, ...]
+    keys: tuple[str, ...] = ()  #: the config keys a value sets; () means ``(key,)``
+
+    def settings(self, value: Any) -> dict:
+        """The dotted config keys a value of this axis sets, and their values."""
+        if not self.keys:
+            return {self.key: value}
+        return dict(zip(self.keys, value, strict=True))
+
+    @property
+    def config_keys(self) -> tuple[str, ...]:
+        return self.keys or (self.key,)
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,13 @@ class Study:
     runs: tuple[RunSpec, ...]
     tune: Tuning | None = None
 
+    def settings(self, values: dict) -> dict:
+        """The dotted config keys and values that axis ``values`` (axis key -> value, as in
+        :attr:`RunSpec.values`) set: an axis of several keys sets each."""
+        return {
+            k: v for a in self.axes if a.key in values for k, v in a.settings(values[a.key]).items()
+        }
+
     @property
     def variants(self) -> list[str]:
         """The variant names in grid order."""
@@ -246,7 +265,11 @@ class Study:
             "target": self.target,
             "reference": self.reference,
             "axes": [
-                {"key": a.key, "values": list(a.values), "labels": list(a.labels)}
+                {
+                    "key": list(a.keys) if a.keys else a.key,
+                    "values": list(a.values),
+                    "labels": list(a.labels),
+                }
                 for a in self.axes
             ],
             "tune": None if self.tune is None else self.tune.spec(),
@@ -423,10 +446,18 @@ class _Reader:
         for k in ("key", "values"):
             if k not in item:
                 raise self.fail(f"{where} lacks {k!r} (an axis is key, values and labels)")
-        key = self.dotted(item["key"], f"{where}.key")
+        keys = self.axis_keys(item["key"], f"{where}.key")
+        key = "+".join(keys)
         values = item["values"]
         if not isinstance(values, list) or not values:
             raise self.fail(f"{where}.values must be a non-empty list, got {_show(values)}")
+        if len(keys) > 1:
+            for i, v in enumerate(values):
+                if not isinstance(v, list) or len(v) != len(keys):
+                    raise self.fail(
+                        f"{where}.values[{i}] is {_show(v)}: with {len(keys)} keys, every value "
+                        f"is a list of {len(keys)} values, one per key in order"
+                    )
         if key == TUNE:
             for i, v in enumerate(values):
                 if not isinstance(v, str) or v not in TUNE_VALUES:
@@ -447,12 +478,29 @@ class _Reader:
                 )
             if label in labels[:i]:
                 raise self.fail(f"{where}: two values have the label {label!r}; give labels:")
-        return Axis(key, tuple(copy.deepcopy(values)), tuple(labels))
+        return Axis(key, tuple(copy.deepcopy(values)), tuple(labels), keys if len(keys) > 1 else ())
+
+    def axis_keys(self, value: Any, where: str) -> tuple[str, ...]:
+        """An axis's ``key``: one dotted key, or a list of them whose values go together (each
+        value a list, one entry per key); the special axes seed and tune stand alone."""
+        if not isinstance(value, list):
+            return (self.dotted(value, where),)
+        if len(value) < 2:
+            raise self.fail(
+                f"{where} lists {len(value)} keys: give one key, or a list of two or more"
+            )
+        keys = tuple(self.dotted(k, f"{where}[{i}]") for i, k in enumerate(value))
+        for i, k in enumerate(keys):
+            if k in (SEED, TUNE):
+                raise self.fail(f"{where}[{i}] is {k!r}, an axis of its own: give it alone")
+            if k in keys[:i]:
+                raise self.fail(f"{where} lists {k!r} twice")
+        return keys
 
     def no_overlap(self, overrides: dict, axes: tuple[Axis, ...]) -> None:
         """An axis key may not lie inside another's, nor meet an override's: one would
         silently replace the other."""
-        keys = [(f"axes[{i}].key {a.key!r}", a.key) for i, a in enumerate(axes)]
+        keys = [(f"axes[{i}].key {k!r}", k) for i, a in enumerate(axes) for k in a.config_keys]
         keys += [(f"overrides key {k!r}", k) for k in overrides]
         for (what, a), (other, b) in itertools.combinations(keys, 2):
             if a == b or a.startswith(b + ".") or b.startswith(a + "."):
@@ -482,16 +530,12 @@ class _Reader:
                 )
             names[name] = index
             where = f"run {index} ({name})"
-            data = self.config_data(study, {a.key: v for a, v, _ in chosen}, where)
+            settings = study.settings({a.key: value for a, value, _ in chosen})
+            data = self.config_data(study, settings, where)
             try:
                 config = config_from_dict(data)
             except ConfigError as e:
                 raise self.fail(f"{where}: {e}") from None
-            if config.train.iterations % study.eval_every:
-                raise self.fail(
-                    f"{where}: eval_every {study.eval_every} does not divide train.iterations "
-                    f"{config.train.iterations}; choose a divisor"
-                )
             runs.append(
                 RunSpec(
                     index=index,
@@ -505,8 +549,8 @@ class _Reader:
         return runs
 
     def config_data(self, study: Study, values: dict, where: str) -> dict:
-        """The config of a run as data: base + overrides + the axis ``values`` (the tune axis
-        is no config key) + a checkpoint at every evaluation."""
+        """The config of a run as data: base + overrides + the axis ``values`` (dotted key ->
+        value; the tune axis is no config key) + a checkpoint at every evaluation."""
         data = copy.deepcopy(study.base_config)
         for key, value in study.overrides.items():
             _put(data, key, value, self.fail, f"{where}: overrides key {key!r}")
@@ -556,7 +600,7 @@ class _Reader:
                     f"tune.space gives variant {name} nothing to tune; add an entry for one of "
                     f"its labels ({', '.join(labels) or 'none'}) or {ALL!r}"
                 )
-            data = self.config_data(study, values, f"variant {name}")
+            data = self.config_data(study, study.settings(values), f"variant {name}")
             defaults = {}
             current = config_from_dict(data).to_dict()  # valid: the runs' configs were
             for key in spaces[name]:
@@ -589,7 +633,9 @@ class _Reader:
                 f"tune.space must map {ALL!r} or a variant's label to dotted config keys and their "
                 f"ranges ({{all: {{optim.lr: {{log: [0.0003, 0.003]}}}}}}), got {_show(value)}"
             )
-        taken = [(f"axes[{i}].key {a.key!r}", a.key) for i, a in enumerate(study.axes)]
+        taken = [
+            (f"axes[{i}].key {k!r}", k) for i, a in enumerate(study.axes) for k in a.config_keys
+        ]
         taken += [(f"overrides key {k!r}", k) for k in study.overrides]
         out = {}
         for entry, keys in value.items():

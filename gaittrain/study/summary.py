@@ -32,6 +32,7 @@ from gaittrain.study.runner import (
     Context,
     StudyPaths,
     check_unchanged,
+    checkpoints,
     resolve,
     run_results,
     study_context,
@@ -96,6 +97,7 @@ def build_summary(
                 "name": spec.name,
                 "variant": spec.variant,
                 "seed": spec.seed,
+                "sequences_per_iteration": spec.config.data.batch.p * spec.config.data.batch.k,
                 "values": spec.values,
                 "labels": spec.labels,
                 "tuned": spec.tuned,
@@ -103,7 +105,7 @@ def build_summary(
                 if spec.tuned
                 else None,
                 "complete": r["test"] is not None
-                and len(curve) == spec.config.train.iterations // study.eval_every,
+                and len(curve) == len(checkpoints(spec, study.eval_every)),
                 "validation": {str(it): c for it, c in curve.items()},
                 "test": r["test"],
                 "iterations_to_target": reach,
@@ -116,7 +118,7 @@ def build_summary(
         if v != study.reference
         for c in _compare(v, study.reference, runs, groups)
     ]
-    checkpoints = sorted({int(it) for r in runs for it in r["validation"]})
+    evaluated = sorted({int(it) for r in runs for it in r["validation"]})
     return {
         "format": FORMAT,
         "study": study.spec(),
@@ -128,7 +130,7 @@ def build_summary(
         },
         "conditions": groups,
         "target_condition": first,
-        "checkpoints": checkpoints,
+        "checkpoints": evaluated,
         "statistics": {
             "confidence": CONFIDENCE,
             "interval": "Student t, n - 1 degrees of freedom, across seeds",
@@ -198,10 +200,10 @@ def _tuning(study: Study, trials: dict, first: str) -> dict | None:
 def _variant(study: Study, name: str, runs: list[dict], groups, first, target) -> dict:
     mine = [r for r in runs if r["variant"] == name]
     values = {k: v for k, v in mine[0]["values"].items() if k != SEED}
-    checkpoints = sorted({int(it) for r in mine for it in r["validation"]})
+    evaluated = sorted({int(it) for r in mine for it in r["validation"]})
     validation = {}
     mean_curve = []
-    for it in checkpoints:
+    for it in evaluated:
         at = [r["validation"].get(str(it)) for r in mine]
         validation[str(it)] = {g: _across(at, g) for g in groups}
         firsts = [_rank1(c, first) for c in at]
@@ -224,6 +226,7 @@ def _variant(study: Study, name: str, runs: list[dict], groups, first, target) -
         "values": values,
         "runs": [r["name"] for r in mine],
         "seeds": [r["seed"] for r in mine],
+        "sequences_per_iteration": mine[0]["sequences_per_iteration"],
         "validation": validation,
         "test": test,
         "iterations_to_target": reach,
