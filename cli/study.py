@@ -43,7 +43,7 @@ from gaittrain.study.summary import summary_lines, write_summary
 @click.option(
     "--summarize",
     is_flag=True,
-    help="Only write study.json and study.html from the results there are.",
+    help="Only write study.json, study.html and study.md (+ figures/) from the results there are.",
 )
 @click.option(
     "--overwrite",
@@ -127,4 +127,4 @@ def study_cmd(study_file, pack, out, as_list, only, trial, summarize, overwrite,
     summary = write_summary(study, pack, out, notify=note)
     for line in summary_lines(summary):
         click.echo(line)
-    click.echo(f"study: {out / 'study.json'}, {out / 'study.html'}")
+    click.echo(f"study: {out / 'study.json'}, {out / 'study.html'}, {out / 'study.md'}")

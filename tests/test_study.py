@@ -15,7 +15,7 @@ import yaml
 
 from gaitprep.files import OutputLock
 from gaittrain.study import stats
-from gaittrain.study.report import to_html
+from gaittrain.study.report import to_html, to_markdown
 from gaittrain.study.runner import Context, StudyPaths
 from gaittrain.study.spec import StudyError, Subjects, load_study
 from gaittrain.study.summary import build_summary
@@ -371,6 +371,11 @@ def test_the_whole_command_skips_the_run_a_job_finished(done) -> None:
 
 def test_study_json_holds_curves_finals_and_statistics(done) -> None:
     s = json.loads((done["out"] / "study.json").read_text())
+    md = (done["out"] / "study.md").read_text()  # the Markdown summary and its figures
+    assert md.startswith("## tiny\n") and "4 of 4 runs done" in md
+    for g in ("NM", "BG", "CL"):
+        png = done["out"] / "figures" / f"validation-{g}.png"
+        assert cv2.imread(str(png)) is not None and f"](figures/validation-{g}.png)" in md
     assert s["format"] == "gait-study v1" and s["complete"] == 4 and s["incomplete"] == []
     assert s["subjects"] == {
         "train": ["001", "002"],
@@ -548,6 +553,12 @@ def test_summary_statistics_by_hand(tmp_path) -> None:
     assert name not in html and "&lt;img src=x onerror" in html
     assert html.count("data:image/png;base64,") == 3 and "at or above\n62.5 %" in html
     assert "<td>+12.5</td>" in html  # the paired difference, in percentage points
+    # The same figures as Markdown: center_ranked's test NM 0.625, 0.75, 0.875: 75.0 ± 31.1.
+    md = to_markdown(s, {"NM": "figures/validation-NM.png"})
+    assert "| **center_ranked** | 75.0 ± 31.1 | 75.0 ± 31.1 | 75.0 ± 31.1 | 3 |" in md
+    assert "| triplet | 87.5 ± 31.1 |" in md and "![NM validation rank-1](figures/" in md
+    assert "| triplet | NM | 3 | +12.5 | [+12.5, +12.5] | [+12.5, +12.5] | – |" in md
+    assert "| center_ranked | 1 | 3 / 3 |" in md  # the mean curve reaches 62.5 % at 1
 
 
 def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:

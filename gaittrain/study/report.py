@@ -1,7 +1,8 @@
-"""The HTML page of a study summary: one self-contained file (``study.html``).
+"""The pages of a study summary: one self-contained HTML file (``study.html``), and Markdown
+tables with PNG figures (``study.md``, ``figures/``).
 
-Its figures are PNGs drawn by matplotlib (Agg backend) and embedded as data URIs; nothing is
-loaded from the network. It shows, for each probe group, the validation rank-1 against the
+The page's figures are PNGs drawn by matplotlib (Agg backend) and embedded as data URIs; nothing
+is loaded from the network. It shows, for each probe group, the validation rank-1 against the
 iteration for every variant (the mean across seeds as a line, the 95 % interval as a band, each
 seed faintly), the final test table (mean ± half width of the interval), the paired differences
 with the reference variant, the iterations to reach the target, the tuning (when the study has a
@@ -23,18 +24,26 @@ import yaml
 TEMPLATE = Path(__file__).with_name("study.html.j2")
 
 
-def _png(fig) -> str:
+def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
 def curve_plots(summary: dict) -> dict[str, str]:
-    """One PNG (a data URI) per probe group: validation rank-1 (%) against the iteration, or
-    against the training sequences seen (iteration x P x K) when variants differ in batch size."""
+    """:func:`curve_figures` as data URIs, for the HTML page."""
+    return {
+        g: "data:image/png;base64," + base64.b64encode(png).decode()
+        for g, png in curve_figures(summary).items()
+    }
+
+
+def curve_figures(summary: dict) -> dict[str, bytes]:
+    """One PNG per probe group: validation rank-1 (%) against the iteration, or against the
+    training sequences seen (iteration x P x K) when variants differ in batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,6 +140,88 @@ def _values(values: dict | None) -> str:
         return f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str)
 
     return ", ".join(f"{k}={show(v)}" for k, v in values.items())
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return [_row(header), _row(align), *(_row(r) for r in rows), ""]
+
+
+def to_markdown(summary: dict, figures: dict[str, str] | None = None) -> str:
+    """The study's figures as Markdown (``study.md``): the final test table, the paired
+    differences with the reference, the iterations to reach the target; ``figures`` (probe
+    group -> image path) adds the validation curves. For a paper, a pull request or
+    docs/results.md."""
+    s = summary
+    groups = s["conditions"]
+    done = len(s["runs"]) - len(s["incomplete"])
+    lines = [
+        f"## {s['study']['name']}",
+        "",
+        f"{done} of {len(s['runs'])} runs done ({len(s['variants'])} variants); protocol "
+        f"{s['study']['protocol']}; training on {len(s['subjects']['train'])} subjects, validation "
+        f"on {len(s['subjects']['validation'])}, test on {len(s['subjects']['test'])}. Rank-1 in "
+        "percent, mean ± half width of the 95 % Student-t interval across seeds.",
+        "",
+    ]
+    if figures:
+        lines += [f"![{g} validation rank-1]({path})" for g, path in figures.items()] + [""]
+    lines += ["**Final test rank-1 (%)**", ""]
+    lines += _table(
+        ["variant", *groups, "seeds"],
+        [
+            [
+                f"**{v['name']}**" if v["name"] == s["reference"] else v["name"],
+                *(_pm(v["test"][g]) for g in groups),
+                max((v["test"][g] or {}).get("n", 0) for g in groups),
+            ]
+            for v in s["variants"]
+        ],
+    )
+    if s["comparisons"]:
+        lines += [
+            f"**Paired differences with {s['reference']}** (percentage points, seed by seed: "
+            "mean, 95 % t interval, percentile bootstrap interval, two-sided paired t-test)",
+            "",
+        ]
+        lines += _table(
+            ["variant", "condition", "seeds", "difference", "t interval", "bootstrap", "p"],
+            [
+                [
+                    c["variant"],
+                    c["condition"],
+                    c["n"],
+                    _signed(c["mean"]),
+                    _interval(c["low"], c["high"]),
+                    _interval(c["boot_low"], c["boot_high"]),
+                    _p(c["p_value"]),
+                ]
+                for c in s["comparisons"]
+                if c["n"]
+            ],
+        )
+    if s["study"]["target"] is not None:
+        lines += [
+            f"**Iterations to reach validation {s['target_condition']} rank-1 of "
+            f"{s['study']['target']:g} %** (of the mean curve; seeds that reach it)",
+            "",
+        ]
+        rows = []
+        for v in s["variants"]:
+            t = v["iterations_to_target"]
+            rows.append(
+                [
+                    v["name"],
+                    "not reached" if t["mean_curve"] is None else t["mean_curve"],
+                    f"{t['reached']} / {t['n']}",
+                ]
+            )
+        lines += _table(["variant", "mean curve", "seeds"], rows)
+    return "\n".join(lines)
 
 
 def to_html(summary: dict) -> str:

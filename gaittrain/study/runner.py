@@ -91,6 +91,10 @@ class StudyPaths:
     def html(self) -> Path:
         return self.root / "study.html"
 
+    @property
+    def markdown(self) -> Path:
+        return self.root / "study.md"
+
 
 @dataclass(frozen=True)
 class Context:

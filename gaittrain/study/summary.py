@@ -27,7 +27,7 @@ import numpy as np
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.evaluation.protocol import load_eval_protocol
 from gaittrain.study import stats, tune
-from gaittrain.study.report import to_html
+from gaittrain.study.report import curve_figures, to_html, to_markdown
 from gaittrain.study.runner import (
     Context,
     StudyPaths,
@@ -335,7 +335,12 @@ def write_summary(
             f"{len(summary['incomplete'])} of {len(study.runs)} runs are not done yet "
             f"({shown}{more}); summarizing what is there"
         )
+    figures = {g: paths.root / "figures" / f"validation-{g}.png" for g in summary["conditions"]}
     with OutputLock(paths.json):
+        for g, png in curve_figures(summary).items():
+            atomic_write(figures[g], png)
+        shown = {g: str(f.relative_to(paths.root)) for g, f in figures.items()}
+        atomic_write(paths.markdown, to_markdown(summary, shown))
         atomic_write(paths.json, json.dumps(summary, indent=1, default=str) + "\n")
         atomic_write(paths.html, to_html(summary))
     return summary
