@@ -558,7 +558,7 @@ def test_summary_statistics_by_hand(tmp_path) -> None:
     assert "| **center_ranked** | 75.0 ± 31.1 | 75.0 ± 31.1 | 75.0 ± 31.1 | 3 |" in md
     assert "| triplet | 87.5 ± 31.1 |" in md and "![NM validation rank-1](figures/" in md
     assert "| triplet | NM | 3 | +12.5 | [+12.5, +12.5] | [+12.5, +12.5] | – |" in md
-    assert "| center_ranked | 1 | 3 / 3 |" in md  # the mean curve reaches 62.5 % at 1
+    assert "| center_ranked | 1 | 4 | 3 / 3 |" in md  # the mean curve: 62.5 % at 1 (P x K 2x2)
 
 
 def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:

@@ -213,14 +213,17 @@ def to_markdown(summary: dict, figures: dict[str, str] | None = None) -> str:
         rows = []
         for v in s["variants"]:
             t = v["iterations_to_target"]
+            it = t["mean_curve"]
+            seen = "–" if it is None else f"{it * v['sequences_per_iteration']:,}"
             rows.append(
                 [
                     v["name"],
-                    "not reached" if t["mean_curve"] is None else t["mean_curve"],
+                    "not reached" if it is None else it,
+                    seen,
                     f"{t['reached']} / {t['n']}",
                 ]
             )
-        lines += _table(["variant", "mean curve", "seeds"], rows)
+        lines += _table(["variant", "mean curve", "sequences seen", "seeds"], rows)
     return "\n".join(lines)
 
 
