@@ -33,6 +33,16 @@ class Runtime:
         return self.rank == 0
 
 
+def memory_format(cfg, device: torch.device) -> torch.memory_format:
+    """The model's memory format for a config's ``train.memory_format`` on ``device``: ``auto``
+    is channels_last on the CPU, where oneDNN's convolutions and max-pools run faster in it
+    (bench/train_bench.py; embedding too), and PyTorch's default on CUDA."""
+    fmt = cfg.train.memory_format
+    if fmt == "channels_last" or (fmt == "auto" and device.type == "cpu"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 

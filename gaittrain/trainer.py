@@ -35,7 +35,7 @@ from gaittrain.config import BNNECK_MODELS, Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
-from gaittrain.device import Runtime
+from gaittrain.device import Runtime, memory_format
 from gaittrain.models import build_model
 from gaittrain.objective import Objective
 
@@ -100,16 +100,6 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     ):
         return torch.float16
     return torch.bfloat16
-
-
-def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
-    """The model's memory format: ``auto`` is channels_last on the CPU, where oneDNN's
-    convolutions and max-pools run faster in it (bench/train_bench.py), and PyTorch's default on
-    CUDA."""
-    fmt = cfg.train.memory_format
-    if fmt == "channels_last" or (fmt == "auto" and device.type == "cpu"):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:

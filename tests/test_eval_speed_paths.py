@@ -12,10 +12,11 @@ import torch
 
 from gaitprep.pack import PackWriter
 from gaittrain.data.dataset import PackDataset, to_model_input
-from gaittrain.evaluation.embed import embed_dataset, even_frames
+from gaittrain.evaluation.embed import embed_dataset, even_frames, load_model
 from gaittrain.evaluation.metrics import METRICS, _block_rows, distance_blocks, retrieve
 from gaittrain.models import SetModel
 from gaittrain.models.set_model import segment_max
+from tests.cli import make_pack, train_tiny
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -167,3 +168,26 @@ def test_embed_dataset_workers_and_a_per_sequence_loop_agree(
     # last bits differently (the library picks its algorithm by batch size)
     np.testing.assert_array_equal(alone, loop)
     np.testing.assert_allclose(runs[0], loop, rtol=1e-4, atol=1e-7)
+
+
+def test_the_cpu_embeds_in_channels_last_as_the_default_layout_does(varied_pack, tmp_path) -> None:
+    """load_model puts a CPU model in channels_last (train.memory_format auto, as in training):
+    the same embeddings as PyTorch's default layout, to float rounding, in batches of any size."""
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    model = SetModel((4, 8, 8), (4, 2, 1), 8).eval()
+    fast = SetModel((4, 8, 8), (4, 2, 1), 8).eval()
+    fast.load_state_dict(model.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    data = PackDataset([varied_pack], frames=None, height=32, cut=True)
+    try:
+        plain = embed_dataset(model, data, cpu, batch_frames=4096)
+        quick = embed_dataset(fast, data, cpu)  # the CPU default: 512 frames per batch
+    finally:
+        data.close()
+    np.testing.assert_allclose(quick, plain, rtol=1e-5, atol=1e-6)
+    r = train_tiny(make_pack(tmp_path / "p.h5"), tmp_path / "run", "--iterations", "1")
+    assert r.exit_code == 0, r.output
+    loaded = load_model(tmp_path / "run", cpu).model
+    convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)

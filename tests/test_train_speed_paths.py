@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gaittrain.config import load_config
-from gaittrain.trainer import memory_format, read_log
+from gaittrain.device import memory_format
+from gaittrain.trainer import read_log
 from tests.cli import TINY, assert_one_line_error, make_pack, train_tiny
 
 

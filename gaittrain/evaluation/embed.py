@@ -28,6 +28,7 @@ from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
+from gaittrain.device import memory_format
 from gaittrain.models import build_model
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
@@ -71,8 +72,9 @@ def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     state, fingerprint = checkpoint.load_with_fingerprint(path)
     cfg = config_from_dict(state["config"])
     try:
-        model = build_model(_with_classes(cfg, state["model"]).model).to(device)
+        model = build_model(_with_classes(cfg, state["model"]).model)
         model.load_state_dict(state["model"])
+        model = model.to(device, memory_format=memory_format(cfg, torch.device(device)))
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(
             f"{path}: the weights do not fit its own config ({first_line(e)})"
@@ -183,6 +185,10 @@ def even_frames(n: int, cap: int) -> np.ndarray:
     return np.linspace(0, n - 1, cap).round().astype(int)
 
 
+CUDA_BATCH_FRAMES = 4096  #: frames per embedding batch on CUDA
+CPU_BATCH_FRAMES = 512  #: and elsewhere
+
+
 def _length_batches(lengths: list[int], max_frames: int, batch_frames: int) -> list[list[int]]:
     """Dataset indices in order of length (stable), cut into batches of at most ``batch_frames``
     frames once capped at ``max_frames`` (a longer sequence is a batch of its own)."""
@@ -232,7 +238,7 @@ def embed_dataset(
     data: PackDataset,
     device: torch.device,
     max_frames: int = 0,
-    batch_frames: int = 4096,
+    batch_frames: int | None = None,
     *,
     num_workers: int = 0,
 ) -> np.ndarray:
@@ -241,9 +247,14 @@ def embed_dataset(
     A DataLoader reads the batches (sequences sorted by length, at most ``batch_frames`` frames
     each) in ``num_workers`` processes (0: in this one) ahead of the model, into pinned memory
     on CUDA; the frames travel as uint8 and become float on the device. The result does not
-    depend on ``num_workers``.
+    depend on ``num_workers``. ``batch_frames`` None: 4096 on CUDA, 512 elsewhere (on a CPU
+    the activations of smaller batches stay in cache: the tiny model embeds 2.4x faster with 512
+    frames in channels_last than with 4096 in PyTorch's default layout on one core of this
+    project's 2-core CPU, 2026-11-24).
     """
     device = torch.device(device)
+    if batch_frames is None:
+        batch_frames = CUDA_BATCH_FRAMES if device.type == "cuda" else CPU_BATCH_FRAMES
     lengths = [int(data.packs[pi].length[i]) for pi, i in data.items]
     loader = DataLoader(
         _Indexed(data),
