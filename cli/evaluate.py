@@ -10,8 +10,8 @@ import click
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
-from gaittrain.device import resolve_device
-from gaittrain.evaluation.embed import ensure_embeddings, load_model
+from gaittrain.device import resolve_device, setup, teardown
+from gaittrain.evaluation.embed import embed_pack, load_model
 from gaittrain.evaluation.identify import gallery_embeddings, identify
 from gaittrain.evaluation.run_eval import (
     default_embeddings,
@@ -51,12 +51,20 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder).
 
     The file records the checkpoint's and the pack's fingerprints, --max-frames and the pack's
-    normalization parameters (which `gait identify` applies to a probe).
+    normalization parameters (which `gait identify` applies to a probe). Started by torchrun
+    (torchrun --nproc_per_node N -m gaitcli embed ...), the N processes share the work, each on
+    the GPU of its local rank (gloo on CPUs), and rank 0 writes the one file, equal to a
+    single-process run's.
     """
     sel = select(pack_subjects([pack]), subjects) if subjects else None
     out = out or default_embeddings(checkpoint, pack)
-    _, _, reason = ensure_embeddings(checkpoint, pack, out, sel, resolve_device(device), max_frames)
-    click.echo(f"wrote {out}" if reason is not None else f"up to date: {out}")
+    runtime = setup(device)
+    try:
+        reason = embed_pack(checkpoint, pack, out, sel, runtime, max_frames)
+    finally:
+        teardown()
+    if runtime.main:
+        click.echo(f"wrote {out}" if reason is not None else f"up to date: {out}")
 
 
 @click.command("eval")

@@ -10,6 +10,8 @@ recorded normalization parameters, never with defaults.
 
 from __future__ import annotations
 
+import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,7 +31,7 @@ from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
-from gaittrain.device import memory_format
+from gaittrain.device import Runtime, memory_format
 from gaittrain.models import build_model
 
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
@@ -167,15 +170,90 @@ def ensure_embeddings(
             attrs = provenance(trained, data.packs[0], max_frames)
             reason = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
             if reason is not None:
-                workers = 2 if device.type == "cuda" else 0  # on a CPU the convolutions dominate
                 emb = embed_dataset(
-                    trained.model, data, device, max_frames=max_frames, num_workers=workers
+                    trained.model, data, device, max_frames=max_frames, num_workers=_workers(device)
                 )
                 write_embeddings(out, data, emb, attrs)
             embeddings, attrs = read_embeddings(out)
     finally:
         data.close()
     return embeddings, attrs, reason
+
+
+def embed_pack(
+    ckpt: Path,
+    pack: Path,
+    out: Path,
+    subjects: list[str] | None,
+    runtime: Runtime,
+    max_frames: int = 0,
+) -> str | None:
+    """``gait embed``: make ``out`` up to date, in this process or, under torchrun, shared by
+    the job's processes (:func:`ensure_embeddings_distributed`). Returns why it was
+    (re)computed, None if it was reused."""
+    if runtime.distributed:
+        return ensure_embeddings_distributed(ckpt, pack, out, subjects, runtime, max_frames)
+    return ensure_embeddings(ckpt, pack, out, subjects, runtime.device, max_frames)[2]
+
+
+def _workers(device: torch.device) -> int:
+    return 2 if device.type == "cuda" else 0  # on a CPU the convolutions dominate
+
+
+def ensure_embeddings_distributed(
+    ckpt: Path,
+    pack: Path,
+    out: Path,
+    subjects: list[str] | None,
+    runtime: Runtime,
+    max_frames: int = 0,
+) -> str | None:
+    """:func:`ensure_embeddings` shared by the processes of a torchrun job (DDP's process group
+    joined): rank 0 decides whether ``out`` is up to date; if not, every rank embeds its share of
+    the batches (batch i belongs to rank i mod world size; the batches are those of one process,
+    so every sequence's figures are those of a single-process run, bit for bit) into
+    ``OUT.parts/rank-R.npz``, and rank 0 writes the one file from the parts and removes them.
+    Returns the reason it was (re)computed, None if reused (on every rank)."""
+    device = runtime.device
+    trained = load_model(ckpt, device)
+    cfg = trained.cfg
+    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    parts = out.with_name(out.name + ".parts")
+    lock = OutputLock(out) if runtime.main else nullcontext()
+    try:
+        with lock:
+            attrs = provenance(trained, data.packs[0], max_frames)
+            reason = [None]
+            if runtime.main:
+                reason[0] = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
+                shutil.rmtree(parts, ignore_errors=True)  # left by a job that was killed
+                if reason[0] is not None:
+                    parts.mkdir(parents=True)
+            dist.broadcast_object_list(reason, src=0)
+            if reason[0] is None:
+                return None
+            index, emb = embed_share(
+                trained.model,
+                data,
+                device,
+                max_frames,
+                share=(runtime.rank, runtime.world_size),
+                num_workers=_workers(device),
+            )
+            with atomic_output(parts / f"rank-{runtime.rank}.npz") as tmp, tmp.open("wb") as f:
+                np.savez(f, index=index, embeddings=emb)
+            dist.barrier()
+            if runtime.main:
+                full = np.zeros((len(data), *emb.shape[1:]), np.float32)
+                for r in range(runtime.world_size):
+                    with np.load(parts / f"rank-{r}.npz") as part:
+                        full[part["index"]] = part["embeddings"]
+                write_embeddings(out, data, full, attrs)
+                shutil.rmtree(parts)
+            dist.barrier()
+    finally:
+        data.close()
+    return reason[0]
 
 
 def even_frames(n: int, cap: int) -> np.ndarray:
@@ -252,28 +330,54 @@ def embed_dataset(
     frames in channels_last than with 4096 in PyTorch's default layout on one core of this
     project's 2-core CPU, 2026-11-24).
     """
+    index, emb = embed_share(model, data, device, max_frames, batch_frames, num_workers=num_workers)
+    out = np.zeros((len(data), *emb.shape[1:]), np.float32)
+    out[index] = emb
+    return out
+
+
+@torch.no_grad()
+def embed_share(
+    model: nn.Module,
+    data: PackDataset,
+    device: torch.device,
+    max_frames: int = 0,
+    batch_frames: int | None = None,
+    *,
+    share: tuple[int, int] = (0, 1),
+    num_workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, embeddings)``: the dataset indices of share ``(rank, world size)`` of the
+    batches of :func:`embed_dataset` (batch i belongs to rank i mod world size) and their
+    embeddings [n, parts, dim], in batch order."""
     device = torch.device(device)
     if batch_frames is None:
         batch_frames = CUDA_BATCH_FRAMES if device.type == "cuda" else CPU_BATCH_FRAMES
+    rank, world = share
     lengths = [int(data.packs[pi].length[i]) for pi, i in data.items]
+    batches = _length_batches(lengths, max_frames, batch_frames)[rank::world]
+    index = np.array([j for b in batches for j in b], np.int64)
+    out = np.zeros((len(index), model.parts, model.fc.shape[-1]), np.float32)
+    if not batches:
+        return index, out
     loader = DataLoader(
         _Indexed(data),
-        batch_sampler=_length_batches(lengths, max_frames, batch_frames),
+        batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=partial(_collate_even, max_frames=max_frames),
         pin_memory=device.type == "cuda",
     )
-    out = np.zeros((len(data), model.parts, model.fc.shape[-1]), np.float32)
+    row = {j: r for r, j in enumerate(index.tolist())}
     pending = None  # the previous batch, stored once the next one is queued
-    for frames, counts, index in loader:
+    for frames, counts, batch in loader:
         emb = model(to_model_input(frames, device), counts).permute(1, 0, 2).float()
-        current = (index, *_to_host(emb))
+        current = ([row[j] for j in batch], *_to_host(emb))
         if pending is not None:
             _store(out, *pending)
         pending = current
     if pending is not None:
         _store(out, *pending)
-    return out
+    return index, out
 
 
 def _to_host(emb: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
