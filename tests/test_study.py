@@ -112,7 +112,13 @@ def copied(done, pack, tmp_path: Path) -> dict:
         ({"validation": "last:x"}, ["validation 'last:x': use last:N"]),
         ({"base": "missing.yaml"}, ["cannot read the base config missing.yaml"]),
         ({"protocol": "nope"}, ["protocol: unknown protocol 'nope'"]),
-        ({"reference": "hinge"}, ["reference 'hinge' is not a variant", "center_ranked, triplet"]),
+        (
+            {"reference": "hinge"},
+            [
+                "reference 'hinge' is neither a variant nor a label of an axis",
+                "center_ranked, triplet",
+            ],
+        ),
         ({"axes": [{"key": "loss", "value": [1]}]}, ["unknown key 'axes[0].value'", "'values'"]),
         ({"axes": [{"key": "loss", "values": []}]}, ["axes[0].values must be a non-empty list"]),
         (
@@ -268,6 +274,54 @@ def test_an_axis_of_several_keys_sets_them_together(tmp_path, pack) -> None:
     assert set(runs["2x3-seed0"]["validation"]) == {"2"}
     assert s["complete"] == 2
     assert [v["sequences_per_iteration"] for v in s["variants"]] == [6, 4]
+
+
+def test_a_reference_label_compares_within_the_other_axes(tmp_path) -> None:
+    """reference: a label of an axis: each variant against the one that differs only there."""
+    axes = [
+        {"key": "loss", "values": ["center_ranked", "triplet", "ranked_list"]},
+        {"key": "data.batch", "values": [{"p": 2, "k": 2}, {"p": 3, "k": 4}], "labels": ["a", "b"]},
+        {"key": "seed", "values": [0, 1]},
+    ]
+    overrides = {k: v for k, v in STUDY["overrides"].items() if k != "data.batch"}
+    path = write_study(
+        tmp_path / "r.yaml", axes=axes, overrides=overrides, reference="center_ranked"
+    )
+    study = load_study(path)
+    assert study.pairs == (
+        ("triplet-a", "center_ranked-a"),
+        ("triplet-b", "center_ranked-b"),
+        ("ranked_list-a", "center_ranked-a"),
+        ("ranked_list-b", "center_ranked-b"),
+    )
+    by_batch = load_study(write_study(path, axes=axes, overrides=overrides, reference="a"))
+    assert by_batch.pairs[0] == ("center_ranked-b", "center_ranked-a") and len(by_batch.pairs) == 3
+    ctx = Context(Subjects(["001"], ["002"], ["003"]), Path("p.h5"), "fingerprint")
+    results = {  # triplet 0.25 above center_ranked with batch a, 0.5 with b; every seed
+        r.name: {
+            "validation": {},
+            "test": {
+                "NM": {
+                    "rank1": 0.25
+                    + 0.25 * (r.variant.startswith("triplet")) * (1 + r.variant.endswith("b")),
+                    "mAP": 0.5,
+                }
+            },
+        }
+        for r in study.runs
+    }
+    s = build_summary(study, ctx, results)
+    nm = {
+        (c["variant"], c["reference"]): c["mean"]
+        for c in s["comparisons"]
+        if c["condition"] == "NM"
+    }
+    assert (
+        nm[("triplet-a", "center_ranked-a")] == 0.25 and nm[("triplet-b", "center_ranked-b")] == 0.5
+    )
+    assert nm[("ranked_list-b", "center_ranked-b")] == 0.0
+    assert s["references"] == ["center_ranked-a", "center_ranked-b"]
+    assert "| **center_ranked-b** |" in to_markdown(s)
 
 
 def test_the_reference_and_labels(tmp_path) -> None:
@@ -583,9 +637,8 @@ def test_the_example_study_is_valid() -> None:
         Path(__file__).resolve().parents[1] / "configs" / "studies" / "loss-demo.yaml"
     )
     assert len(study.runs) == 30 and len(study.variants) == 6
-    assert (
-        study.reference == "center_ranked-4x4" and study.runs[0].name == "center_ranked-4x4-seed0"
-    )
+    assert study.reference == "center_ranked" and study.runs[0].name == "center_ranked-4x4-seed0"
+    assert ("triplet-8x8", "center_ranked-8x8") in study.pairs and len(study.pairs) == 4
     assert {r.config.train.checkpoint_every for r in study.runs} == {250}
     seen = {
         r.config.train.iterations * r.config.data.batch.p * r.config.data.batch.k

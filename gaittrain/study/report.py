@@ -175,7 +175,7 @@ def to_markdown(summary: dict, figures: dict[str, str] | None = None) -> str:
         ["variant", *groups, "seeds"],
         [
             [
-                f"**{v['name']}**" if v["name"] == s["reference"] else v["name"],
+                f"**{v['name']}**" if v["name"] in s["references"] else v["name"],
                 *(_pm(v["test"][g]) for g in groups),
                 max((v["test"][g] or {}).get("n", 0) for g in groups),
             ]

@@ -208,10 +208,12 @@ class Study:
     protocol: str
     eval_every: int
     target: float | None  # validation rank-1 in percent, of the protocol's first probe group
-    reference: str
+    reference: str  # a variant, or a label of an axis (docs/study.md)
     axes: tuple[Axis, ...]
     runs: tuple[RunSpec, ...]
     tune: Tuning | None = None
+    #: (variant, reference variant) for every comparison, from ``reference``
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def settings(self, values: dict) -> dict:
         """The dotted config keys and values that axis ``values`` (axis key -> value, as in
@@ -332,11 +334,8 @@ class _Reader:
         variants = list(dict.fromkeys(r.variant for r in runs))
         reference = data.get("reference")
         reference = variants[0] if reference is None else self.text(reference, "reference")
-        if reference not in variants:
-            raise self.fail(
-                f"reference {reference!r} is not a variant; the variants are {', '.join(variants)}"
-            )
-        study = replace(study, runs=tuple(runs), reference=reference)
+        pairs = self.pairs(reference, variants, runs, axes)
+        study = replace(study, runs=tuple(runs), reference=reference, pairs=pairs)
         if "tune" in data:
             return self.tuning(data["tune"], study)
         for i, a in enumerate(axes):
@@ -346,6 +345,30 @@ class _Reader:
                     "no tune: section (docs/study.md, Fair tuning)"
                 )
         return study
+
+    def pairs(self, reference: str, variants: list[str], runs, axes) -> tuple:
+        """``(variant, its reference)`` for every variant compared: with a variant's name, every
+        other variant against it; with a label of an axis, every variant against the one that
+        differs only by carrying that label on that axis (``reference: center_ranked`` compares
+        triplet-8x8 with center_ranked-8x8)."""
+        if reference in variants:
+            return tuple((v, reference) for v in variants if v != reference)
+        axis = next((a for a in axes if a.key != SEED and reference in a.labels), None)
+        if axis is None:
+            raise self.fail(
+                f"reference {reference!r} is neither a variant nor a label of an axis; the "
+                f"variants are {', '.join(variants)}"
+            )
+        labels = {r.variant: {k: lab for k, lab in r.labels.items() if k != SEED} for r in runs}
+        names = {tuple(ls.items()): v for v, ls in labels.items()}
+        out = []
+        for v in variants:
+            if labels[v][axis.key] == reference:
+                continue
+            counterpart = tuple({**labels[v], axis.key: reference}.items())
+            if counterpart in names:
+                out.append((v, names[counterpart]))
+        return tuple(out)
 
     # -- the values -------------------------------------------------------------------------
 

@@ -112,12 +112,7 @@ def build_summary(
             }
         )
     variants = [_variant(study, name, runs, groups, first, target) for name in study.variants]
-    comparisons = [
-        c
-        for v in study.variants
-        if v != study.reference
-        for c in _compare(v, study.reference, runs, groups)
-    ]
+    comparisons = [c for v, ref in study.pairs for c in _compare(v, ref, runs, groups)]
     evaluated = sorted({int(it) for r in runs for it in r["validation"]})
     return {
         "format": FORMAT,
@@ -140,6 +135,7 @@ def build_summary(
         "runs": runs,
         "variants": variants,
         "reference": study.reference,
+        "references": sorted({ref for _, ref in study.pairs}) or [study.reference],
         "comparisons": comparisons,
         "complete": sum(r["complete"] for r in runs),
         "incomplete": [r["name"] for r in runs if not r["complete"]],
