@@ -25,10 +25,10 @@ import torch
 METRICS = ("euclidean", "cosine", "cosine-flat")
 
 
-#: Bytes of ranking scratch per probe x gallery pair, measured (CPU): the stable argsort's sorted
-#: values, indices and buffers, the ranked gallery's ids, matches, running match counts and the
-#: float64 precisions of :func:`_score_block`.
-RANK_BYTES = 32
+#: Bytes of ranking scratch per probe x gallery pair: the boolean masks :func:`_score_block`
+#: compares a row with one match's distance through (d < d_m, d = d_m, the gallery order, their
+#: conjunction), one byte each; nothing of the gallery's size is sorted.
+RANK_BYTES = 4
 
 
 def _block_rows(n_gallery: int, parts: int, max_memory: int, dim: int = 0) -> int:
@@ -179,26 +179,58 @@ def _integer_ids(
     return codes[: p.size].to(device), codes[p.size :].to(device)
 
 
-def _score_block(
-    d: torch.Tensor, probe_ids: torch.Tensor, gallery_ids: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """``(first, ap, inp, nearest, nearest_match)`` of a block of distances [b, G] (probe and
-    gallery ids as integer codes on ``d``'s device), computed there."""
+def _match_table(probe_ids: torch.Tensor, gallery_ids: torch.Tensor) -> torch.Tensor:
+    """[n_probe, M]: each probe's correct gallery indices in gallery order, padded with -1 (M:
+    the most any probe has; at least 1)."""
+    n_codes = (
+        int(
+            max(
+                probe_ids.max().item() if probe_ids.numel() else 0,
+                gallery_ids.max().item() if gallery_ids.numel() else 0,
+            )
+        )
+        + 1
+    )
+    counts = torch.bincount(gallery_ids.long(), minlength=n_codes)
+    width = max(int(counts.max().item()) if counts.numel() else 0, 1)
+    order = torch.argsort(gallery_ids, stable=True)  # gallery indices grouped by id, in order
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(order), device=order.device) - start[gallery_ids[order].long()]
+    table = torch.full((n_codes, width), -1, dtype=torch.int64, device=gallery_ids.device)
+    table[gallery_ids[order].long(), slot] = order
+    return table[probe_ids.long()]
+
+
+def _score_block(d: torch.Tensor, matches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(first, ap, inp, nearest, nearest_match)`` of a block of distances [b, G], given each
+    probe's correct gallery indices ``matches`` [b, M] (padded with -1), computed on ``d``'s
+    device without sorting the gallery: in the ranking with ties broken by gallery order, the
+    rank (from 0) of gallery item j is #{i : d_i < d_j} + #{i < j : d_i = d_j}, so a probe's
+    figures need the ranks of its matches only: one pass over its row per match."""
     b, n_gallery = d.shape
-    order = torch.argsort(d, dim=1, stable=True)  # ties keep gallery order
-    match = gallery_ids[order] == probe_ids[:, None]  # [b, G]: the ranked gallery's matches
-    hits = match.cumsum(dim=1, dtype=torch.int32)  # correct matches up to each rank
-    count = hits[:, -1]
+    valid = matches >= 0
+    column = torch.arange(n_gallery, device=d.device)
+    big = torch.iinfo(torch.int64).max
+    ranks = torch.full(matches.shape, big, dtype=torch.int64, device=d.device)
+    for t in range(matches.shape[1]):
+        m = matches[:, t].clamp(min=0)
+        dm = d.gather(1, m[:, None])
+        rank = (d < dm).sum(dim=1)
+        rank += ((d == dm) & (column < m[:, None])).sum(dim=1)
+        ranks[:, t] = torch.where(valid[:, t], rank, big)
+    ranks, slot = torch.sort(ranks, dim=1)  # the matches in ranked order
+    count = valid.sum(dim=1)
     found = count > 0
-    first = (hits == 0).sum(dim=1)  # ranks before the first match
-    nearest = order[:, 0]
-    nearest_match = order.gather(1, first.clamp(max=n_gallery - 1)[:, None]).squeeze(1)
-    del order
-    last = (hits < count[:, None]).sum(dim=1)  # the last match's rank (from 0)
-    rank = torch.arange(1, n_gallery + 1, device=d.device, dtype=torch.float64)
-    precision = hits.to(torch.float64).div_(rank).mul_(match)  # precision at each match
+    first = ranks[:, 0]
+    last = ranks.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
+    position = torch.arange(1, matches.shape[1] + 1, device=d.device, dtype=torch.float64)
+    precision = torch.where(
+        ranks < big, position / (ranks.to(torch.float64) + 1), torch.zeros((), dtype=torch.float64)
+    )
     ap = precision.sum(dim=1) / count.clamp(min=1)  # 0 without a match
-    inp = count.to(torch.float64) / (last + 1)  # 0 without a match
+    inp = torch.where(found, count.to(torch.float64) / (last.clamp(max=n_gallery) + 1), 0.0)
+    nearest = d.argmin(dim=1)  # the first of equal minima: gallery order
+    nearest_match = matches.gather(1, slot[:, :1]).squeeze(1)
     return (
         first.masked_fill_(~found, -1),
         ap,
@@ -229,8 +261,9 @@ def retrieve(
     ap = torch.zeros(n, dtype=torch.float64, device=device)
     inp = torch.zeros(n, dtype=torch.float64, device=device)
     if gallery.shape[0]:
+        matches = _match_table(p_ids, g_ids)
         for s, d in distance_blocks(probe, gallery, metric, max_memory):
             b = slice(s, s + d.shape[0])
-            first[b], ap[b], inp[b], nearest[b], nearest_match[b] = _score_block(d, p_ids[b], g_ids)
+            first[b], ap[b], inp[b], nearest[b], nearest_match[b] = _score_block(d, matches[b])
     host = [x.cpu().numpy() for x in (first, ap, inp, nearest, nearest_match)]
     return Retrieval(*host)
