@@ -625,6 +625,7 @@ def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:
     dom = chromium(page, "--dump-dom")
     assert dom.returncode == 0 and 'id="paired"' in dom.stdout
     assert "Paired differences with center_ranked" in dom.stdout
+    assert dom.stdout.count("<td>2 of 2</td>") == 2  # each variant: 2 seeds with a test result
     shot = tmp_path / "shot.png"
     assert chromium(page, "--window-size=1200,1600", f"--screenshot={shot}").returncode == 0
     img = cv2.imread(str(shot))
