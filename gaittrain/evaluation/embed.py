@@ -147,6 +147,17 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
     return None
 
 
+def open_model_and_pack(
+    ckpt: Path, pack: Path, subjects: list[str] | None, device: torch.device
+) -> tuple[TrainedModel, PackDataset]:
+    """A checkpoint's model on ``device`` and the whole sequences of ``subjects`` (None: all) of
+    ``pack``, read as the model was trained (its height and cut); close the dataset after use."""
+    trained = load_model(ckpt, device)
+    cfg = trained.cfg
+    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    return trained, data
+
+
 def ensure_embeddings(
     ckpt: Path,
     pack: Path,
@@ -162,9 +173,7 @@ def ensure_embeddings(
     model and the pack each read once, so the file always describes what it holds. Returns
     ``(embeddings, attrs, reason)``: ``reason`` says why it was (re)computed, None if reused.
     """
-    trained = load_model(ckpt, device)
-    cfg = trained.cfg
-    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    trained, data = open_model_and_pack(ckpt, pack, subjects, device)
     try:
         with OutputLock(out):
             attrs = provenance(trained, data.packs[0], max_frames)
@@ -215,9 +224,7 @@ def ensure_embeddings_distributed(
     ``OUT.parts/rank-R.npz``, and rank 0 writes the one file from the parts and removes them.
     Returns the reason it was (re)computed, None if reused (on every rank)."""
     device = runtime.device
-    trained = load_model(ckpt, device)
-    cfg = trained.cfg
-    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    trained, data = open_model_and_pack(ckpt, pack, subjects, device)
     parts = out.with_name(out.name + ".parts")
     lock = OutputLock(out) if runtime.main else nullcontext()
     try:

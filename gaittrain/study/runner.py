@@ -45,9 +45,9 @@ from gaitprep.files import OutputLock
 from gaitprep.pack import Pack
 from gaittrain import checkpoint
 from gaittrain.config import ConfigError, load_config
-from gaittrain.data.dataset import PackDataset, pack_subjects
+from gaittrain.data.dataset import pack_subjects
 from gaittrain.device import Runtime, setup, teardown
-from gaittrain.evaluation.embed import embed_dataset, load_model
+from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.study import tune
 from gaittrain.study.cache import EvalCache, identity
@@ -226,9 +226,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Rank-1 and mAP of each probe group (NM, BG, CL) of ``ckpt`` on ``subjects`` of ``pack``,
     computed as ``gait eval`` computes them (every frame, Euclidean, identical views excluded)."""
-    trained = load_model(ckpt, device)
-    cfg = trained.cfg
-    data = PackDataset([pack], subjects, frames=None, height=cfg.data.height, cut=cfg.data.cut)
+    trained, data = open_model_and_pack(ckpt, pack, subjects, device)
     try:
         workers = 2 if device.type == "cuda" else 0
         emb = embed_dataset(trained.model, data, device, num_workers=workers)
