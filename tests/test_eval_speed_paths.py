@@ -191,3 +191,24 @@ def test_the_cpu_embeds_in_channels_last_as_the_default_layout_does(varied_pack,
     loaded = load_model(tmp_path / "run", cpu).model
     convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+def test_kept_galleries_and_precomputed_norms_change_no_figure() -> None:
+    """evaluate keeps stacked galleries (with their squared norms) while they fit in
+    max_memory: a cap too small to keep any gives the same result, figure for figure."""
+    from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+
+    rng = np.random.default_rng(3)
+    recordings = [("nm", f"{i:02d}") for i in range(1, 7)] + [("bg", "01"), ("cl", "01")]
+    keys = [
+        (f"{s:03d}", c, q, f"{v:03d}")
+        for s in range(75, 81)
+        for c, q in recordings
+        for v in (0, 18, 36)
+    ]
+    emb = {k: rng.integers(0, 3, (4, 3)).astype(np.float32) for k in keys}  # ties aplenty
+    protocol = load_eval_protocol("casia-b-lt")
+    kept = evaluate(emb, protocol, max_memory=256 << 20)
+    none = evaluate(emb, protocol, max_memory=200)  # no gallery fits: stacked per cell
+    assert kept == none
+    assert kept["conditions"]["NM"]["rank1"] == none["conditions"]["NM"]["rank1"]

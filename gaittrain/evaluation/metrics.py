@@ -74,16 +74,25 @@ def _cosine_flat_blocks(
         yield s, 1.0 - p @ g.T
 
 
+def squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """Every part's squared length, [n, parts] of embeddings [n, parts, dim]: what the Euclidean
+    distance needs of each side; compute them once for embeddings used in many retrievals."""
+    return (x**2).sum(-1)
+
+
 def _euclidean_blocks(
-    probe: torch.Tensor, gallery: torch.Tensor, rows: int
+    probe: torch.Tensor,
+    gallery: torch.Tensor,
+    rows: int,
+    norms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     r"""Euclidean distances averaged over parts, :math:`D_{ij} = \frac{1}{P} \sum_k
     \sqrt{\lVert p_{ik} \rVert^2 + \lVert g_{jk} \rVert^2 - 2 p_{ik} \cdot g_{jk}}`."""
     parts = probe.shape[1]
-    g_sq = (gallery**2).sum(-1)  # [G, parts]
+    p_all, g_sq = norms if norms is not None else (squared_norms(probe), squared_norms(gallery))
     for s in range(0, probe.shape[0], rows):
         p = probe[s : s + rows]
-        p_sq = (p**2).sum(-1)  # [b, parts]
+        p_sq = p_all[s : s + rows]  # [b, parts]
         d = torch.zeros(p.shape[0], gallery.shape[0], dtype=probe.dtype, device=probe.device)
         sq = torch.empty_like(d)
         for k in range(parts):  # one part at a time keeps the block small
@@ -98,6 +107,7 @@ def distance_blocks(
     gallery: torch.Tensor,
     metric: str = "euclidean",
     max_memory: int = 256 << 20,
+    norms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, D)`` with D [b, n_gallery]: the distances of probes start..start+b-1.
 
@@ -109,6 +119,9 @@ def distance_blocks(
         See the module's docstring for each definition.
     max_memory : int
         Cap in bytes on one block's working set; it sets the number of probes per block.
+    norms : (Tensor, Tensor), optional
+        :func:`squared_norms` of probe and gallery, when already computed (Euclidean only;
+        the same figures either way).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}")
@@ -119,7 +132,10 @@ def distance_blocks(
     }[metric]
     copied = 0 if metric == "euclidean" else probe.shape[2]  # cosines normalize a copy
     rows = _block_rows(gallery.shape[0], probe.shape[1], max_memory, copied)
-    yield from blocks(probe, gallery, rows)
+    if metric == "euclidean":
+        yield from _euclidean_blocks(probe, gallery, rows, norms)
+    else:
+        yield from blocks(probe, gallery, rows)
 
 
 @dataclass
@@ -247,11 +263,13 @@ def retrieve(
     gallery_ids: np.ndarray,
     metric: str = "euclidean",
     max_memory: int = 256 << 20,
+    norms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Retrieval:
     """Rank the gallery for every probe (ties broken by gallery order) and score the ranking.
 
     Subject ids become integer codes on the embeddings' device once; ranking and scoring stay
-    there, and only the per-probe results are copied to the host, once.
+    there, and only the per-probe results are copied to the host, once. ``norms``: see
+    :func:`distance_blocks`.
     """
     n, device = probe.shape[0], probe.device
     p_ids, g_ids = _integer_ids(probe_ids, gallery_ids, device)
@@ -262,7 +280,7 @@ def retrieve(
     inp = torch.zeros(n, dtype=torch.float64, device=device)
     if gallery.shape[0]:
         matches = _match_table(p_ids, g_ids)
-        for s, d in distance_blocks(probe, gallery, metric, max_memory):
+        for s, d in distance_blocks(probe, gallery, metric, max_memory, norms):
             b = slice(s, s + d.shape[0])
             first[b], ap[b], inp[b], nearest[b], nearest_match[b] = _score_block(d, matches[b])
     host = [x.cpu().numpy() for x in (first, ap, inp, nearest, nearest_match)]
