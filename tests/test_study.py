@@ -296,6 +296,10 @@ def test_a_reference_label_compares_within_the_other_axes(tmp_path) -> None:
     )
     by_batch = load_study(write_study(path, axes=axes, overrides=overrides, reference="a"))
     assert by_batch.pairs[0] == ("center_ranked-b", "center_ranked-a") and len(by_batch.pairs) == 3
+    both = load_study(
+        write_study(path, axes=axes, overrides=overrides, reference=["center_ranked", "a"])
+    )
+    assert both.pairs == study.pairs + by_batch.pairs and both.reference == "center_ranked, a"
     ctx = Context(Subjects(["001"], ["002"], ["003"]), Path("p.h5"), "fingerprint")
     results = {  # triplet 0.25 above center_ranked with batch a, 0.5 with b; every seed
         r.name: {
@@ -611,7 +615,9 @@ def test_summary_statistics_by_hand(tmp_path) -> None:
     md = to_markdown(s, {"NM": "figures/validation-NM.png"})
     assert "| **center_ranked** | 75.0 ± 31.1 | 75.0 ± 31.1 | 75.0 ± 31.1 | 3 |" in md
     assert "| triplet | 87.5 ± 31.1 |" in md and "![NM validation rank-1](figures/" in md
-    assert "| triplet | NM | 3 | +12.5 | [+12.5, +12.5] | [+12.5, +12.5] | – |" in md
+    assert (
+        "| triplet | center_ranked | NM | 3 | +12.5 | [+12.5, +12.5] | [+12.5, +12.5] | – |" in md
+    )
     assert "| center_ranked | 1 | 4 | 3 / 3 |" in md  # the mean curve: 62.5 % at 1 (P x K 2x2)
 
 
@@ -638,8 +644,10 @@ def test_the_example_study_is_valid() -> None:
         Path(__file__).resolve().parents[1] / "configs" / "studies" / "loss-demo.yaml"
     )
     assert len(study.runs) == 30 and len(study.variants) == 6
-    assert study.reference == "center_ranked" and study.runs[0].name == "center_ranked-4x4-seed0"
-    assert ("triplet-8x8", "center_ranked-8x8") in study.pairs and len(study.pairs) == 4
+    assert study.reference == "center_ranked, 4x4"
+    assert study.runs[0].name == "center_ranked-4x4-seed0"
+    assert ("triplet-8x8", "center_ranked-8x8") in study.pairs and len(study.pairs) == 7
+    assert ("center_ranked-8x8", "center_ranked-4x4") in study.pairs
     assert {r.config.train.checkpoint_every for r in study.runs} == {250}
     seen = {
         r.config.train.iterations * r.config.data.batch.p * r.config.data.batch.k

@@ -189,10 +189,20 @@ def to_markdown(summary: dict, figures: dict[str, str] | None = None) -> str:
             "",
         ]
         lines += _table(
-            ["variant", "condition", "seeds", "difference", "t interval", "bootstrap", "p"],
+            [
+                "variant",
+                "reference",
+                "condition",
+                "seeds",
+                "difference",
+                "t interval",
+                "bootstrap",
+                "p",
+            ],
             [
                 [
                     c["variant"],
+                    c["reference"],
                     c["condition"],
                     c["n"],
                     _signed(c["mean"]),

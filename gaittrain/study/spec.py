@@ -208,7 +208,7 @@ class Study:
     protocol: str
     eval_every: int
     target: float | None  # validation rank-1 in percent, of the protocol's first probe group
-    reference: str  # a variant, or a label of an axis (docs/study.md)
+    reference: str  # a variant, or a label of an axis, or several joined by ", " (docs/study.md)
     axes: tuple[Axis, ...]
     runs: tuple[RunSpec, ...]
     tune: Tuning | None = None
@@ -332,10 +332,13 @@ class _Reader:
         )
         runs = self.expand(study)
         variants = list(dict.fromkeys(r.variant for r in runs))
-        reference = data.get("reference")
-        reference = variants[0] if reference is None else self.text(reference, "reference")
-        pairs = self.pairs(reference, variants, runs, axes)
-        study = replace(study, runs=tuple(runs), reference=reference, pairs=pairs)
+        given = data.get("reference", variants[0])
+        if isinstance(given, list) and given:
+            refs = [self.text(r, f"reference[{i}]") for i, r in enumerate(given)]
+        else:
+            refs = [self.text(given, "reference")]
+        pairs = tuple(dict.fromkeys(p for r in refs for p in self.pairs(r, variants, runs, axes)))
+        study = replace(study, runs=tuple(runs), reference=", ".join(refs), pairs=pairs)
         if "tune" in data:
             return self.tuning(data["tune"], study)
         for i, a in enumerate(axes):
