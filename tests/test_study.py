@@ -300,6 +300,13 @@ def test_a_reference_label_compares_within_the_other_axes(tmp_path) -> None:
         write_study(path, axes=axes, overrides=overrides, reference=["center_ranked", "a"])
     )
     assert both.pairs == study.pairs + by_batch.pairs and both.reference == "center_ranked, a"
+    given = write_study(
+        path, axes=axes, overrides=overrides, reference=[{"triplet-b": "triplet-a"}]
+    )
+    assert load_study(given).pairs == (("triplet-b", "triplet-a"),)
+    bad = write_study(path, axes=axes, overrides=overrides, reference=[{"triplet-c": "triplet-a"}])
+    with pytest.raises(StudyError, match=r"reference\[0\]: 'triplet-c' is not a variant"):
+        load_study(bad)
     ctx = Context(Subjects(["001"], ["002"], ["003"]), Path("p.h5"), "fingerprint")
     results = {  # triplet 0.25 above center_ranked with batch a, 0.5 with b; every seed
         r.name: {

@@ -333,12 +333,26 @@ class _Reader:
         runs = self.expand(study)
         variants = list(dict.fromkeys(r.variant for r in runs))
         given = data.get("reference", variants[0])
-        if isinstance(given, list) and given:
-            refs = [self.text(r, f"reference[{i}]") for i, r in enumerate(given)]
-        else:
-            refs = [self.text(given, "reference")]
-        pairs = tuple(dict.fromkeys(p for r in refs for p in self.pairs(r, variants, runs, axes)))
-        study = replace(study, runs=tuple(runs), reference=", ".join(refs), pairs=pairs)
+        entries = given if isinstance(given, list) and given else [given]
+        found, shown = [], []
+        for i, entry in enumerate(entries):
+            where = f"reference[{i}]" if isinstance(given, list) else "reference"
+            if isinstance(entry, dict) and entry:  # explicit pairs: variant -> its reference
+                for v, r in entry.items():
+                    for name in (v, r):
+                        if name not in variants:
+                            raise self.fail(
+                                f"{where}: {name!r} is not a variant; the variants are "
+                                f"{', '.join(variants)}"
+                            )
+                    found.append((v, r))
+                    shown.append(f"{v} vs {r}")
+                continue
+            ref = self.text(entry, where)
+            found += self.pairs(ref, variants, runs, axes)
+            shown.append(ref)
+        pairs = tuple(dict.fromkeys(p for p in found if p[0] != p[1]))
+        study = replace(study, runs=tuple(runs), reference=", ".join(shown), pairs=pairs)
         if "tune" in data:
             return self.tuning(data["tune"], study)
         for i, a in enumerate(axes):
