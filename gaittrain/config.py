@@ -342,13 +342,7 @@ def _check_height(height: int, model: Any) -> None:
         return
     if height % POOLING == 0 and all((height // POOLING) % n == 0 for n in bins):
         return
-    step = POOLING * math.lcm(*bins)
-    valid = [h for h in range(step, HEIGHT_MAX + 1, step) if h >= HEIGHT_MIN][:3]
-    fix = (
-        f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
-        if valid
-        else f"no height up to {HEIGHT_MAX} fits them; choose fewer or smaller bins"
-    )
+    fix = _height_fix(POOLING * math.lcm(*bins))
     raise ConfigError(
         f"data.height {height} does not suit model.bins {bins}: the model pools the height by "
         f"{POOLING} ({height} -> {height / POOLING:g} rows) and cuts the rows into "
@@ -361,18 +355,20 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
 
 
+def _height_fix(step: int) -> str:
+    """How to choose a height when the valid ones are the multiples of ``step``."""
+    valid = [h for h in range(step, HEIGHT_MAX + 1, step) if h >= HEIGHT_MIN][:3]
+    if not valid:
+        return f"no height up to {HEIGHT_MAX} fits them; choose fewer or smaller bins"
+    return f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
+
+
 def _check_gaitbase_height(height: int, model: GaitBaseConfig) -> None:
     """GaitBase's strides give ``model.rows(height)`` rows, which every bin must divide."""
     rows = model.rows(height)
     if all(rows % n == 0 for n in model.bins):
         return
-    step = math.prod(model.steps()) * math.lcm(*model.bins)
-    valid = [h for h in range(step, HEIGHT_MAX + 1, step) if h >= HEIGHT_MIN][:3]
-    fix = (
-        f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
-        if valid
-        else f"no height up to {HEIGHT_MAX} fits them; choose fewer or smaller bins"
-    )
+    fix = _height_fix(math.prod(model.steps()) * math.lcm(*model.bins))
     raise ConfigError(
         f"data.height {height} does not suit model.bins {model.bins}: the backbone's strides "
         f"leave {rows} rows, cut into {', '.join(map(str, model.bins))} strips; {fix}"

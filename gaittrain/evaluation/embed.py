@@ -229,9 +229,9 @@ def ensure_embeddings_distributed(
     lock = OutputLock(out) if runtime.main else nullcontext()
     try:
         with lock:
-            attrs = provenance(trained, data.packs[0], max_frames)
             reason = [None]
             if runtime.main:
+                attrs = provenance(trained, data.packs[0], max_frames)
                 reason[0] = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
                 shutil.rmtree(parts, ignore_errors=True)  # left by a job that was killed
                 if reason[0] is not None:
