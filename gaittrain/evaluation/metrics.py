@@ -18,11 +18,48 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from gaittrain.evaluation import certified
+
 METRICS = ("euclidean", "cosine", "cosine-flat")
+#: How distances are computed: float32 products, int8 products re-checked to exact, or int8
+#: where it pays (:func:`resolve_precision`).
+PRECISIONS = ("fp32", "int8", "auto")
+#: ``auto`` uses int8 for retrievals of at least this many probe x gallery pairs (an OU-MVLP
+#: view pair has 26.6 million; a CASIA-B cell 20,000, where float32 is as fast).
+AUTO_PAIRS = 1 << 22
+
+
+def fast_int8(device: torch.device) -> bool:
+    """Whether ``device`` multiplies int8 matrices fast: a CPU with VNNI or AMX, or a CUDA GPU
+    of compute capability 8.0 or later."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def resolve_precision(precision: str, metric: str, device, pairs: int) -> str:
+    """``fp32`` or ``int8`` for one retrieval: ``auto`` takes int8 for a Euclidean retrieval of
+    at least :data:`AUTO_PAIRS` pairs on a device with fast int8 products."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and metric != "euclidean":
+        raise ValueError("precision int8 computes the euclidean metric only")
+    if precision != "auto":
+        return precision
+    big = pairs >= AUTO_PAIRS
+    return "int8" if metric == "euclidean" and big and fast_int8(device) else "fp32"
 
 
 #: Bytes of ranking scratch per probe x gallery pair: the boolean masks :func:`_score_block`
@@ -217,13 +254,12 @@ def _match_table(probe_ids: torch.Tensor, gallery_ids: torch.Tensor) -> torch.Te
     return table[probe_ids.long()]
 
 
-def _score_block(d: torch.Tensor, matches: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(first, ap, inp, nearest, nearest_match)`` of a block of distances [b, G], given each
-    probe's correct gallery indices ``matches`` [b, M] (padded with -1), computed on ``d``'s
-    device without sorting the gallery: in the ranking with ties broken by gallery order, the
-    rank (from 0) of gallery item j is #{i : d_i < d_j} + #{i < j : d_i = d_j}, so a probe's
-    figures need the ranks of its matches only: one pass over its row per match."""
-    b, n_gallery = d.shape
+def match_ranks(d: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
+    """[b, M]: the rank (from 0) of each probe's correct gallery indices ``matches`` [b, M]
+    (padded with -1; their rank: the largest int64) in its row of distances ``d`` [b, G], ties
+    broken by gallery order, without sorting the gallery: gallery item j ranks
+    #{i : d_i < d_j} + #{i < j : d_i = d_j}, one pass over the row per match."""
+    n_gallery = d.shape[1]
     valid = matches >= 0
     column = torch.arange(n_gallery, device=d.device)
     big = torch.iinfo(torch.int64).max
@@ -234,18 +270,26 @@ def _score_block(d: torch.Tensor, matches: torch.Tensor) -> tuple[torch.Tensor, 
         rank = (d < dm).sum(dim=1)
         rank += ((d == dm) & (column < m[:, None])).sum(dim=1)
         ranks[:, t] = torch.where(valid[:, t], rank, big)
+    return ranks
+
+
+def score_ranks(
+    ranks: torch.Tensor, matches: torch.Tensor, nearest: torch.Tensor, n_gallery: int
+) -> tuple[torch.Tensor, ...]:
+    """``(first, ap, inp, nearest, nearest_match)`` of a block from its matches' ranks
+    (:func:`match_ranks`) and each probe's nearest gallery index."""
+    big = torch.iinfo(torch.int64).max
     ranks, slot = torch.sort(ranks, dim=1)  # the matches in ranked order
-    count = valid.sum(dim=1)
+    count = (matches >= 0).sum(dim=1)
     found = count > 0
     first = ranks[:, 0]
     last = ranks.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
-    position = torch.arange(1, matches.shape[1] + 1, device=d.device, dtype=torch.float64)
+    position = torch.arange(1, matches.shape[1] + 1, device=ranks.device, dtype=torch.float64)
     precision = torch.where(
         ranks < big, position / (ranks.to(torch.float64) + 1), torch.zeros((), dtype=torch.float64)
     )
     ap = precision.sum(dim=1) / count.clamp(min=1)  # 0 without a match
     inp = torch.where(found, count.to(torch.float64) / (last.clamp(max=n_gallery) + 1), 0.0)
-    nearest = d.argmin(dim=1)  # the first of equal minima: gallery order
     nearest_match = matches.gather(1, slot[:, :1]).squeeze(1)
     return (
         first.masked_fill_(~found, -1),
@@ -256,6 +300,12 @@ def _score_block(d: torch.Tensor, matches: torch.Tensor) -> tuple[torch.Tensor, 
     )
 
 
+def _score_block(d: torch.Tensor, matches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`score_ranks` of a block of distances [b, G]; the nearest is the first of equal
+    minima (gallery order)."""
+    return score_ranks(match_ranks(d, matches), matches, d.argmin(dim=1), d.shape[1])
+
+
 def retrieve(
     probe: torch.Tensor,
     probe_ids: np.ndarray,
@@ -264,12 +314,17 @@ def retrieve(
     metric: str = "euclidean",
     max_memory: int = 256 << 20,
     norms: tuple[torch.Tensor, torch.Tensor] | None = None,
+    precision: str = "fp32",
+    gallery_q: certified.Quantized | None = None,
 ) -> Retrieval:
     """Rank the gallery for every probe (ties broken by gallery order) and score the ranking.
 
     Subject ids become integer codes on the embeddings' device once; ranking and scoring stay
     there, and only the per-probe results are copied to the host, once. ``norms``: see
-    :func:`distance_blocks`.
+    :func:`distance_blocks`. ``precision`` "int8" (Euclidean only; "auto": where it pays) ranks with
+    :mod:`gaittrain.evaluation.certified`: the same figures, exact in float64, from int8
+    products; ``gallery_q``: the gallery's :func:`~gaittrain.evaluation.certified.quantize`,
+    when already made.
     """
     n, device = probe.shape[0], probe.device
     p_ids, g_ids = _integer_ids(probe_ids, gallery_ids, device)
@@ -278,7 +333,19 @@ def retrieve(
     nearest_match = torch.full((n,), -1, dtype=torch.int64, device=device)
     ap = torch.zeros(n, dtype=torch.float64, device=device)
     inp = torch.zeros(n, dtype=torch.float64, device=device)
-    if gallery.shape[0]:
+    pairs = probe.shape[0] * gallery.shape[0]
+    if gallery.shape[0] and resolve_precision(precision, metric, device, pairs) == "int8":
+        matches = _match_table(p_ids, g_ids)
+        gq = gallery_q if gallery_q is not None else certified.quantize(gallery, False)
+        rows = certified.block_rows(gallery.shape[0], probe.shape[1], probe.shape[2], max_memory)
+        for s in range(0, n, rows):
+            b = slice(s, s + rows)
+            found = certified.rank_block(
+                probe[b], gallery, certified.quantize(probe[b], True), gq, matches[b]
+            )
+            scores = score_ranks(found.ranks, matches[b], found.nearest, gallery.shape[0])
+            first[b], ap[b], inp[b], nearest[b], nearest_match[b] = scores
+    elif gallery.shape[0]:
         matches = _match_table(p_ids, g_ids)
         for s, d in distance_blocks(probe, gallery, metric, max_memory, norms):
             b = slice(s, s + d.shape[0])

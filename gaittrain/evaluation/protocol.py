@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from gaittrain.data.splits import SplitError, load_protocol, select
-from gaittrain.evaluation.metrics import Retrieval, retrieve, squared_norms
+from gaittrain.evaluation import certified
+from gaittrain.evaluation.metrics import Retrieval, resolve_precision, retrieve, squared_norms
 
 Key = tuple[str, str, str, str]
 
@@ -98,6 +99,7 @@ def evaluate(
     max_memory: int = 256 << 20,
     device: torch.device | str = "cpu",
     failures_per_group: int = 6,
+    precision: str = "auto",
 ) -> dict:
     """Every group's per-view rank-1 table, CMC, mAP and mINP, with coverage and failed probes.
 
@@ -115,6 +117,9 @@ def evaluate(
         See :mod:`gaittrain.evaluation.metrics`.
     ranks, max_memory, device
         CMC length, the memory cap of a distance block, and where distances are computed.
+    precision : {"fp32", "int8", "auto"}
+        How distances are computed (:func:`gaittrain.evaluation.metrics.retrieve`); every
+        choice gives the same figures.
     failures_per_group : int
         How many failed probes to list per group.
 
@@ -155,6 +160,7 @@ def evaluate(
         max_memory,
         torch.device(device),
         failures_per_group,
+        precision,
     )
     for group, recordings in protocol.probes.items():
         probe_keys = [k for k in keys if _recording(k) in recordings]
@@ -212,9 +218,11 @@ class _Scorer:
     max_memory: int
     device: torch.device
     limit: int = 6  # failed probes kept per group
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self._galleries: dict[tuple, tuple] = {}
+        self._quantized_galleries: dict[tuple, certified.Quantized] = {}
         self._kept = 0  # bytes of the galleries kept
 
     def _stack(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
@@ -234,6 +242,20 @@ class _Scorer:
             if self._kept + size <= self.max_memory:
                 self._galleries[tuple(keys)] = found
                 self._kept += size
+        return found
+
+    def _quantized(self, keys, g: torch.Tensor, n_probes: int):
+        """The gallery's int8 copy where ``precision`` takes int8 for this cell, kept with the
+        gallery (while they fit in ``max_memory``); else None."""
+        pairs = n_probes * g.shape[0]
+        if resolve_precision(self.precision, self.metric, self.device, pairs) != "int8":
+            return None
+        found = self._quantized_galleries.get(tuple(keys))
+        if found is None:
+            found = certified.quantize(g, probe_side=False)
+            if self._kept + found.nbytes <= self.max_memory:
+                self._quantized_galleries[tuple(keys)] = found
+                self._kept += found.nbytes
         return found
 
     def _targets(self, gallery_keys, pv: str) -> list[tuple[str, list]]:
@@ -263,7 +285,17 @@ class _Scorer:
                     continue
                 g, g_ids, g_sq = self._gallery(gallery)
                 norms = (p_sq, g_sq) if self.metric == "euclidean" else None
-                r = retrieve(p, p_ids, g, g_ids, self.metric, self.max_memory, norms)
+                r = retrieve(
+                    p,
+                    p_ids,
+                    g,
+                    g_ids,
+                    self.metric,
+                    self.max_memory,
+                    norms,
+                    self.precision,
+                    self._quantized(gallery, g, len(probes)),
+                )
                 curve = r.cmc(self.ranks)
                 cells.setdefault(pv, {})[label] = float(curve[0])
                 cmc.append(curve)

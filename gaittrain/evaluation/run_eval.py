@@ -86,6 +86,7 @@ def evaluate_run(
     max_frames: int = 0,
     device: torch.device | str = "cpu",
     notify: Callable[[str], None] = print,
+    precision: str = "auto",
 ) -> dict:
     """The protocol result of ``run`` (a run folder or checkpoint) on ``pack``.
 
@@ -103,7 +104,14 @@ def evaluate_run(
     if reason is not None and reason != "no embeddings yet":
         notify(f"embedded again: {reason}")
     result = evaluate(
-        embeddings, proto, test, include_identical, metric, max_memory=max_memory, device=device
+        embeddings,
+        proto,
+        test,
+        include_identical,
+        metric,
+        max_memory=max_memory,
+        device=device,
+        precision=precision,
     )
     result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack), warnings=[])
     seen, same_pack = trained_test_subjects(run, attrs, test)

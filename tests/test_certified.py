@@ -1,0 +1,170 @@
+"""int8 distances re-checked to exact (gaittrain.evaluation.certified) against float32 and
+float64 computations of the same embeddings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from gaittrain.evaluation import certified
+from gaittrain.evaluation.metrics import _match_table, match_ranks, retrieve, score_ranks
+from tests.cli import subprocess_env
+
+
+def structured(n_subjects, per_subject, parts, dim, noise, seed):
+    """Embeddings of subjects (a mean each, plus noise per sequence) and their ids."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n_subjects, parts, dim, generator=g)
+    ids = np.repeat(np.arange(n_subjects), per_subject)
+    x = means[ids] + noise * torch.randn(len(ids), parts, dim, generator=g)
+    return x, ids
+
+
+def reference64(probe, p_ids, gallery, g_ids):
+    """Figures of the float64 distance matrix: the definition of exact."""
+    d = certified.exact_block(probe, gallery)
+    p, g = torch.from_numpy(np.asarray(p_ids)), torch.from_numpy(np.asarray(g_ids))
+    matches = _match_table(p.int(), g.int())
+    out = score_ranks(match_ranks(d, matches), matches, d.argmin(dim=1), d.shape[1])
+    return [x.numpy() for x in out]
+
+
+def same(a, b):
+    for name in ("first", "nearest", "nearest_match"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_allclose(a.ap, b.ap, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.inp, b.inp, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", [0.5, 1.0, 3.0])
+def test_int8_equals_fp32_and_float64(noise):
+    """Easy to hopeless (the last: rank-1 near chance, most pairs open, blocks computed whole
+    in float64)."""
+    gallery, g_ids = structured(150, 2, 8, 64, noise, seed=0)
+    probe, p_ids = structured(150, 1, 8, 64, noise, seed=0)
+    probe = probe + noise * torch.randn(probe.shape, generator=torch.Generator().manual_seed(1))
+    fast = retrieve(probe, p_ids, gallery, g_ids, precision="int8", max_memory=4 << 20)
+    slow = retrieve(probe, p_ids, gallery, g_ids, precision="fp32")
+    same(fast, slow)
+    ref = reference64(probe, p_ids, gallery, g_ids)
+    np.testing.assert_array_equal(fast.first, ref[0])
+    np.testing.assert_array_equal(fast.nearest, ref[3])
+    if noise == 0.5:
+        assert fast.cmc(1)[0] > 0.9
+    if noise == 3.0:
+        assert fast.cmc(1)[0] < 0.1
+
+
+def test_near_ties_and_duplicates():
+    """Adversarial galleries: each probe's nearest sequence has near-twins of other subjects
+    whose distances differ by 1e-6 .. 1e-3 relative (far inside the int8 error, beyond float32
+    rounding), and exact duplicates (ties, broken by gallery order)."""
+    g = torch.Generator().manual_seed(3)
+    parts, dim, n = 6, 64, 40
+    base = torch.randn(n, parts, dim, generator=g)
+    probe = base + 0.3 * torch.randn(n, parts, dim, generator=g)
+    twins, twin_ids = [base], [np.arange(n)]
+    for k, eps in enumerate([1e-3, 1e-4, 1e-5, 1e-6]):
+        # a twin just beyond (or just inside) the original's distance
+        direction = torch.nn.functional.normalize(probe - base, dim=-1)
+        sign = torch.randint(0, 2, (n, 1, 1), generator=g) * 2 - 1  # inside or outside
+        twins.append(base + sign * eps * direction * (probe - base).norm(dim=-1, keepdim=True))
+        twin_ids.append(np.arange(n) + 1000 * (k + 1))
+    twins.append(base.clone())  # exact duplicates, of another subject, later in the gallery
+    twin_ids.append(np.arange(n) + 9000)
+    gallery = torch.cat(twins)
+    g_ids = np.concatenate(twin_ids)
+    perm = torch.randperm(len(gallery), generator=g)
+    gallery, g_ids = gallery[perm], g_ids[perm.numpy()]
+    fast = retrieve(probe, np.arange(n), gallery, g_ids, precision="int8")
+    ref = reference64(probe, np.arange(n), gallery, g_ids)
+    np.testing.assert_array_equal(fast.first, ref[0])
+    np.testing.assert_array_equal(fast.nearest, ref[3])
+    np.testing.assert_allclose(fast.ap, ref[1], atol=1e-12)
+    assert 0 < (fast.first == 0).mean() < 1  # the twins decide some probes, not all
+    slow = retrieve(probe, np.arange(n), gallery, g_ids, precision="fp32")
+    # float32 agrees wherever the gaps exceed its rounding (all but the 1e-6 twins)
+    agree = np.mean(slow.nearest == fast.nearest)
+    assert agree >= 0.9
+
+
+def test_bound_holds_for_every_pair():
+    """|D~ - D| <= tau for every pair, including zero parts, tiny and huge scales."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(70, 5, 32, generator=g)
+    x[3] = 0.0
+    x[4, 2] = 0.0
+    x[5] *= 1e-4
+    x[6] *= 1e3
+    x[7] = x[8]  # identical pair: distance 0
+    x[9, :, 0] = 50.0  # one large coordinate per part: a coarse scale
+    probe, gallery = x[:35], x[35:].clone()
+    gallery[0] = probe[7]
+    approx, tau = certified.approximate(
+        certified.quantize(probe, True), certified.quantize(gallery, False), len(gallery)
+    )
+    exact = certified.exact_block(probe, gallery)
+    err = (approx.double() - exact).abs()
+    assert bool((err <= tau.double()).all()), float((err - tau.double()).max())
+    assert float((tau / approx.clamp_min(1e-6))[10:].median()) < 0.05  # and is useful
+
+
+def test_auto_takes_int8_only_where_it_pays():
+    from gaittrain.evaluation.metrics import AUTO_PAIRS, fast_int8, resolve_precision
+
+    assert resolve_precision("auto", "euclidean", "cpu", 10) == "fp32"
+    expected = "int8" if fast_int8(torch.device("cpu")) else "fp32"
+    assert resolve_precision("auto", "euclidean", "cpu", AUTO_PAIRS) == expected
+    assert resolve_precision("auto", "cosine", "cpu", AUTO_PAIRS) == "fp32"
+    with pytest.raises(ValueError, match="euclidean"):
+        resolve_precision("int8", "cosine", "cpu", 1)
+
+
+MEASURE = textwrap.dedent(
+    """
+    import json, sys, numpy as np, torch
+    from gaittrain.evaluation.metrics import retrieve
+
+    def hwm():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+    cap = int(sys.argv[1])
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(3000, 4, 64, generator=g)
+    gallery = means + 0.5 * torch.randn(3000, 4, 64, generator=g)
+    probe = means[:2000] + 0.5 * torch.randn(2000, 4, 64, generator=g)
+    ids = np.arange(3000)
+    retrieve(probe, ids[:2000], gallery, ids, precision="int8", max_memory=cap)  # compiles
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current size
+    start = hwm()
+    r = retrieve(probe, ids[:2000], gallery, ids, precision="int8", max_memory=cap)
+    print(json.dumps({"start": start, "peak": hwm(), "rank1": float(r.cmc(1)[0])}))
+    """
+)
+
+
+def test_distance_stage_stays_under_its_cap():
+    """Measured: the peak resident size while ranking 2,000 probes against 3,000 sequences
+    grows by less than --max-memory plus a small constant (the full float64 matrix alone
+    would take 48 MB)."""
+    cap = 8 << 20
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(cap)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    if out.returncode and "clear_refs" in out.stderr:
+        pytest.skip("this kernel does not reset the peak resident size")
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["rank1"] > 0.9
+    grown = m["peak"] - m["start"]
+    assert grown <= cap + (4 << 20), f"grew {grown / 2**20:.1f} MB over a cap of 8 MB"
