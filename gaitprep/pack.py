@@ -10,9 +10,11 @@ Layout of a pack::
     attributes         format="gait-pack", version=2, dataset, size, the normalization
                        parameters, gait_version, created
 
-:class:`PackWriter` appends sequences; :class:`Pack` reads them back by index or key, checks each
-sequence it reads against its CRC-32 and refuses files of another format or version. This module
-is the contract between ``gaitprep`` and ``gaittrain``.
+:class:`PackWriter` appends sequences (their frames as arrays, or already compressed by
+:func:`gaitprep.chunks.encode_frames` in `gait prep`'s workers, whose chunks it writes directly);
+:class:`Pack` reads them back by index or key, checks each sequence it reads against its CRC-32
+and refuses files of another format or version. This module is the contract between ``gaitprep``
+and ``gaittrain``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from gaitprep.chunks import FILTERS, EncodedFrames, chunk_bytes, direct_encoding, encode_frames
 from gaitprep.errors import GaitError, OutputError, describe_os_error, first_line
 
 FORMAT = "gait-pack"
@@ -37,7 +40,7 @@ VERSION = 2
 STRING_COLUMNS = ("subject", "condition", "seq", "view", "source")
 CHUNK_FRAMES = 64
 BLOCK_FRAMES = 16 * CHUNK_FRAMES
-COMPRESSIONS = ("gzip", "lzf", "none")
+COMPRESSIONS = tuple(FILTERS)
 
 Key = tuple[str, str, str, str]
 
@@ -181,6 +184,13 @@ class PackWriter:
     ``reopen=True`` continues a file this class wrote earlier (for resumable runs): the frame
     datasets are truncated to ``frames`` and ``rows`` become the table's first rows.
 
+    With ``direct=True`` (the default) and a compression that :mod:`gaitprep.chunks` reproduces
+    exactly (``gzip``, ``none``: :attr:`encoding`), ``/frames`` is written chunk by chunk with
+    h5py's direct chunk write from frames compressed one by one, by `gait prep`'s workers
+    (:meth:`append` takes :class:`~gaitprep.chunks.EncodedFrames`) or here; so the writer only
+    joins and appends bytes. Otherwise (``lzf``, or ``direct=False``) frames go through h5py's
+    filter pipeline. Both give the same frames, read back the same way.
+
     A failed write (full disk, file size limit) raises :class:`~gaitprep.errors.OutputError`
     naming the file; the file is then closed without writing anything more, so it keeps what was
     on disk at that moment (see :class:`_GuardedFile`). :meth:`abort` does the same on purpose.
@@ -195,6 +205,7 @@ class PackWriter:
         reopen: bool = False,
         frames: int = 0,
         rows: list[dict] | None = None,
+        direct: bool = True,
     ):
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
@@ -202,7 +213,14 @@ class PackWriter:
         self.size = size
         self.rows: list[dict] = list(rows or [])
         self.attrs = dict(attrs or {})
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        # Frames not written yet: arrays from frame `written` on (filter pipeline), or segments
+        # and Adler-32s from frame `_base` on, the first frame of a chunk (direct chunk writes).
+        self._frames: list[np.ndarray] = []
+        self._segments: list[bytes] = []
+        self._checks: list[int] = []
+        self._base = 0
+        self._sources: list[np.ndarray] = []  # frame_source from frame `written` on
+        self.encoding: str | None = None
         self.file: h5py.File | None = None
         try:
             self._io = _GuardedFile(self.path, create=not reopen)
@@ -211,41 +229,47 @@ class PackWriter:
         try:
             with self._guarded():
                 if reopen:
-                    self.file = h5py.File(self._io, "r+")
-                    self._data = {n: self.file[n] for n in ("frames", "frame_source")}
-                    for d in self._data.values():
-                        d.resize(frames, axis=0)
-                    if "sequences" in self.file:  # left by a close that failed half-way
-                        del self.file["sequences"]
-                    self.count = self.written = frames
-                    return
-                self.file = h5py.File(self._io, "w")
-                opts = {
-                    "gzip": {"compression": "gzip", "compression_opts": 1},
-                    "lzf": {"compression": "lzf"},
-                    "none": {},
-                }[compression]
-                frames_ds = self.file.create_dataset(
-                    "frames",
-                    shape=(0, size, size),
-                    maxshape=(None, size, size),
-                    dtype=np.uint8,
-                    chunks=(CHUNK_FRAMES, size, size),
-                    **opts,
-                )
-                source_ds = self.file.create_dataset(
-                    "frame_source",
-                    shape=(0,),
-                    maxshape=(None,),
-                    dtype=np.int32,
-                    chunks=(4096,),
-                    **opts,
-                )
-                self._data = {"frames": frames_ds, "frame_source": source_ds}
-                self.count = self.written = 0
+                    self._reopen(frames, direct)
+                else:
+                    self._create(compression, direct)
         except BaseException:
             self.abort()
             raise
+
+    def _create(self, compression: str, direct: bool) -> None:
+        self.file = h5py.File(self._io, "w")
+        s = self.size
+        opts = FILTERS[compression]
+        frames_ds = self.file.create_dataset(
+            "frames",
+            shape=(0, s, s),
+            maxshape=(None, s, s),
+            dtype=np.uint8,
+            chunks=(CHUNK_FRAMES, s, s),
+            **opts,
+        )
+        source_ds = self.file.create_dataset(
+            "frame_source", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(4096,), **opts
+        )
+        self._data = {"frames": frames_ds, "frame_source": source_ds}
+        self.count = self.written = 0
+        self.encoding = direct_encoding(frames_ds, CHUNK_FRAMES) if direct else None
+
+    def _reopen(self, frames: int, direct: bool) -> None:
+        """Open the file, truncate it to ``frames`` frames and, for direct chunk writes, take
+        back the frames of its last, partly filled chunk (its chunk is rewritten whole)."""
+        self.file = h5py.File(self._io, "r+")
+        self._data = {n: self.file[n] for n in ("frames", "frame_source")}
+        for d in self._data.values():
+            d.resize(frames, axis=0)
+        if "sequences" in self.file:  # left by a close that failed half-way
+            del self.file["sequences"]
+        self.count = self.written = frames
+        self.encoding = direct_encoding(self._data["frames"], CHUNK_FRAMES) if direct else None
+        if self.encoding is not None:
+            self._base = frames - frames % CHUNK_FRAMES
+            carry = encode_frames(self._data["frames"][self._base : frames], self.encoding)
+            self._segments, self._checks = list(carry.segments), list(carry.checks)
 
     @property
     def closed(self) -> bool:
@@ -268,23 +292,46 @@ class PackWriter:
             raise OutputError(describe_os_error(e, self.path)) from e
 
     def append(
-        self, meta: dict, frames: np.ndarray, frame_source: np.ndarray, crc: int | None = None
+        self,
+        meta: dict,
+        frames: np.ndarray | EncodedFrames,
+        frame_source: np.ndarray,
+        crc: int | None = None,
     ) -> dict:
         """Add one sequence; ``meta`` holds the string columns, ``crc`` the frames' CRC-32 when
-        the caller has it already (see :func:`frames_crc`). Returns its table row.
+        the caller has it already (see :func:`frames_crc`; required with encoded frames).
+        Returns its table row.
 
-        Frames are buffered and written in blocks of whole chunks, so that each chunk is
-        compressed once.
+        ``frames`` is uint8 [n, S, S], or those frames already compressed for this pack
+        (:func:`~gaitprep.chunks.encode_frames` with :attr:`encoding`). Frames are buffered and
+        written in blocks of whole chunks, so that each chunk is compressed once.
         """
-        n = len(frames)
-        if frames.shape[1:] != (self.size, self.size) or frames.dtype != np.uint8:
+        if isinstance(frames, EncodedFrames):
+            if self.encoding is None:
+                raise ValueError("this writer compresses through h5py: give it frames, not chunks")
+            if frames.encoding != self.encoding or frames.size != self.size:
+                raise ValueError(
+                    f"frames encoded as {frames.encoding} {frames.size}x{frames.size}; "
+                    f"this pack takes {self.encoding} {self.size}x{self.size}"
+                )
+            if crc is None:
+                raise ValueError("encoded frames need their CRC-32 (crc=...)")
+        elif frames.shape[1:] != (self.size, self.size) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [n, {self.size}, {self.size}]")
-        self._pending.append((frames, np.asarray(frame_source, np.int32)))
+        n = len(frames)
         row = {c: str(meta[c]) for c in STRING_COLUMNS} | {
             "start": self.count,
             "length": n,
             "crc32": frames_crc(frames) if crc is None else int(crc),
         }
+        if self.encoding is None:
+            self._frames.append(frames)
+        else:
+            if not isinstance(frames, EncodedFrames):
+                frames = encode_frames(frames, self.encoding)
+            self._segments.extend(frames.segments)
+            self._checks.extend(frames.checks)
+        self._sources.append(np.asarray(frame_source, np.int32))
         self.rows.append(row)
         self.count += n
         if self.count - self.written >= BLOCK_FRAMES:
@@ -294,20 +341,45 @@ class PackWriter:
     def _write_pending(self, everything: bool = True) -> None:
         """Write buffered frames: all of them, or only up to the last whole chunk (so that no
         chunk is compressed twice)."""
-        if not self._pending:
-            return
-        frames = np.concatenate([f for f, _ in self._pending])
-        source = np.concatenate([s for _, s in self._pending])
         end = self.count if everything else self.count - self.count % CHUNK_FRAMES
-        n = end - self.written
-        if n <= 0:
+        if end <= self.written:
             return
         with self._guarded():
-            for name, data in (("frames", frames), ("frame_source", source)):
-                self._data[name].resize(end, axis=0)
-                self._data[name][self.written : end] = data[:n]
-        self._pending = [(frames[n:], source[n:])] if end < self.count else []
+            if self.encoding is None:
+                self._frames = self._write_rows("frames", self._frames, end)
+            else:
+                self._write_chunks(end)
+            self._sources = self._write_rows("frame_source", self._sources, end)
         self.written = end
+
+    def _write_rows(self, name: str, pending: list[np.ndarray], end: int) -> list[np.ndarray]:
+        """Write rows ``written:end`` of ``/name`` from ``pending`` (which starts at row
+        ``written``) through h5py; returns what is left of ``pending``."""
+        data = np.concatenate(pending)
+        n = end - self.written
+        self._data[name].resize(end, axis=0)
+        self._data[name][self.written : end] = data[:n]
+        return [data[n:]] if n < len(data) else []
+
+    def _write_chunks(self, end: int) -> None:
+        """Write the chunks of ``/frames`` from ``_base`` up to frame ``end`` directly (the last
+        one completed with blank frames when ``end`` is not at a chunk's end); the whole chunks
+        leave the buffer, a partly filled one stays, to be rewritten whole."""
+        ds = self._data["frames"]
+        ds.resize(end, axis=0)
+        for lo in range(self._base, end, CHUNK_FRAMES):
+            k, n = lo - self._base, min(CHUNK_FRAMES, end - lo)
+            data = chunk_bytes(
+                self.encoding,
+                self._segments[k : k + n],
+                self._checks[k : k + n],
+                self.size,
+                CHUNK_FRAMES,
+            )
+            ds.id.write_direct_chunk((lo, 0, 0), data)
+        whole = (end - self._base) // CHUNK_FRAMES * CHUNK_FRAMES
+        del self._segments[:whole], self._checks[:whole]
+        self._base += whole
 
     def flush(self, whole_chunks: bool = False) -> None:
         """Write buffered frames (with ``whole_chunks``, only those that fill whole chunks, so

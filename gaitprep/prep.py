@@ -17,6 +17,10 @@ resumable:
   partial pack and the journal stay, so the same command resumes once there is space;
 * only a complete pack is renamed to ``PACKED``; ``PACKED.manifest.json`` follows.
 
+Workers also compress the frames they make, each frame on its own (:func:`read_encoded`,
+:mod:`gaitprep.chunks`), so that the writer only joins the pieces into chunks and appends them
+with h5py's direct chunk write; with ``--compression lzf`` the writer compresses through h5py.
+
 A job's ``reader`` says what its raw files are: ``images`` (frames that gait normalizes, see
 :mod:`gaitprep.process`) or ``opengait`` (OpenGait's pickles, one per sequence, whose frames are
 stored as they are, see :mod:`gaitprep.opengait`). Everything else is the same for both.
@@ -29,19 +33,20 @@ import json
 import os
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from gaitprep import __version__
+from gaitprep.chunks import encode_frames
 from gaitprep.errors import GaitError, OutputError, describe_os_error
 from gaitprep.files import OutputLock, atomic_write, fsync_path
 from gaitprep.layout import RawSequence, discover
 from gaitprep.opengait import IMPORTED_FROM, PICKLE_EXTENSIONS, read_pickle_sequence
 from gaitprep.pack import VERSION, PackWriter, created_timestamp, frames_crc
-from gaitprep.process import Params, process_sequence
+from gaitprep.process import Params, Processed, process_sequence
 
 COMMIT_SECONDS = 2.0
 
@@ -130,6 +135,59 @@ def _source(job: PrepJob) -> tuple:
     return process_sequence, {}, "frame"
 
 
+def read_encoded(
+    read_sequence, encoding: str | None, root: Path, seq: RawSequence, params: Params
+) -> Processed:
+    """What a worker hands the writer: ``read_sequence(root, seq, params)``, its frames
+    compressed for direct chunk writes when ``encoding`` is set (the writer's
+    :attr:`~gaitprep.pack.PackWriter.encoding`; None leaves them as arrays).
+
+    Parameters
+    ----------
+    read_sequence : callable
+        :func:`~gaitprep.process.process_sequence` or another reader with its signature.
+    encoding : str or None
+        ``gzip``, ``none`` or None.
+    root, seq, params
+        Passed to ``read_sequence``.
+
+    Returns
+    -------
+    Processed
+        Its ``frames`` an :class:`~gaitprep.chunks.EncodedFrames` when ``encoding`` is set.
+    """
+    res = read_sequence(root, seq, params)
+    if encoding is None:
+        return res
+    return replace(res, frames=encode_frames(res.frames, encoding))
+
+
+def sequence_meta(seq: RawSequence) -> dict:
+    """The string columns of ``seq``'s row in the pack's table."""
+    return {
+        "subject": seq.subject,
+        "condition": seq.condition,
+        "seq": seq.seq,
+        "view": seq.view,
+        "source": seq.folder,
+    }
+
+
+def journal_entry(i: int, seq: RawSequence, res: Processed, row: dict | None) -> dict:
+    """The line of ``PACKED.partial.jsonl`` for the ``i``-th sequence: its table row (None when
+    it kept no frame), CRC-32 and manifest entries."""
+    return {
+        "i": i,
+        "row": row,
+        "folder": seq.folder,
+        "crc": res.crc,
+        "read": res.read,
+        "kept": len(res.frames),
+        "dropped": res.dropped,
+        "unreadable": res.unreadable,
+    }
+
+
 def _json(data: dict) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
@@ -153,7 +211,9 @@ def _check_output(job: PrepJob, overwrite: bool) -> None:
         raise OutputError(describe_os_error(e, out)) from None
 
 
-def _resume(job: PrepJob, identity: dict) -> tuple[list[dict], PackWriter] | None:
+def _resume(
+    job: PrepJob, identity: dict, direct: bool = True
+) -> tuple[list[dict], PackWriter] | None:
     """Reopen a partial run of the same job, or None when there is nothing trustworthy."""
     p = job.paths()
     try:
@@ -177,7 +237,13 @@ def _resume(job: PrepJob, identity: dict) -> tuple[list[dict], PackWriter] | Non
     rows = [e["row"] for e in entries if e["row"] is not None]
     try:
         writer = PackWriter(
-            p["partial"], job.params.size, job.compression, reopen=True, frames=frames, rows=rows
+            p["partial"],
+            job.params.size,
+            job.compression,
+            reopen=True,
+            frames=frames,
+            rows=rows,
+            direct=direct,
         )
     except (OSError, KeyError, ValueError):
         return None
@@ -196,11 +262,11 @@ def _resume(job: PrepJob, identity: dict) -> tuple[list[dict], PackWriter] | Non
     return entries, writer
 
 
-def _start(job: PrepJob) -> PackWriter:
+def _start(job: PrepJob, direct: bool = True) -> PackWriter:
     p = job.paths()
     for k in ("journal", "log", "partial"):
         p[k].unlink(missing_ok=True)
-    return PackWriter(p["partial"], job.params.size, job.compression)
+    return PackWriter(p["partial"], job.params.size, job.compression, direct=direct)
 
 
 def _committed(entries: list[dict], written: int) -> tuple[int, int]:
@@ -219,30 +285,35 @@ def _committed(entries: list[dict], written: int) -> tuple[int, int]:
 
 
 def run_prep(
-    job: PrepJob, workers: int = 1, overwrite: bool = False, progress: bool = False
+    job: PrepJob,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+    direct: bool = True,
 ) -> dict:
     """Make the pack of ``job``; returns its manifest. Resumes an interrupted run of the same job.
 
     Holds the output's lock for the whole run (OutputBusy when another process has it). Raises
     PrepError for bad input or output, PrepInterrupted on Ctrl-C (after committing), OutputError
-    when a write fails (the partial pack is kept for a resume).
+    when a write fails (the partial pack is kept for a resume). ``direct=False`` has the writer
+    compress through h5py instead of the workers (the same frames; for tests and benchmarks).
     """
     out = job.out
     if out.parent.exists() and not out.parent.is_dir():
         raise PrepError(f"cannot write {out}: {out.parent} is not a folder")
     with OutputLock(out):
-        return _run_locked(job, workers, overwrite, progress)
+        return _run_locked(job, workers, overwrite, progress, direct)
 
 
-def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> dict:
+def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool, direct: bool) -> dict:
     _check_output(job, overwrite)
     read_sequence, files, unit = _source(job)
     sequences = job.select(discover(job.raw, job.layout, {"condition": "nm"}, **files))
     identity = job.identity(sequences)
     p = job.paths()
-    resumed = _resume(job, identity)
+    resumed = _resume(job, identity, direct)
     if resumed is None:
-        entries, writer = [], _start(job)
+        entries, writer = [], _start(job, direct)
     else:
         entries, writer = resumed
     try:
@@ -279,37 +350,22 @@ def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool) -> 
         position, frames = _committed(entries, writer.written)
         atomic_write(p["journal"], _json({"job": identity, "position": position, "frames": frames}))
 
+    encoding = writer.encoding
     if workers > 1:
         results = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(read_sequence)(job.raw, s, job.params) for s in todo
+            delayed(read_encoded)(read_sequence, encoding, job.raw, s, job.params) for s in todo
         )
     else:
-        results = (read_sequence(job.raw, s, job.params) for s in todo)
+        results = (read_encoded(read_sequence, encoding, job.raw, s, job.params) for s in todo)
     last = time.perf_counter()
     try:
         for seq, res in zip(todo, results, strict=True):
-            meta = {
-                "subject": seq.subject,
-                "condition": seq.condition,
-                "seq": seq.seq,
-                "view": seq.view,
-                "source": seq.folder,
-            }
             row = (
-                writer.append(meta, res.frames, res.frame_source, crc=res.crc)
+                writer.append(sequence_meta(seq), res.frames, res.frame_source, crc=res.crc)
                 if len(res.frames)
                 else None
             )
-            entry = {
-                "i": len(entries),
-                "row": row,
-                "folder": seq.folder,
-                "crc": res.crc,
-                "read": res.read,
-                "kept": len(res.frames),
-                "dropped": res.dropped,
-                "unreadable": res.unreadable,
-            }
+            entry = journal_entry(len(entries), seq, res, row)
             try:
                 log.write(_line(entry))
             except OSError as e:

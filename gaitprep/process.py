@@ -51,7 +51,7 @@ def read_frame(path: str) -> tuple[np.ndarray | None, str | None]:
 class Processed:
     """A normalized sequence and what happened to each of its raw frames."""
 
-    frames: np.ndarray  # uint8 [n, S, S]
+    frames: np.ndarray  # uint8 [n, S, S] (an EncodedFrames once a prep worker compressed them)
     frame_source: np.ndarray  # int32 [n]
     read: int
     dropped: list[tuple[str, str]]  # (file, reason) for frames that decoded but were dropped
