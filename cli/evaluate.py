@@ -150,6 +150,10 @@ def eval_cmd(
     (otherwise they are computed again, saying why). Prints the NM/BG/CL summary; --report html
     writes a self-contained page.
     """
+    if precision == "int8" and metric != "euclidean":
+        raise click.BadParameter(
+            "int8 computes the euclidean metric only", param_hint="--precision"
+        )
     out = out or run_folder(run) / f"report.{fmt}"
     with OutputLock(out):  # taken first: a second writer is refused before any work
         result = evaluate_run(

@@ -218,7 +218,8 @@ def import_run(name: str, out: Path, *extra) -> object:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
     """`gait import-checkpoint`, then `gait embed` (whole sequences, 64 x 44 cut, /255) gives
-    OpenGait's own inference embeddings."""
+    OpenGait's own inference embeddings, as stored: rounded to float16 (one rounding step of the
+    reference's float16 value, plus 1e-4 of the largest entry for the model's arithmetic)."""
     r = import_run(name, tmp_path / "run")
     assert r.exit_code == 0, r.output
     pack = opengait_pack(tmp_path / "og.h5")
@@ -233,10 +234,12 @@ def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
         got = ours[tuple(key.split("-"))]
         assert got.shape == want.shape
         scale = np.abs(want).max()
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+        step = np.spacing(np.abs(want).astype(np.float16)).astype(np.float32)
+        assert got.dtype == np.float32  # read back as float32 from float16 storage
+        assert (np.abs(got - want.astype(np.float16)) <= step + 1e-4 * scale).all()
         worst_abs = max(worst_abs, float(np.abs(got - want).max()))
         worst_rel = max(worst_rel, float(np.abs(got - want).max() / scale))
-    assert worst_rel <= 1e-4
+    assert worst_rel <= 1e-3
     print(f"{name}: largest difference {worst_abs:.3g} absolute, {worst_rel:.3g} relative")
     assert attrs["max_frames"] == 0  # every frame of every sequence
 

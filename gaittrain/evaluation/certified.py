@@ -42,7 +42,7 @@ import torch
 
 #: Margin for float32 rounding in :math:`\tilde S` (the products, the conversions and the sums
 #: of norms, a few units in the last place each), as a fraction of the norms' sum.
-ROUNDING = 2.0**-16
+ROUNDING = 2.0**-18
 #: Relative margin on :math:`\tilde D` for the float32 sum over parts and :math:`\Delta`'s.
 SUM_MARGIN = 2.0**-14
 #: Gallery columns per tile and parts per epilogue call: a tile's int32 products stay in cache.
@@ -62,16 +62,22 @@ class Quantized:
     scale : Tensor float32
         :math:`s`: probe side [parts, n], one per (sequence, part); gallery side [parts], one
         per part (so that the epilogue scales rows only).
-    sq_norm, hat_norm, err_norm : Tensor float32 [parts, n]
-        :math:`\\lVert x\\rVert^2`, :math:`\\lVert\\hat x\\rVert` and
-        :math:`\\lVert e\\rVert` (the last two rounded up).
+    q2, scale2 : Tensor
+        The residual :math:`e = x - \\hat x` quantized the same way.
+    sq_norm, hat_norm, err_norm, rest_norm : Tensor float32 [parts, n]
+        :math:`\\lVert x\\rVert^2`, :math:`\\lVert\\hat x\\rVert`,
+        :math:`\\lVert e\\rVert` and :math:`\\lVert f\\rVert` with
+        :math:`f = e - \\hat e` (the last three rounded up).
     """
 
     q: torch.Tensor
     scale: torch.Tensor
+    q2: torch.Tensor
+    scale2: torch.Tensor
     sq_norm: torch.Tensor
     hat_norm: torch.Tensor
     err_norm: torch.Tensor
+    rest_norm: torch.Tensor
 
     @property
     def nbytes(self) -> int:
@@ -97,31 +103,70 @@ def quantize(x: torch.Tensor, probe_side: bool) -> Quantized:
     >>> bool((p.err_norm <= p.scale * 16**0.5 / 2 * 1.001).all())  # half a step per entry
     True
     """
-    x = x.to(torch.float32)
-    n, parts, dim = x.shape
-    top = x.abs().amax(dim=-1) if probe_side else x.abs().amax(dim=(0, 2)).expand(n, parts)
-    scale = torch.where(top > 0, top / 127.0, torch.ones_like(top))
-    q = torch.round(x / scale[..., None]).clamp_(-127, 127)
-    hat = q * scale[..., None]
+    n, parts, _ = x.shape
+    chunks = [x[s : s + QUANTIZE_ROWS].to(torch.float32) for s in range(0, n, QUANTIZE_ROWS)]
+    scale = scale2 = None
+    if not probe_side:  # one scale per part over every sequence, found chunk by chunk
+        scale = _scale(torch.stack([c.abs().amax(dim=(0, 2)) for c in chunks]).amax(0))
+        top2 = [(c - _levels(c, scale)[1]).abs().amax(dim=(0, 2)) for c in chunks]
+        scale2 = _scale(torch.stack(top2).amax(0))
+    pieces = [_quantize_rows(c, scale, scale2) for c in chunks]
+    q, s1, q2, s2, *norms = (torch.cat(t) for t in zip(*pieces, strict=True))
+    q, s1 = _layout(q, s1 if probe_side else scale, probe_side)
+    q2, s2 = _layout(q2, s2 if probe_side else scale2, probe_side)
+    return Quantized(q, s1, q2, s2, *(t.T.contiguous() for t in norms))
+
+
+#: Sequences quantized at once (their float32 temporaries: about 24 bytes per entry).
+QUANTIZE_ROWS = 256
+
+
+def _scale(top: torch.Tensor) -> torch.Tensor:
+    return torch.where(top > 0, top / 127.0, torch.ones_like(top))
+
+
+def _quantize_rows(x: torch.Tensor, scale=None, scale2=None):
+    """q, scale, q2, scale2 and the four norms of rows ``x`` [n, parts, dim]; scales per
+    (row, part) unless given per part."""
+    scale = _scale(x.abs().amax(dim=-1)) if scale is None else scale.expand(x.shape[:2])
+    q, hat = _levels(x, scale)
+    e = x - hat
+    scale2 = _scale(e.abs().amax(dim=-1)) if scale2 is None else scale2.expand(x.shape[:2])
+    q2, e_hat = _levels(e, scale2)
     hat_norm = hat.norm(dim=-1)
-    err_norm = (x - hat).norm(dim=-1).mul_(1 + NORM_MARGIN).add_(hat_norm * 2.0**-22)
-    hat_norm.mul_(1 + NORM_MARGIN)
-    q = q.to(torch.int8)
+    slack = hat_norm * 2.0**-22
+    err_norm = e.norm(dim=-1).mul_(1 + NORM_MARGIN).add_(slack)
+    rest_norm = e.sub_(e_hat).norm(dim=-1).mul_(1 + NORM_MARGIN).add_(slack)
+    sq_norm = x.square().sum(-1)
+    return q, scale, q2, scale2, sq_norm, hat_norm.mul_(1 + NORM_MARGIN), err_norm, rest_norm
+
+
+def _levels(x: torch.Tensor, scale: torch.Tensor):
+    """``(q, q * scale)``: symmetric int8 levels of ``x`` [n, parts, dim] with ``scale``
+    [n, parts] (or [parts])."""
+    q = torch.round(x / scale[..., None]).clamp_(-127, 127)
+    return q.to(torch.int8), q * scale[..., None]
+
+
+def _layout(q: torch.Tensor, scale: torch.Tensor, probe_side: bool):
+    """Probe side: q [parts, n, dim], scale [parts, n]; gallery side: q in tiles
+    [tiles, parts, dim, TILE] (zero columns pad the last), scale [parts]."""
+    n, parts, dim = q.shape
     if probe_side:
-        q, scale = q.permute(1, 0, 2).contiguous(), scale.T.contiguous()
-    else:
-        tiles = -(-n // TILE)
-        q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, tiles * TILE - n))
-        q = q.view(tiles, TILE, parts, dim).permute(0, 2, 3, 1).contiguous()
-        scale = scale[0].contiguous()
-    return Quantized(q, scale, (x**2).sum(-1).T.contiguous(), hat_norm.T, err_norm.T)
+        return q.permute(1, 0, 2).contiguous(), scale.T.contiguous()
+    scale = scale.reshape(-1, parts)[0] if scale.dim() > 1 else scale
+    tiles = -(-n // TILE)
+    q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, tiles * TILE - n))
+    return q.view(tiles, TILE, parts, dim).permute(0, 2, 3, 1).contiguous(), scale.contiguous()
 
 
 def _epilogue(products, coef, p_sq, g_sq, total, smallest):
     """Add :math:`\\sum_k \\tilde r_k` of a chunk of parts to ``total`` and fold
-    :math:`\\min_k \\tilde r_k` into ``smallest``; products int32 [parts, b, t], coef
-    :math:`-2 s_p s_g` [parts, b, 1]."""
-    r = torch.sqrt(torch.relu(p_sq + g_sq + coef * products.float()))
+    :math:`\\min_k \\tilde r_k` into ``smallest``; products int32 [3, parts, b, t] of
+    :math:`q_p q_g`, :math:`q_p q'_g`, :math:`q'_p q_g`, coef their factors [3, parts, b, 1]
+    (:math:`-2 s_p s_g`, :math:`-2 s_p s'_g`, :math:`-2 s'_p s_g`)."""
+    dot = coef[0] * products[0].float() + coef[1] * products[1].float()
+    r = torch.sqrt(torch.relu(p_sq + g_sq + (dot + coef[2] * products[2].float())))
     return total + r.sum(0), torch.minimum(smallest, r.amin(0))
 
 
@@ -137,7 +182,8 @@ def _compiled_epilogue():
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)  # one graph per block shape
         fused = torch.compile(_epilogue, dynamic=False)
         z = torch.zeros(2, 32, 1)
-        fused(torch.zeros(2, 32, 32, dtype=torch.int32), z, z, z.mT, z[0], z[0])
+        three = torch.zeros(3, 2, 32, 1)
+        fused(torch.zeros(3, 2, 32, 32, dtype=torch.int32), three, z, z.mT, z[0], z[0])
         return fused
     except Exception as e:  # noqa: BLE001 - any failure to build falls back to eager
         warnings.warn(f"int8 distances: no fused epilogue ({str(e).splitlines()[0]})", stacklevel=2)
@@ -152,14 +198,21 @@ def approximate(probe: Quantized, gallery: Quantized, n: int) -> tuple[torch.Ten
     device = probe.q.device
     epilogue = _epilogue if device.type != "cpu" else _compiled_epilogue()
     rows = -(-b // PAD) * PAD
-    pq = torch.nn.functional.pad(probe.q, (0, 0, 0, rows - b)) if rows != b else probe.q
-    coef = (-2.0 * probe.scale * gallery.scale[:, None])[..., None]  # [parts, b, 1]
+    pad = (0, 0, 0, rows - b)
+    pq, pq2 = (torch.nn.functional.pad(q, pad) for q in (probe.q, probe.q2))
+    coef = torch.stack(
+        [
+            probe.scale * gallery.scale[:, None],
+            probe.scale * gallery.scale2[:, None],
+            probe.scale2 * gallery.scale[:, None],
+        ]
+    ).mul_(-2.0)[..., None]  # [3, parts, b, 1]
     p_sq = probe.sq_norm[..., None]
     g_sq = torch.nn.functional.pad(gallery.sq_norm, (0, gallery.q.shape[0] * TILE - n))
     total = torch.empty(b, n, device=device)
     smallest = torch.empty(b, n, device=device)
-    products = torch.empty(PART_CHUNK, rows, TILE, dtype=torch.int32, device=device)
-    for tile, gq in enumerate(gallery.q):
+    products = torch.empty(3, PART_CHUNK, rows, TILE, dtype=torch.int32, device=device)
+    for tile, (gq, gq2) in enumerate(zip(gallery.q, gallery.q2, strict=True)):
         j = tile * TILE
         t = min(TILE, n - j)
         tot = torch.zeros(b, TILE, device=device)
@@ -167,11 +220,13 @@ def approximate(probe: Quantized, gallery: Quantized, n: int) -> tuple[torch.Ten
         for k0 in range(0, parts, PART_CHUNK):
             ks = range(k0, min(k0 + PART_CHUNK, parts))
             for i, k in enumerate(ks):
-                torch._int_mm(pq[k], gq[k], out=products[i])
+                torch._int_mm(pq[k], gq[k], out=products[0, i])
+                torch._int_mm(pq[k], gq2[k], out=products[1, i])
+                torch._int_mm(pq2[k], gq[k], out=products[2, i])
             c = len(ks)
             tot, low = epilogue(
-                products[:c, :b],
-                coef[k0 : k0 + c],
+                products[:, :c, :b],
+                coef[:, k0 : k0 + c],
                 p_sq[k0 : k0 + c],
                 g_sq[k0 : k0 + c, None, j : j + TILE],
                 tot,
@@ -190,7 +245,7 @@ def _bound(probe: Quantized, gallery: Quantized, approx, smallest) -> torch.Tens
     left = torch.cat(
         [
             2 * probe.hat_norm,
-            2 * probe.err_norm,
+            2 * probe.rest_norm,
             2 * probe.err_norm,
             ROUNDING * probe.sq_norm,
             ROUNDING * ones,
@@ -198,7 +253,7 @@ def _bound(probe: Quantized, gallery: Quantized, approx, smallest) -> torch.Tens
     ).T  # [b, 5P]
     right = torch.cat(
         [
-            gallery.err_norm,
+            gallery.rest_norm,
             gallery.hat_norm,
             gallery.err_norm,
             torch.ones_like(gallery.sq_norm),
@@ -249,7 +304,7 @@ def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int) -> int:
     per probe and gallery sequence, the interval's two ends, the float64 distances, the masks
     and :func:`approximate`'s two sums (32 bytes); per probe, its share of the int32 products
     and sums of one tile, its int8 and float32 rows and the re-check's float64 differences."""
-    per_row = n_gallery * 32 + PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 5
+    per_row = n_gallery * 32 + 3 * PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 30
     fixed = RECHECK_CHUNK * parts * dim * 8 * 3
     return max(1, int((max_memory - fixed) // per_row))
 
@@ -305,7 +360,7 @@ def rank_block(
     for t in range(matches.shape[1]):
         dm_lo, dm_hi = _float32_around(exact.gather(1, matches[:, t, None].clamp(min=0)))
         todo |= (upper >= dm_lo) & (lower <= dm_hi)  # NaN (padding): none
-    if int(todo.sum()) > FALLBACK_FRACTION * b * n:
+    if int(todo.sum()) - int(valid.sum()) > FALLBACK_FRACTION * b * n:  # beyond the matches
         whole = exact_block(probe, gallery)
         ranks = match_ranks(whole, matches)
         return BlockRanks(ranks, whole.argmin(dim=1), rechecked, True)

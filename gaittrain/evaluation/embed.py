@@ -32,9 +32,18 @@ from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
 from gaittrain.device import Runtime, memory_format
+from gaittrain.evaluation.store import (
+    KEY_COLUMNS,
+    STORED_DTYPE,
+    EmbeddingStore,
+    open_embeddings,
+    squared_norms64,
+    to_stored,
+)
 from gaittrain.models import build_model
 
-KEY_COLUMNS = ("subject", "condition", "seq", "view")
+#: How ``/embeddings`` is stored (an attribute of every file; older files are float32).
+STORAGE = "float16"
 
 
 class EmbeddingsError(GaitError):
@@ -119,6 +128,7 @@ def provenance(trained: TrainedModel, pack: Pack, max_frames: int) -> dict:
         "pack_fingerprint": pack.fingerprint,
         "pack_dataset": str(pack.attrs.get("dataset", "")),
         "max_frames": int(max_frames),
+        "storage": STORAGE,
         **{f"normalization.{k}": v for k, v in pack_normalization(pack).items()},
     }
 
@@ -129,10 +139,12 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
     if not Path(path).exists():
         return "no embeddings yet"
     try:
-        emb, attrs = read_embeddings(path)
-    except EmbeddingsError:
+        f, stored_keys, attrs = open_embeddings(path)
+        f.close()
+    except (OSError, KeyError, ValueError, AttributeError):
         return f"{path} is unreadable"
     names = {
+        "storage": f"it was stored as {attrs.get('storage', 'float32')} (now {STORAGE})",
         "checkpoint_fingerprint": "the checkpoint changed",
         "pack_fingerprint": "the pack's content differs",
         "max_frames": f"--max-frames changed ({attrs.get('max_frames')} -> {wanted['max_frames']})",
@@ -142,8 +154,8 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
             return reason
     if any(attrs.get(k) != v for k, v in wanted.items() if k.startswith("normalization.")):
         return "the pack's normalization parameters differ"
-    if list(emb) != [tuple(k) for k in keys]:
-        return f"the sequences differ ({len(emb)} embedded, {len(keys)} wanted)"
+    if stored_keys != [tuple(k) for k in keys]:
+        return f"the sequences differ ({len(stored_keys)} embedded, {len(keys)} wanted)"
     return None
 
 
@@ -165,13 +177,16 @@ def ensure_embeddings(
     subjects: list[str] | None,
     device: torch.device,
     max_frames: int = 0,
-) -> tuple[dict, dict, str | None]:
+    stream: bool = False,
+) -> tuple[dict | EmbeddingStore, dict, str | None]:
     """The embeddings of ``subjects`` (None: all) in ``pack`` by ``ckpt``, kept in ``out``.
 
     The file is reused when everything that made it is unchanged, otherwise embedded again
     (atomically). Checking, embedding and reading back happen under the output's lock, with the
     model and the pack each read once, so the file always describes what it holds. Returns
-    ``(embeddings, attrs, reason)``: ``reason`` says why it was (re)computed, None if reused.
+    ``(embeddings, attrs, reason)``: ``reason`` says why it was (re)computed, None if reused;
+    ``embeddings`` a dict, or with ``stream`` an open :class:`EmbeddingStore` of the file that
+    reads rows on request (close it after use).
     """
     trained, data = open_model_and_pack(ckpt, pack, subjects, device)
     try:
@@ -183,7 +198,14 @@ def ensure_embeddings(
                     trained.model, data, device, max_frames=max_frames, num_workers=_workers(device)
                 )
                 write_embeddings(out, data, emb, attrs)
-            embeddings, attrs = read_embeddings(out)
+            if stream:
+                try:
+                    f, keys, attrs = open_embeddings(out)
+                except (OSError, KeyError, ValueError, AttributeError) as e:
+                    raise EmbeddingsError(f"{out} is not readable ({first_line(e)})") from None
+                embeddings = EmbeddingStore.from_file(f, keys)
+            else:
+                embeddings, attrs = read_embeddings(out)
     finally:
         data.close()
     return embeddings, attrs, reason
@@ -408,10 +430,35 @@ def _store(
 
 
 def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict) -> None:
-    """Write embeddings with their keys (temporary name, fsync, then rename)."""
+    """Write a dataset's embeddings with their keys (:func:`write_embeddings_file`)."""
+    keys = [data.key(j) for j in range(len(data))]
+    blocks = (emb[s : s + WRITE_ROWS] for s in range(0, len(emb), WRITE_ROWS))
+    write_embeddings_file(path, keys, emb.shape[1:], blocks, attrs)
+
+
+#: Sequences converted and written at once.
+WRITE_ROWS = 4096
+
+
+def write_embeddings_file(path: Path, keys: list, shape: tuple, blocks, attrs: dict) -> None:
+    """Write embeddings [len(keys), *shape] given as consecutive row ``blocks``: float16 with
+    every part's squared length in float32 (:mod:`gaittrain.evaluation.store`), the keys and
+    ``attrs`` (temporary name, fsync, then rename). EmbeddingsError where a value does not fit
+    float16."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("embeddings", data=emb)
-        keys = [data.key(j) for j in range(len(data))]
+        out = f.create_dataset("embeddings", (len(keys), *shape), STORED_DTYPE)
+        norms = f.create_dataset("sq_norms", (len(keys), shape[0]), np.float32)
+        start = 0
+        for block in blocks:
+            try:
+                stored = to_stored(block)
+            except ValueError as e:
+                raise EmbeddingsError(f"{path}: {e}") from None
+            out[start : start + len(block)] = stored
+            norms[start : start + len(block)] = squared_norms64(stored)
+            start += len(block)
+        if start != len(keys):
+            raise ValueError(f"{start} embeddings for {len(keys)} keys")
         text = h5py.string_dtype("utf-8")
         for c, col in enumerate(KEY_COLUMNS):
             f.create_dataset(
@@ -424,11 +471,10 @@ def read_embeddings(path: Path) -> tuple[dict, dict]:
     """``({key: [parts, dim]}, attrs)`` from an embeddings file; EmbeddingsError if it is not
     one."""
     try:
-        with h5py.File(path, "r") as f:
-            emb = f["embeddings"][()]
-            cols = [[s.decode() for s in f[f"sequences/{c}"][()]] for c in KEY_COLUMNS]
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        return {key: emb[i] for i, key in enumerate(zip(*cols, strict=True))}, attrs
+        f, keys, attrs = open_embeddings(path)
+        with f:
+            emb = f["embeddings"][()].astype(np.float32, copy=False)
+        return {key: emb[i] for i, key in enumerate(keys)}, attrs
     except (OSError, KeyError, ValueError, AttributeError) as e:
         raise EmbeddingsError(
             f"{path} is not a readable embeddings file ({first_line(e)}); make it with `gait embed`"

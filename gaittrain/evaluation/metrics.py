@@ -200,6 +200,12 @@ class Retrieval:
     nearest: np.ndarray
     nearest_match: np.ndarray
 
+    @classmethod
+    def concat(cls, parts: list[Retrieval]) -> Retrieval:
+        """The retrievals of consecutive blocks of probes as one."""
+        names = ("first", "ap", "inp", "nearest", "nearest_match")
+        return cls(*(np.concatenate([getattr(r, n) for r in parts]) for n in names))
+
     @property
     def has_match(self) -> np.ndarray:
         return self.first >= 0

@@ -21,6 +21,7 @@ import torch
 from gaittrain.data.splits import SplitError, load_protocol, select
 from gaittrain.evaluation import certified
 from gaittrain.evaluation.metrics import Retrieval, resolve_precision, retrieve, squared_norms
+from gaittrain.evaluation.store import EmbeddingStore
 
 Key = tuple[str, str, str, str]
 
@@ -105,8 +106,10 @@ def evaluate(
 
     Parameters
     ----------
-    embeddings : dict
-        Sequence keys (subject, condition, seq, view) to [parts, dim] arrays.
+    embeddings : dict or EmbeddingStore
+        Sequence keys (subject, condition, seq, view) to [parts, dim] arrays, or a store that
+        reads them on request (:mod:`gaittrain.evaluation.store`): one gallery view and one
+        block of probes are held at a time.
     protocol : EvalProtocol
         Gallery, probe groups, identical-view rule and gallery views.
     test_subjects : list of str, optional
@@ -116,7 +119,8 @@ def evaluate(
     metric : {"euclidean", "cosine", "cosine-flat"}
         See :mod:`gaittrain.evaluation.metrics`.
     ranks, max_memory, device
-        CMC length, the memory cap of a distance block, and where distances are computed.
+        CMC length, the memory cap of a distance block (probes are read in blocks of a quarter
+        of it), and where distances are computed.
     precision : {"fp32", "int8", "auto"}
         How distances are computed (:func:`gaittrain.evaluation.metrics.retrieve`); every
         choice gives the same figures.
@@ -133,9 +137,11 @@ def evaluate(
         in its first such cell with the gallery sequence ranked first there (``wrong``) and the
         nearest one of its own subject (``right``): the same retrievals as the table.
     """
-    subjects = sorted({k[0] for k in embeddings})
+    store = embeddings if isinstance(embeddings, EmbeddingStore) else None
+    store = store or EmbeddingStore.from_dict(embeddings)
+    subjects = sorted({k[0] for k in store.keys})
     test = set(test_subjects if test_subjects is not None else select(subjects, protocol.test))
-    keys = [k for k in embeddings if k[0] in test]
+    keys = [k for k in store.keys if k[0] in test]
     views = sorted(
         {k[3] for k in keys}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)
     )
@@ -151,7 +157,7 @@ def evaluate(
     }
     gallery_keys = [k for k in keys if _recording(k) in protocol.gallery]
     scorer = _Scorer(
-        embeddings,
+        store,
         protocol,
         views,
         exclude,
@@ -209,7 +215,7 @@ def _note_failures(
 class _Scorer:
     """The settings shared by every cell of one evaluation."""
 
-    embeddings: dict
+    store: EmbeddingStore
     protocol: EvalProtocol
     views: list[str]
     exclude: bool
@@ -221,14 +227,16 @@ class _Scorer:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        self._row = {k: i for i, k in enumerate(self.store.keys)}
         self._galleries: dict[tuple, tuple] = {}
         self._quantized_galleries: dict[tuple, certified.Quantized] = {}
+        self._last = None  # (keys, gallery) of the previous cell
+        self._last_q = None  # (keys, int8 gallery) of the previous cell
         self._kept = 0  # bytes of the galleries kept
 
     def _stack(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """The embeddings of ``keys`` on the device, their subjects and their squared norms."""
-        x = np.stack([self.embeddings[k] for k in keys]).astype(np.float32, copy=False)
-        t = torch.from_numpy(x).to(self.device)
+        t = self.store.rows([self._row[k] for k in keys]).to(self.device, torch.float32)
         return t, np.array([k[0] for k in keys]), squared_norms(t)
 
     def _gallery(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
@@ -236,12 +244,16 @@ class _Scorer:
         while the kept galleries fit in ``max_memory`` (CASIA-B's eleven do: stacking them
         again for each of the 330 cells took a quarter of its evaluation)."""
         found = self._galleries.get(tuple(keys))
+        if found is None and self._last is not None and self._last[0] == tuple(keys):
+            found = self._last[1]  # the gallery of the previous cell, even when not kept
         if found is None:
+            self._last = None  # let it go before the next one is read
             found = self._stack(keys)
             size = found[0].nbytes + found[2].nbytes
             if self._kept + size <= self.max_memory:
                 self._galleries[tuple(keys)] = found
                 self._kept += size
+        self._last = (tuple(keys), found)
         return found
 
     def _quantized(self, keys, g: torch.Tensor, n_probes: int):
@@ -251,12 +263,41 @@ class _Scorer:
         if resolve_precision(self.precision, self.metric, self.device, pairs) != "int8":
             return None
         found = self._quantized_galleries.get(tuple(keys))
+        if found is None and self._last_q is not None and self._last_q[0] == tuple(keys):
+            found = self._last_q[1]
         if found is None:
+            self._last_q = None
             found = certified.quantize(g, probe_side=False)
             if self._kept + found.nbytes <= self.max_memory:
                 self._quantized_galleries[tuple(keys)] = found
                 self._kept += found.nbytes
+        self._last_q = (tuple(keys), found)
         return found
+
+    def _cell(self, pv: str, probes: list, label: str, gallery: list) -> Retrieval:
+        """One cell's retrieval, its probes read and ranked in blocks."""
+        g, g_ids, g_sq = self._gallery(gallery)
+        g_q = self._quantized(gallery, g, len(probes))
+        parts, dim = self.store.shape
+        rows = max(1, self.max_memory // (4 * 4 * max(parts * dim, 1)))
+        found = []
+        for s in range(0, len(probes), rows):
+            p, p_ids, p_sq = self._stack(probes[s : s + rows])
+            norms = (p_sq, g_sq) if self.metric == "euclidean" else None
+            found.append(
+                retrieve(
+                    p,
+                    p_ids,
+                    g,
+                    g_ids,
+                    self.metric,
+                    self.max_memory,
+                    norms,
+                    "fp32" if g_q is None else "int8",  # decided for the whole cell
+                    g_q,
+                )
+            )
+        return Retrieval.concat(found)
 
     def _targets(self, gallery_keys, pv: str) -> list[tuple[str, list]]:
         """(label, gallery) pairs of one probe view."""
@@ -275,36 +316,29 @@ class _Scorer:
         cells: dict[str, dict[str, float]] = {}
         cmc, maps, minps, cells_removed = [], [], [], {}
         failed: dict[Key, dict] = {}
+        cells_todo = []  # (probe view, probes, label, gallery) in the order the table reads
         for pv in views:
             probes = sorted(k for k in probe_keys if k[3] == pv)
-            if not probes:
-                continue
-            p, p_ids, p_sq = self._stack(probes)
-            for label, gallery in self._targets(gallery_keys, pv):
-                if not gallery:
-                    continue
-                g, g_ids, g_sq = self._gallery(gallery)
-                norms = (p_sq, g_sq) if self.metric == "euclidean" else None
-                r = retrieve(
-                    p,
-                    p_ids,
-                    g,
-                    g_ids,
-                    self.metric,
-                    self.max_memory,
-                    norms,
-                    self.precision,
-                    self._quantized(gallery, g, len(probes)),
-                )
-                curve = r.cmc(self.ranks)
-                cells.setdefault(pv, {})[label] = float(curve[0])
-                cmc.append(curve)
-                maps.append(r.mean_ap())
-                minps.append(r.mean_inp())
-                _note_failures(failed, probes, gallery, r, (pv, label), self.limit)
-                if protocol.report_unmatched_removed:
-                    removed = float(r.cmc(1, drop_unmatched=True)[0])
-                    cells_removed.setdefault(pv, []).append(removed)
+            if probes:
+                cells_todo += [
+                    (pv, probes, label, gallery)
+                    for label, gallery in self._targets(gallery_keys, pv)
+                    if gallery
+                ]
+        # computed gallery by gallery (each read and converted once), noted in table order
+        order = sorted(range(len(cells_todo)), key=lambda i: cells_todo[i][2])
+        found = {i: self._cell(*cells_todo[i]) for i in order}
+        for i, (pv, probes, label, gallery) in enumerate(cells_todo):
+            r = found.pop(i)
+            curve = r.cmc(self.ranks)
+            cells.setdefault(pv, {})[label] = float(curve[0])
+            cmc.append(curve)
+            maps.append(r.mean_ap())
+            minps.append(r.mean_inp())
+            _note_failures(failed, probes, gallery, r, (pv, label), self.limit)
+            if protocol.report_unmatched_removed:
+                removed = float(r.cmc(1, drop_unmatched=True)[0])
+                cells_removed.setdefault(pv, []).append(removed)
         summary = _summary(
             cells, views, cmc, maps, minps, cells_removed, protocol, len(probe_keys), expected
         )

@@ -98,21 +98,22 @@ def evaluate_run(
     if not test:
         raise SplitError(f"no subject of {pack} is a test subject ({test_subjects or proto.test})")
     emb_path = default_embeddings(run, pack)
-    embeddings, attrs, reason = ensure_embeddings(
-        run, pack, emb_path, test, torch.device(device), max_frames
+    store, attrs, reason = ensure_embeddings(
+        run, pack, emb_path, test, torch.device(device), max_frames, stream=True
     )
     if reason is not None and reason != "no embeddings yet":
         notify(f"embedded again: {reason}")
-    result = evaluate(
-        embeddings,
-        proto,
-        test,
-        include_identical,
-        metric,
-        max_memory=max_memory,
-        device=device,
-        precision=precision,
-    )
+    with store:  # one gallery view and one block of probes read at a time
+        result = evaluate(
+            store,
+            proto,
+            test,
+            include_identical,
+            metric,
+            max_memory=max_memory,
+            device=device,
+            precision=precision,
+        )
     result.update(checkpoint=attrs.get("checkpoint"), pack=str(pack), warnings=[])
     seen, same_pack = trained_test_subjects(run, attrs, test)
     if seen:

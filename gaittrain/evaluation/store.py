@@ -1,0 +1,121 @@
+"""Embeddings held in memory or read from an embeddings file a few rows at a time.
+
+An evaluation needs one gallery view and one block of probes at a time, never the whole set:
+:class:`EmbeddingStore` gives the sequence keys up front and the embeddings of any rows on
+request, from a dict (everything already in memory) or from an embeddings file (``gait embed``),
+where ``/embeddings`` is float16 [N, parts, dim] (float32 in files of older versions) and
+``/sq_norms`` float32 [N, parts] holds every part's squared length, computed in float64 from the
+stored values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+Key = tuple[str, str, str, str]
+KEY_COLUMNS = ("subject", "condition", "seq", "view")
+
+#: The dtype embeddings are stored in: half the bytes of float32, 11 significant bits (a
+#: relative rounding of at most 2^-11 per entry); distances are computed from these values.
+STORED_DTYPE = np.float16
+
+
+def to_stored(emb: np.ndarray) -> np.ndarray:
+    """Embeddings as stored: float16, refused (ValueError) where a value is not finite in it."""
+    stored = np.asarray(emb).astype(STORED_DTYPE)
+    if not np.isfinite(stored).all():
+        worst = float(np.abs(np.asarray(emb, np.float64)).max())
+        raise ValueError(
+            f"an embedding entry ({worst:.3g}) is not finite in float16 (largest 65504): the "
+            "model's outputs are out of range"
+        )
+    return stored
+
+
+def squared_norms64(emb: np.ndarray) -> np.ndarray:
+    """Every part's squared length [n, parts], summed in float64, stored as float32."""
+    return np.einsum("npd,npd->np", emb, emb, dtype=np.float64).astype(np.float32)
+
+
+class EmbeddingStore:
+    """Sequence keys and, on request, the embeddings of some of them.
+
+    Examples
+    --------
+    >>> store = EmbeddingStore.from_dict({("001", "nm", "01", "000"): np.ones((2, 3))})
+    >>> store.keys
+    [('001', 'nm', '01', '000')]
+    >>> store.rows(np.array([0])).shape
+    torch.Size([1, 2, 3])
+    """
+
+    def __init__(self, keys: list[Key], read, shape: tuple[int, int], close=None):
+        self.keys = keys
+        self._read = read
+        self.shape = shape  # (parts, dim)
+        self._close = close
+
+    def close(self) -> None:
+        """Close the file the rows are read from (nothing for a dict)."""
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def from_dict(cls, embeddings: dict) -> EmbeddingStore:
+        keys = list(embeddings)
+        if not keys:
+            return cls([], lambda idx: torch.zeros(0, 0, 0), (0, 0))
+        first = np.asarray(embeddings[keys[0]])
+
+        def read(idx: np.ndarray) -> torch.Tensor:
+            rows = [np.asarray(embeddings[keys[i]], np.float32) for i in idx]
+            if not rows:
+                return torch.zeros(0, *first.shape)
+            return torch.from_numpy(np.stack(rows))
+
+        return cls(keys, read, tuple(first.shape))
+
+    @classmethod
+    def from_file(cls, f: h5py.File, keys: list[Key]) -> EmbeddingStore:
+        """Rows of an open embeddings file; :meth:`close` closes it."""
+        data = f["embeddings"]
+
+        def read(idx: np.ndarray) -> torch.Tensor:
+            idx = np.asarray(idx)
+            order = np.argsort(idx, kind="stable")
+            out = np.empty((len(idx), *data.shape[1:]), data.dtype)
+            if len(idx):
+                out[order] = data[idx[order]]  # h5py reads rows in increasing order
+            return torch.from_numpy(out)
+
+        return cls(keys, read, tuple(data.shape[1:]), f.close)
+
+    def rows(self, idx) -> torch.Tensor:
+        """The embeddings of rows ``idx`` (in that order), as stored (float16 or float32)."""
+        return self._read(np.asarray(idx, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def open_embeddings(path: Path) -> tuple[h5py.File, list[Key], dict]:
+    """An embeddings file open for reading, its keys and its attributes."""
+    f = h5py.File(path, "r")
+    try:
+        cols = [[s.decode() for s in f[f"sequences/{c}"][()]] for c in KEY_COLUMNS]
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        f["embeddings"].shape  # noqa: B018 - present
+    except BaseException:
+        f.close()
+        raise
+    return f, list(zip(*cols, strict=True)), attrs

@@ -1,0 +1,107 @@
+"""Embeddings stored in float16 and read a view at a time; `gait eval --precision`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from gaittrain.evaluation.embed import read_embeddings, stale_reason, write_embeddings_file
+from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
+from tests.cli import FAST, TINY, gait, make_pack
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("streamed")
+    pack = make_pack(base / "sample.h5")
+    out = base / "run"
+    r = gait("train", TINY, "--pack", pack, "--out", out, "--train-subjects", "first:4", *FAST)
+    assert r.exit_code == 0, r.output
+    return {"pack": pack, "run": out}
+
+
+TEST = ("--test-subjects", "last:4")
+
+
+def report(run: Path, pack: Path, out: Path, *extra) -> dict:
+    r = gait("eval", run, "--pack", pack, "--report", "json", "--out", out, *TEST, *extra)
+    assert r.exit_code == 0, r.output
+    return json.loads(out.read_text())
+
+
+def test_embeddings_are_stored_in_float16_with_float64_norms(run) -> None:
+    report(run["run"], run["pack"], run["run"] / "a.json")
+    path = run["run"] / "embeddings-sample.h5"
+    with h5py.File(path) as f:
+        emb, norms = f["embeddings"][()], f["sq_norms"][()]
+        assert emb.dtype == np.float16 and norms.dtype == np.float32
+        assert f.attrs["storage"] == "float16"
+    want = (emb.astype(np.float64) ** 2).sum(-1)
+    np.testing.assert_allclose(norms, want, rtol=2**-23)
+    dense, _ = read_embeddings(path)
+    f, keys, _ = open_embeddings(path)
+    with EmbeddingStore.from_file(f, keys) as store:
+        idx = np.array([5, 1, 3])  # any order
+        rows = store.rows(idx).numpy()
+        np.testing.assert_array_equal(rows, np.stack([dense[keys[i]] for i in idx]))
+
+
+def test_a_float32_file_of_an_older_gait_is_embedded_again(run, tmp_path: Path) -> None:
+    report(run["run"], run["pack"], run["run"] / "b.json")
+    path = run["run"] / "embeddings-sample.h5"
+    _, keys, attrs = open_embeddings(path)
+    old = tmp_path / "old.h5"
+    with h5py.File(path) as f, h5py.File(old, "w") as g:
+        g["embeddings"] = f["embeddings"][()].astype(np.float32)
+        for name in f["sequences"]:
+            f.copy(f[f"sequences/{name}"], g, f"sequences/{name}")
+        g.attrs.update({k: v for k, v in attrs.items() if k != "storage"})
+    assert stale_reason(old, attrs, keys) == "it was stored as float32 (now float16)"
+    assert stale_reason(path, attrs, keys) is None
+
+
+def test_an_embedding_out_of_float16_range_is_refused(tmp_path: Path) -> None:
+    from gaittrain.evaluation.embed import EmbeddingsError
+
+    keys = [("001", "nm", "01", "000"), ("002", "nm", "01", "000")]
+    emb = np.ones((2, 3, 4), np.float32)
+    emb[1, 2, 3] = 1e6
+    with pytest.raises(EmbeddingsError, match="not finite in float16"):
+        write_embeddings_file(tmp_path / "e.h5", keys, (3, 4), [emb], {})
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_a_store_evaluates_as_the_dict_it_holds(run) -> None:
+    report(run["run"], run["pack"], run["run"] / "c.json")
+    path = run["run"] / "embeddings-sample.h5"
+    dense, _ = read_embeddings(path)
+    protocol = load_eval_protocol("casia-b-lt")
+    subjects = sorted({k[0] for k in dense})
+    want = evaluate(dense, protocol, subjects)
+    f, keys, _ = open_embeddings(path)
+    with EmbeddingStore.from_file(f, keys) as store:
+        # blocks of one probe and a gallery kept for one cell only
+        got = evaluate(store, protocol, subjects, max_memory=1)
+    assert got == want
+
+
+def test_precisions_give_the_same_report(run) -> None:
+    a = report(run["run"], run["pack"], run["run"] / "fp32.json", "--precision", "fp32")
+    b = report(run["run"], run["pack"], run["run"] / "int8.json", "--precision", "int8")
+    for group in a["conditions"]:
+        x, y = a["conditions"][group], b["conditions"][group]
+        assert x["cells"] == y["cells"] and x["cmc"] == y["cmc"]
+        assert x["mAP"] == pytest.approx(y["mAP"], abs=1e-6)  # float32 vs float64 rounding
+    assert a["failures"] == b["failures"]
+
+
+def test_int8_with_a_cosine_metric_is_refused(run) -> None:
+    r = gait("eval", run["run"], "--pack", run["pack"], "--metric", "cosine", "--precision", "int8")
+    assert r.exit_code == 2, r.output  # a usage error, before any work
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("Error:") and "--precision" in line and "euclidean" in line
