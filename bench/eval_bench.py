@@ -1,10 +1,18 @@
-"""Cost of protocol evaluation on random embeddings, against this machine's matmul rate.
+"""Cost of protocol evaluation, against this machine's matmul rate, in each --precision.
 
 * CASIA-B at real test scale: 50 subjects x 110 sequences = 5,500 embeddings of 62 x 256, the
   full casia-b-lt protocol (3 groups x 11 probe views x 10 gallery views).
 * OU-MVLP scale: 5,154 test subjects; one probe-view x gallery-view cell at full size (5,154
   probes against 5,154 gallery sequences, 62 x 256), and the whole protocol (14 x 13 cells,
   144,312 embeddings) with --full, else extrapolated from the cell.
+
+The CASIA-B case uses independent Gaussian embeddings (its cost does not depend on them). The
+OU-MVLP cases use embeddings shaped like a trained model's, since the int8 path's work depends
+on their geometry: a shared offset, a subject part of rank 64 and a within-subject part of rank
+64 (the demo model's test embeddings have participation ratios of 4 and 9: they are low-rank),
+plus small independent noise, giving a rank-1 near 0.95 on a view pair. With --full they are
+written once to build/bench/ou-embeddings.h5 (float16, 4.6 GB) and evaluated from there through
+the streamed store, as `gait eval` does; the rank-1 tables of the precisions are compared.
 
 Each case runs in a fresh process so that its peak resident memory is its own; the distance
 blocks are capped by --max-memory. The fraction of the compute bound is the distance FLOPs per
@@ -13,6 +21,7 @@ also runs every case against another source tree (a copy of gaitprep/ and gaittr
 before a change) in the same run, alternating with this one, and prints the speed-up.
 
     python bench/eval_bench.py [--max-memory BYTES] [--device cuda] [--baseline DIR]
+        [--precision fp32 int8] [--full]
 
 Prints a table and writes bench/results/eval_bench.json.
 """
@@ -50,7 +59,7 @@ def matmul_gflops(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def casia_case(max_memory: int, device: str) -> dict:
+def casia_case(max_memory: int, device: str, precision: str) -> dict:
     from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 
     rng = np.random.default_rng(0)
@@ -64,70 +73,148 @@ def casia_case(max_memory: int, device: str) -> dict:
     keys = [(f"{s:03d}", c, q, v) for s in range(75, 125) for c, q in recordings for v in views]
     emb = {k: rng.standard_normal((PARTS, DIM), dtype=np.float32) for k in keys}
     t0 = time.perf_counter()
-    evaluate(emb, load_eval_protocol("casia-b-lt"), max_memory=max_memory, device=device)
+    protocol = load_eval_protocol("casia-b-lt")
+    evaluate(emb, protocol, max_memory=max_memory, device=device, precision=precision)
     seconds = time.perf_counter() - t0
     # per group: 11 probe views x 10 gallery views; 100 probes x 200 gallery sequences a cell
     flops = 3 * 11 * 10 * 100 * 200 * PARTS * DIM * 2
     return {"case": "CASIA-B (5,500 seq)", "seconds": seconds, "flops": flops}
 
 
-def ou_cell_case(max_memory: int, device: str) -> dict:
+OU_SUBJECTS, OU_VIEWS = 5154, (*range(0, 91, 15), *range(180, 271, 15))
+OU_FILE = Path("build/bench/ou-embeddings.h5")
+
+
+class OuLike:
+    """OU-MVLP-sized embeddings shaped like a trained model's (see the module's docstring):
+    offset + subject latent (rank 64) + sequence latent (rank 64) + noise; deterministic."""
+
+    RANK, NOISE = 64, 0.05
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        width = PARTS * DIM
+        self.offset = 0.35 * torch.randn(width, generator=g)
+        self.subject_map = 0.3 * torch.randn(self.RANK, width, generator=g) / self.RANK**0.5
+        self.sequence_map = 0.3 * torch.randn(self.RANK, width, generator=g) / self.RANK**0.5
+        self.subjects = torch.randn(OU_SUBJECTS, self.RANK, generator=g)
+
+    def rows(self, subjects: np.ndarray, seed: int) -> torch.Tensor:
+        """Embeddings [len(subjects), 62, 256] (float16) of one sequence each of ``subjects``."""
+        g = torch.Generator().manual_seed(seed)
+        z = self.subjects[torch.from_numpy(subjects)]
+        u = torch.randn(len(subjects), self.RANK, generator=g)
+        x = self.offset + z @ self.subject_map + u @ self.sequence_map
+        x += self.NOISE * torch.randn(x.shape, generator=g)
+        return x.view(-1, PARTS, DIM).half()
+
+
+def ou_keys() -> list[tuple]:
+    """The ou-mvlp protocol's test keys (subjects 00002, 00004, ...) in sorted order."""
+    views = [f"{v:03d}" for v in OU_VIEWS]
+    return [
+        (f"{2 * s:05d}", "nm", q, v)
+        for s in range(1, OU_SUBJECTS + 1)
+        for q in ("00", "01")
+        for v in views
+    ]
+
+
+def ou_cell_case(max_memory: int, device: str, precision: str) -> dict:
     from gaittrain.evaluation.metrics import retrieve
 
-    n = 5154
-    g = torch.Generator().manual_seed(0)
-    probe = torch.randn(n, PARTS, DIM, generator=g).to(device)
-    gallery = torch.randn(n, PARTS, DIM, generator=g).to(device)
-    ids = np.arange(n)
+    data = OuLike()
+    ids = np.arange(OU_SUBJECTS)
+    gallery, probe = data.rows(ids, 1).to(device), data.rows(ids, 2).to(device)
+    if precision == "fp32":
+        gallery, probe = gallery.float(), probe.float()
     sync(device)
     t0 = time.perf_counter()
-    retrieve(probe, ids, gallery, ids, max_memory=max_memory)
+    r = retrieve(probe, ids, gallery, ids, max_memory=max_memory, precision=precision)
     seconds = time.perf_counter() - t0
     return {
         "case": "OU-MVLP, one view pair (5,154 x 5,154)",
         "seconds": seconds,
-        "flops": n * n * PARTS * DIM * 2,
+        "flops": OU_SUBJECTS**2 * PARTS * DIM * 2,
+        "rank1": float(r.cmc(1)[0]),
     }
 
 
-def ou_full_case(max_memory: int, device: str) -> dict:
-    """The whole ou-mvlp protocol on 5,154 test subjects x 14 views x 2 sequences."""
-    from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+def make_ou_file() -> None:
+    """build/bench/ou-embeddings.h5, unless made already by this generator."""
+    from gaittrain.evaluation.embed import WRITE_ROWS, write_embeddings_file
 
-    rng = np.random.default_rng(0)
-    views = [f"{v:03d}" for v in (*range(0, 91, 15), *range(180, 271, 15))]
-    keys = [
-        (f"{2 * s:05d}", "nm", q, v) for s in range(1, 5155) for q in ("00", "01") for v in views
-    ]
-    emb = {k: rng.standard_normal((PARTS, DIM), dtype=np.float32) for k in keys}
+    version = "ou-like-1"
+    if OU_FILE.exists():
+        import h5py
+
+        with h5py.File(OU_FILE, "r") as f:
+            if f.attrs.get("generator") == version:
+                return
+    data, keys = OuLike(), ou_keys()
+    subjects = np.array([int(k[0]) // 2 - 1 for k in keys])
+
+    def blocks():
+        for s in range(0, len(keys), WRITE_ROWS):
+            yield data.rows(subjects[s : s + WRITE_ROWS], seed=1000 + s).numpy()
+
+    OU_FILE.parent.mkdir(parents=True, exist_ok=True)
+    write_embeddings_file(OU_FILE, keys, (PARTS, DIM), blocks(), {"generator": version})
+
+
+def ou_full_case(max_memory: int, device: str, precision: str) -> dict:
+    """The whole ou-mvlp protocol on 5,154 test subjects x 14 views x 2 sequences, read from
+    the embeddings file a gallery view and a block of probes at a time."""
+    from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+    from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
+
+    f, keys, _ = open_embeddings(OU_FILE)
     t0 = time.perf_counter()
-    evaluate(emb, load_eval_protocol("ou-mvlp"), max_memory=max_memory, device=device)
+    with EmbeddingStore.from_file(f, keys) as store:
+        result = evaluate(
+            store,
+            load_eval_protocol("ou-mvlp"),
+            max_memory=max_memory,
+            device=device,
+            precision=precision,
+        )
     seconds = time.perf_counter() - t0
+    group = next(iter(result["conditions"].values()))
     return {
         "case": "OU-MVLP, full protocol (144,312 seq)",
         "seconds": seconds,
-        "flops": 14 * 13 * 5154 * 5154 * PARTS * DIM * 2,
+        "flops": 14 * 13 * OU_SUBJECTS**2 * PARTS * DIM * 2,
+        "rank1": group["rank1"],
+        "cells": group["cells"],
     }
 
 
-def child(case: str, max_memory: int, device: str) -> None:
+def child(case: str, max_memory: int, device: str, precision: str) -> None:
+    if case == "ou-file":
+        make_ou_file()
+        print(json.dumps({}))
+        return
     cases = {"casia": casia_case, "ou": ou_cell_case, "ou-full": ou_full_case}
-    result = cases[case](max_memory, device)
+    result = cases[case](max_memory, device, precision)
+    result["precision"] = precision
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.device(device).type == "cuda":
         result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(result))
 
 
-def run_case(case: str, args: argparse.Namespace, tree: Path | None) -> dict:
+def run_case(
+    case: str, args: argparse.Namespace, tree: Path | None, precision: str = "fp32"
+) -> dict:
     """One case in a fresh process, importing gaittrain from ``tree`` (None: as installed)."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     cmd = [sys.executable, __file__, "--child", case, "--max-memory", str(args.max_memory)]
-    out = subprocess.run(
-        [*cmd, "--device", args.device], capture_output=True, text=True, check=True, env=env
-    )
+    cmd += ["--device", args.device, "--precision", precision]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"{case} ({precision}) failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -140,14 +227,24 @@ def main() -> None:
     ap.add_argument(
         "--full",
         action="store_true",
-        help="also run the whole OU-MVLP protocol (about 30 min, 11 GB)",
+        help="also run the whole OU-MVLP protocol from a 4.6 GB embeddings file (about 15 min "
+        "per precision on 2 cores)",
     )
     ap.add_argument("--baseline", type=Path, help="another source tree to time in the same run")
-    ap.add_argument("--child", choices=["casia", "ou", "ou-full"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32", "int8"],
+        choices=["fp32", "int8", "auto"],
+        help="the precisions to time (each case in each)",
+    )
+    ap.add_argument(
+        "--child", choices=["casia", "ou", "ou-full", "ou-file"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--json", type=Path, default=Path("bench/results/eval_bench.json"))
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.max_memory, args.device)
+        child(args.child, args.max_memory, args.device, args.precision[0])
         return
     gflops = matmul_gflops(args.device)
     here = Path(__file__).resolve().parent.parent
@@ -155,9 +252,12 @@ def main() -> None:
     if args.baseline:
         trees.insert(0, ("baseline", args.baseline.resolve()))
     rows = []
+    if args.full:
+        run_case("ou-file", args, None)
     for case in ("casia", "ou", "ou-full") if args.full else ("casia", "ou"):
-        for label, tree in trees:  # alternating, so that both see the same machine
-            rows.append({"tree": label, **run_case(case, args, tree)})
+        for precision in args.precision:
+            for label, tree in trees:  # alternating, so that both see the same machine
+                rows.append({"tree": label, **run_case(case, args, tree, precision)})
     baseline = subprocess.run(
         [
             sys.executable,
@@ -175,30 +275,45 @@ def main() -> None:
         f"{args.max_memory / 2**20:.0f} MB; a bare python+torch process: {base_mb:.0f} MB"
     )
     print(
-        f"{'case':40} {'tree':9} {'seconds':>8} {'peak MB':>8} {'GFLOP/s':>8} {'of bound':>9}"
-        + (f" {'speed-up':>8}" if args.baseline else "")
+        f"{'case':40} {'precision':9} {'tree':9} {'seconds':>8} {'peak MB':>8} {'GFLOP/s':>8} "
+        f"{'of fp32':>8} {'rank-1':>7}" + (f" {'speed-up':>8}" if args.baseline else "")
     )
     before = {}
     for r in rows:
         rate = r["flops"] / r["seconds"] / 1e9
         r.update(gflops=rate, fraction=rate / gflops)
+        rank1 = f"{r['rank1']:.4f}" if "rank1" in r else "-"
         line = (
-            f"{r['case']:40} {r['tree']:9} {r['seconds']:>8.1f} {r['peak_mb']:>8.0f} "
-            f"{rate:>8.1f} {r['fraction']:>9.1%}"
+            f"{r['case']:40} {r['precision']:9} {r['tree']:9} {r['seconds']:>8.1f} "
+            f"{r['peak_mb']:>8.0f} {rate:>8.1f} {r['fraction']:>8.1%} {rank1:>7}"
         )
         if r["tree"] == "baseline":
-            before[r["case"]] = r["seconds"]
+            before[r["case"], r["precision"]] = r["seconds"]
         elif args.baseline:
-            r["speedup"] = before[r["case"]] / r["seconds"]
+            r["speedup"] = before[r["case"], r["precision"]] / r["seconds"]
             line += f" {r['speedup']:>7.2f}x"
         print(line)
     mine = [r for r in rows if r["tree"] == "this tree"]
-    ou = mine[1]
-    full = mine[2]["seconds"] if args.full else ou["seconds"] * 14 * 13
+    for case in sorted({r["case"] for r in mine}):
+        found = {r["precision"]: r for r in mine if r["case"] == case}
+        if "fp32" in found and "int8" in found:
+            a, b = found["fp32"], found["int8"]
+            same = a.get("cells", a.get("rank1")) == b.get("cells", b.get("rank1"))
+            print(
+                f"{case}: int8 {a['seconds'] / b['seconds']:.2f}x the speed of fp32; "
+                f"rank-1 {'identical' if same else 'DIFFERENT'}"
+                + (" in every cell" if "cells" in a else "")
+            )
+    ou = [r for r in mine if r["case"].startswith("OU-MVLP, one")]
+    full = {
+        r["precision"]: r["seconds"] / 60 for r in mine if r["case"].startswith("OU-MVLP, full")
+    }
     if not args.full:
+        full = {r["precision"]: r["seconds"] * 14 * 13 / 60 for r in ou}
+        text = ", ".join(f"{p} {m:.0f} min" for p, m in full.items())
         print(
-            f"OU-MVLP full protocol (14 x 13 view pairs), extrapolated from one pair: "
-            f"{full / 60:.0f} min (measure it with --full)"
+            f"OU-MVLP full protocol (14 x 13 view pairs), extrapolated from one pair: {text} "
+            "(measure it with --full)"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
@@ -208,7 +323,7 @@ def main() -> None:
                 "matmul_gflops": gflops,
                 "baseline": str(args.baseline) if args.baseline else None,
                 "rows": rows,
-                "ou_full_minutes": full / 60,
+                "ou_full_minutes": full,
                 "ou_full_measured": args.full,
                 "bare_process_mb": base_mb,
             },

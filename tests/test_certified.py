@@ -168,3 +168,16 @@ def test_distance_stage_stays_under_its_cap():
     assert m["rank1"] > 0.9
     grown = m["peak"] - m["start"]
     assert grown <= cap + (4 << 20), f"grew {grown / 2**20:.1f} MB over a cap of 8 MB"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int8_on_cuda_equals_float64() -> None:
+    """int8 tensor-core products (torch._int_mm on CUDA), re-checked: the float64 figures."""
+    gallery, g_ids = structured(300, 2, 8, 64, 1.0, seed=0)
+    probe, p_ids = structured(300, 1, 8, 64, 1.0, seed=0)
+    probe = probe + torch.randn(probe.shape, generator=torch.Generator().manual_seed(1))
+    fast = retrieve(probe.cuda(), p_ids, gallery.cuda(), g_ids, precision="int8")
+    ref = reference64(probe, p_ids, gallery, g_ids)
+    np.testing.assert_array_equal(fast.first, ref[0])
+    np.testing.assert_array_equal(fast.nearest, ref[3])
+    np.testing.assert_allclose(fast.ap, ref[1], atol=1e-12)

@@ -47,6 +47,8 @@ ROUNDING = 2.0**-18
 SUM_MARGIN = 2.0**-14
 #: Gallery columns per tile and parts per epilogue call: a tile's int32 products stay in cache.
 TILE, PART_CHUNK = 1024, 16
+#: The approximations tried, cheapest first: int8 levels (1: one product per part; 2: three).
+LEVELS = (1, 2)
 PAD = 32  # int8 products want rows and columns in multiples of 8 (CUDA: more than 16 rows)
 
 
@@ -162,11 +164,11 @@ def _layout(q: torch.Tensor, scale: torch.Tensor, probe_side: bool):
 
 def _epilogue(products, coef, p_sq, g_sq, total, smallest):
     """Add :math:`\\sum_k \\tilde r_k` of a chunk of parts to ``total`` and fold
-    :math:`\\min_k \\tilde r_k` into ``smallest``; products int32 [3, parts, b, t] of
-    :math:`q_p q_g`, :math:`q_p q'_g`, :math:`q'_p q_g`, coef their factors [3, parts, b, 1]
-    (:math:`-2 s_p s_g`, :math:`-2 s_p s'_g`, :math:`-2 s'_p s_g`)."""
-    dot = coef[0] * products[0].float() + coef[1] * products[1].float()
-    r = torch.sqrt(torch.relu(p_sq + g_sq + (dot + coef[2] * products[2].float())))
+    :math:`\\min_k \\tilde r_k` into ``smallest``; products int32 [terms, parts, b, t]
+    (:math:`q_p q_g`, then for two levels :math:`q_p q'_g`, :math:`q'_p q_g`) and their factors
+    coef [terms, parts, b, 1] (:math:`-2 s_p s_g`, :math:`-2 s_p s'_g`, :math:`-2 s'_p s_g`)."""
+    dot = (coef * products.float()).sum(0)  # over the products of the levels
+    r = torch.sqrt(torch.relu(p_sq + g_sq + dot))
     return total + r.sum(0), torch.minimum(smallest, r.amin(0))
 
 
@@ -182,36 +184,40 @@ def _compiled_epilogue():
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)  # one graph per block shape
         fused = torch.compile(_epilogue, dynamic=False)
         z = torch.zeros(2, 32, 1)
-        three = torch.zeros(3, 2, 32, 1)
-        fused(torch.zeros(3, 2, 32, 32, dtype=torch.int32), three, z, z.mT, z[0], z[0])
+        one = torch.zeros(1, 2, 32, 1)
+        fused(torch.zeros(1, 2, 32, 32, dtype=torch.int32), one, z, z.mT, z[0], z[0])
         return fused
     except Exception as e:  # noqa: BLE001 - any failure to build falls back to eager
         warnings.warn(f"int8 distances: no fused epilogue ({str(e).splitlines()[0]})", stacklevel=2)
         return _epilogue
 
 
-def approximate(probe: Quantized, gallery: Quantized, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def approximate(
+    probe: Quantized, gallery: Quantized, n: int, levels: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`\tilde D` [b, n] and its bound :math:`\tau` [b, n] for every pair (see the module's
     docstring) of the first ``n`` gallery columns; probe and gallery as :func:`quantize` makes
-    them on each side."""
+    them on each side. ``levels`` 1: one int8 product per part, :math:`\hat p \cdot \hat g`;
+    2: three, adding the residuals' :math:`\hat p \cdot \hat e_g + \hat e_p \cdot \hat g`."""
     parts, b, _ = probe.q.shape
     device = probe.q.device
     epilogue = _epilogue if device.type != "cpu" else _compiled_epilogue()
     rows = -(-b // PAD) * PAD
     pad = (0, 0, 0, rows - b)
     pq, pq2 = (torch.nn.functional.pad(q, pad) for q in (probe.q, probe.q2))
+    terms = 1 if levels == 1 else 3
     coef = torch.stack(
         [
             probe.scale * gallery.scale[:, None],
             probe.scale * gallery.scale2[:, None],
             probe.scale2 * gallery.scale[:, None],
-        ]
-    ).mul_(-2.0)[..., None]  # [3, parts, b, 1]
+        ][:terms]
+    ).mul_(-2.0)[..., None]  # [terms, parts, b, 1]
     p_sq = probe.sq_norm[..., None]
     g_sq = torch.nn.functional.pad(gallery.sq_norm, (0, gallery.q.shape[0] * TILE - n))
     total = torch.empty(b, n, device=device)
     smallest = torch.empty(b, n, device=device)
-    products = torch.empty(3, PART_CHUNK, rows, TILE, dtype=torch.int32, device=device)
+    products = torch.empty(terms, PART_CHUNK, rows, TILE, dtype=torch.int32, device=device)
     for tile, (gq, gq2) in enumerate(zip(gallery.q, gallery.q2, strict=True)):
         j = tile * TILE
         t = min(TILE, n - j)
@@ -221,8 +227,9 @@ def approximate(probe: Quantized, gallery: Quantized, n: int) -> tuple[torch.Ten
             ks = range(k0, min(k0 + PART_CHUNK, parts))
             for i, k in enumerate(ks):
                 torch._int_mm(pq[k], gq[k], out=products[0, i])
-                torch._int_mm(pq[k], gq2[k], out=products[1, i])
-                torch._int_mm(pq2[k], gq[k], out=products[2, i])
+                if terms == 3:
+                    torch._int_mm(pq[k], gq2[k], out=products[1, i])
+                    torch._int_mm(pq2[k], gq[k], out=products[2, i])
             c = len(ks)
             tot, low = epilogue(
                 products[:, :c, :b],
@@ -235,17 +242,21 @@ def approximate(probe: Quantized, gallery: Quantized, n: int) -> tuple[torch.Ten
         total[:, j : j + t] = tot[:, :t]
         smallest[:, j : j + t] = low[:, :t]
     approx = total.div_(parts)
-    return approx, _bound(probe, gallery, approx, smallest)
+    return approx, _bound(probe, gallery, approx, smallest, levels)
 
 
-def _bound(probe: Quantized, gallery: Quantized, approx, smallest) -> torch.Tensor:
+def _bound(probe: Quantized, gallery: Quantized, approx, smallest, levels: int) -> torch.Tensor:
     r""":math:`\tau` of every pair: :math:`\Delta = \sum_k \delta_k` as one product of
-    [b, 5 parts] by [5 parts, n] non-negative features, then the per-pair bound."""
+    [b, 5 parts] by [5 parts, n] non-negative features, then the per-pair bound. What one side's
+    products leave out is :math:`e` (one level) or :math:`f` (two)."""
     ones = torch.ones_like(probe.scale)
+    p_left, g_left = (
+        (probe.err_norm, gallery.err_norm) if levels == 1 else (probe.rest_norm, gallery.rest_norm)
+    )
     left = torch.cat(
         [
             2 * probe.hat_norm,
-            2 * probe.rest_norm,
+            2 * p_left,
             2 * probe.err_norm,
             ROUNDING * probe.sq_norm,
             ROUNDING * ones,
@@ -253,7 +264,7 @@ def _bound(probe: Quantized, gallery: Quantized, approx, smallest) -> torch.Tens
     ).T  # [b, 5P]
     right = torch.cat(
         [
-            gallery.rest_norm,
+            g_left,
             gallery.hat_norm,
             gallery.err_norm,
             torch.ones_like(gallery.sq_norm),
@@ -297,6 +308,17 @@ def exact_block(probe: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
 #: A block whose open pairs exceed this fraction of its pairs is computed whole in float64
 #: (re-checking a pair one by one costs about as much as this many pairs in a matrix product).
 FALLBACK_FRACTION = 1 / 50
+#: Open pairs per probe above which one int8 level gives way to two: two more products per
+#: part cost about as much as re-checking this many pairs (measured on a 2-core CPU).
+ONE_LEVEL_OPEN = 32
+
+
+def _open_limit(levels: int, n: int) -> float:
+    """Open pairs per probe (beyond its matches) that an approximation of ``levels`` may leave
+    to re-checking before the next is tried."""
+    if levels < LEVELS[-1]:
+        return min(ONE_LEVEL_OPEN, FALLBACK_FRACTION * n)
+    return FALLBACK_FRACTION * n
 
 
 def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int) -> int:
@@ -313,11 +335,13 @@ def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int) -> int:
 class BlockRanks:
     """What :func:`rank_block` finds for a block of probes, exactly: ``ranks`` [b, M] of each
     correct match (padding: the largest int64), ``nearest`` [b]; ``rechecked``: how many pairs
-    were computed one by one, ``fallback``: whether the block was computed whole."""
+    were computed one by one; ``levels``: the int8 levels of the last approximation;
+    ``fallback``: whether the block was computed whole."""
 
     ranks: torch.Tensor
     nearest: torch.Tensor
     rechecked: int
+    levels: int
     fallback: bool
 
 
@@ -343,32 +367,36 @@ def rank_block(
     """
     from gaittrain.evaluation.metrics import match_ranks
 
-    approx, tau = approximate(probe_q, gallery_q, gallery.shape[0])
-    b, n = approx.shape
-    lower, upper = approx.sub_(tau), tau.mul_(2).add_(approx)  # approx now holds the lower end
-    del approx, tau
+    b, n = probe.shape[0], gallery.shape[0]
+    device = probe.device
     valid = matches >= 0
-    rows = torch.arange(b, device=lower.device)[:, None].expand_as(matches)
+    rows = torch.arange(b, device=device)[:, None].expand_as(matches)
     # The matches first: their exact distances decide which other pairs matter.
-    exact = torch.full((b, n), torch.nan, dtype=torch.float64, device=lower.device)
-    todo = torch.zeros(b, n, dtype=torch.bool, device=lower.device)
-    todo[rows[valid], matches[valid]] = True
-    rechecked = _recheck(exact, todo, probe, gallery)
-    # Then every sequence that may be the nearest, and, for each match, every sequence whose
-    # interval holds the match's distance.
-    todo |= lower <= upper.amin(dim=1, keepdim=True)
-    for t in range(matches.shape[1]):
-        dm_lo, dm_hi = _float32_around(exact.gather(1, matches[:, t, None].clamp(min=0)))
-        todo |= (upper >= dm_lo) & (lower <= dm_hi)  # NaN (padding): none
-    if int(todo.sum()) - int(valid.sum()) > FALLBACK_FRACTION * b * n:  # beyond the matches
+    exact = torch.full((b, n), torch.nan, dtype=torch.float64, device=device)
+    at_matches = torch.zeros(b, n, dtype=torch.bool, device=device)
+    at_matches[rows[valid], matches[valid]] = True
+    rechecked = _recheck(exact, at_matches, probe, gallery)
+    for levels in LEVELS:  # the cheaper approximation first, the finer one if too much is open
+        approx, tau = approximate(probe_q, gallery_q, n, levels)
+        lower, upper = approx.sub_(tau), tau.mul_(2).add_(approx)  # approx: now the lower end
+        del approx, tau
+        # Every sequence that may be the nearest, and, for each match, every sequence whose
+        # interval holds the match's distance.
+        todo = at_matches | (lower <= upper.amin(dim=1, keepdim=True))
+        for t in range(matches.shape[1]):
+            dm_lo, dm_hi = _float32_around(exact.gather(1, matches[:, t, None].clamp(min=0)))
+            todo |= (upper >= dm_lo) & (lower <= dm_hi)  # NaN (padding): none
+        if int(todo.sum()) - int(valid.sum()) <= _open_limit(levels, n) * b:  # beyond matches
+            break
+    else:
         whole = exact_block(probe, gallery)
         ranks = match_ranks(whole, matches)
-        return BlockRanks(ranks, whole.argmin(dim=1), rechecked, True)
+        return BlockRanks(ranks, whole.argmin(dim=1), rechecked, levels, True)
     rechecked += _recheck(exact, todo, probe, gallery)
     nearest = torch.where(todo, exact, torch.inf).argmin(dim=1)  # first of equal minima
     big = torch.iinfo(torch.int64).max
-    ranks = torch.full(matches.shape, big, dtype=torch.int64, device=lower.device)
-    column = torch.arange(n, device=lower.device)
+    ranks = torch.full(matches.shape, big, dtype=torch.int64, device=device)
+    column = torch.arange(n, device=device)
     for t in range(matches.shape[1]):
         m = matches[:, t].clamp(min=0)
         dm = exact.gather(1, m[:, None])
@@ -376,7 +404,7 @@ def rank_block(
         nearer = (exact < dm) | ((exact == dm) & (column < m[:, None]))  # NaN: not re-checked
         rank = surely.sum(dim=1) + (nearer & ~surely).sum(dim=1)
         ranks[:, t] = torch.where(valid[:, t], rank, big)
-    return BlockRanks(ranks, nearest, rechecked, False)
+    return BlockRanks(ranks, nearest, rechecked, levels, False)
 
 
 def _float32_around(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

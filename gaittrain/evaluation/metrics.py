@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,18 +34,12 @@ AUTO_PAIRS = 1 << 22
 
 
 def fast_int8(device: torch.device) -> bool:
-    """Whether ``device`` multiplies int8 matrices fast: a CPU with VNNI or AMX, or a CUDA GPU
-    of compute capability 8.0 or later."""
+    """Whether int8 products pay on ``device``: a CUDA GPU of compute capability 8.0 or later
+    (int8 tensor cores). Not a CPU: on a 2-core AVX-512 VNNI CPU the int8 products ran 3.7x
+    float32's rate, but re-checking the open pairs in float64 cost as much as was saved
+    (docs/evaluation.md, measured with bench/eval_bench.py)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve_precision(precision: str, metric: str, device, pairs: int) -> str:
