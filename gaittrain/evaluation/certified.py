@@ -323,10 +323,11 @@ def _open_limit(levels: int, n: int) -> float:
 
 def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int) -> int:
     """Probes per block so that :func:`rank_block`'s working set stays under ``max_memory``:
-    per probe and gallery sequence, the interval's two ends, the float64 distances, the masks
-    and :func:`approximate`'s two sums (32 bytes); per probe, its share of the int32 products
-    and sums of one tile, its int8 and float32 rows and the re-check's float64 differences."""
-    per_row = n_gallery * 32 + 3 * PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 30
+    per probe and gallery sequence, the interval's two ends, the float64 distances, the masks,
+    the int64 copy PyTorch makes of a mask to count it and :func:`approximate`'s two sums
+    (40 bytes); per probe, its share of the int32 products and sums of one tile, its int8 and
+    float32 rows and the quantization's temporaries; and the re-check's float64 differences."""
+    per_row = n_gallery * 40 + 3 * PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 30
     fixed = RECHECK_CHUNK * parts * dim * 8 * 3
     return max(1, int((max_memory - fixed) // per_row))
 

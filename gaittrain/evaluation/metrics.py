@@ -55,10 +55,11 @@ def resolve_precision(precision: str, metric: str, device, pairs: int) -> str:
     return "int8" if metric == "euclidean" and big and fast_int8(device) else "fp32"
 
 
-#: Bytes of ranking scratch per probe x gallery pair: the boolean masks :func:`_score_block`
+#: Bytes of ranking scratch per probe x gallery pair: the boolean masks :func:`match_ranks`
 #: compares a row with one match's distance through (d < d_m, d = d_m, the gallery order, their
-#: conjunction), one byte each; nothing of the gallery's size is sorted.
-RANK_BYTES = 4
+#: conjunction), one byte each, and the int64 copy PyTorch makes of a mask to count it (8; measured:
+#: a bool tensor's ``sum`` and ``count_nonzero`` convert it whole); nothing is sorted.
+RANK_BYTES = 12
 
 
 def _block_rows(n_gallery: int, parts: int, max_memory: int, dim: int = 0) -> int:

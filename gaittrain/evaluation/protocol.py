@@ -119,8 +119,9 @@ def evaluate(
     metric : {"euclidean", "cosine", "cosine-flat"}
         See :mod:`gaittrain.evaluation.metrics`.
     ranks, max_memory, device
-        CMC length, the memory cap of a distance block (probes are read in blocks of a quarter
-        of it), and where distances are computed.
+        CMC length, the memory cap, and where distances are computed. The cap is shared: half
+        for the galleries kept for later cells, an eighth for a block of probes read, three
+        eighths for the distance stage; beyond it, the gallery of the cell at hand.
     precision : {"fp32", "int8", "auto"}
         How distances are computed (:func:`gaittrain.evaluation.metrics.retrieve`); every
         choice gives the same figures.
@@ -241,8 +242,8 @@ class _Scorer:
 
     def _gallery(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """:meth:`_stack` of a gallery, kept for the next probe views and groups that use it
-        while the kept galleries fit in ``max_memory`` (CASIA-B's eleven do: stacking them
-        again for each of the 330 cells took a quarter of its evaluation)."""
+        while the kept galleries fit in half of ``max_memory`` (stacking CASIA-B's eleven
+        again for each of its 330 cells took a quarter of its evaluation)."""
         found = self._galleries.get(tuple(keys))
         if found is None and self._last is not None and self._last[0] == tuple(keys):
             found = self._last[1]  # the gallery of the previous cell, even when not kept
@@ -250,7 +251,7 @@ class _Scorer:
             self._last = None  # let it go before the next one is read
             found = self._stack(keys)
             size = found[0].nbytes + found[2].nbytes
-            if self._kept + size <= self.max_memory:
+            if self._kept + size <= self.max_memory // 2:
                 self._galleries[tuple(keys)] = found
                 self._kept += size
         self._last = (tuple(keys), found)
@@ -258,7 +259,7 @@ class _Scorer:
 
     def _quantized(self, keys, g: torch.Tensor, n_probes: int):
         """The gallery's int8 copy where ``precision`` takes int8 for this cell, kept with the
-        gallery (while they fit in ``max_memory``); else None."""
+        gallery (while they fit in half of ``max_memory``); else None."""
         pairs = n_probes * g.shape[0]
         if resolve_precision(self.precision, self.metric, self.device, pairs) != "int8":
             return None
@@ -268,7 +269,7 @@ class _Scorer:
         if found is None:
             self._last_q = None
             found = certified.quantize(g, probe_side=False)
-            if self._kept + found.nbytes <= self.max_memory:
+            if self._kept + found.nbytes <= self.max_memory // 2:
                 self._quantized_galleries[tuple(keys)] = found
                 self._kept += found.nbytes
         self._last_q = (tuple(keys), found)
@@ -279,7 +280,7 @@ class _Scorer:
         g, g_ids, g_sq = self._gallery(gallery)
         g_q = self._quantized(gallery, g, len(probes))
         parts, dim = self.store.shape
-        rows = max(1, self.max_memory // (4 * 4 * max(parts * dim, 1)))
+        rows = max(1, self.max_memory // (8 * 4 * max(parts * dim, 1)))  # an eighth of the cap
         found = []
         for s in range(0, len(probes), rows):
             p, p_ids, p_sq = self._stack(probes[s : s + rows])
@@ -291,7 +292,7 @@ class _Scorer:
                     g,
                     g_ids,
                     self.metric,
-                    self.max_memory,
+                    self.max_memory * 3 // 8,  # the distance stage's share of the cap
                     norms,
                     "fp32" if g_q is None else "int8",  # decided for the whole cell
                     g_q,
