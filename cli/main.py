@@ -9,6 +9,7 @@ import threading
 import click
 
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
+from gaitcli.export import export_cmd
 from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
@@ -71,6 +72,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait identify rank the gallery subjects for one raw sequence folder
       gait import-checkpoint  an OpenGait GaitSet / GaitBase checkpoint as a gait run folder
       gait study    a grid of runs from YAML: train, evaluate, compare across seeds
+      gait export   a trained model as ONNX, checked against PyTorch
     Run `gait COMMAND --help` for each command's options.
     """
     ctx.obj = {"debug": debug}
@@ -86,3 +88,4 @@ cli.add_command(eval_cmd)
 cli.add_command(identify_cmd)
 cli.add_command(import_checkpoint_cmd)
 cli.add_command(study_cmd)
+cli.add_command(export_cmd)
