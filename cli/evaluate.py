@@ -185,10 +185,13 @@ def eval_cmd(
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> None:
     """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
-    or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder)."""
+    or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder). A pack is
+    embedded once, into RUN/gallery-PACKNAME.h5, and reused while nothing that made it changed."""
     dev = resolve_device(device)
     trained = load_model(checkpoint, dev)
-    emb, params = gallery_embeddings(gallery, trained, dev)
+    emb, params = gallery_embeddings(
+        gallery, trained, dev, notify=lambda line: click.echo(line, err=True)
+    )
     result = identify(raw_seq_dir, trained.model, trained.cfg, emb, params, dev, top_k)
     if as_json:
         click.echo(json.dumps(result, indent=2))

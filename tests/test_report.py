@@ -113,8 +113,29 @@ def test_identify_finds_a_sequence_of_the_gallery(trained, tmp_path: Path) -> No
     assert best["subject"] == "005" and best["nearest"] == "005-bg-02-090"
     assert best["distance"] < 1e-4 < result["matches"][1]["distance"]
     text = gait("identify", run, pack, raw, "--top-k", "3")  # a pack works as the gallery too
-    assert text.exit_code == 0 and len(text.output.strip().splitlines()) == 4
+    assert text.exit_code == 0 and len(text.stdout.strip().splitlines()) == 4
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = gait("identify", run, emb, empty)
     assert bad.exit_code == 1 and "holds no png, jpg or bmp frame" in bad.output
+
+
+def test_identify_embeds_a_pack_gallery_once(trained, tmp_path: Path) -> None:
+    """A pack given as gallery is embedded into RUN/gallery-PACKNAME.h5 once and reused."""
+    run, pack = trained
+    cache = run / f"gallery-{pack.stem}.h5"
+    cache.unlink(missing_ok=True)
+    raw = ROOT / "sample_data" / "casia-b" / "005" / "bg-02" / "090"
+    first = gait("identify", run, pack, raw, "--json")
+    assert first.exit_code == 0, first.output
+    assert "embedded the gallery into" in first.output and cache.exists()
+    stamp = cache.stat().st_mtime_ns
+    second = gait("identify", run, pack, raw, "--json")
+    assert second.exit_code == 0, second.output
+    assert "embedded the gallery" not in second.output
+    assert cache.stat().st_mtime_ns == stamp
+
+    def matches(r):
+        return json.loads(r.stdout)["matches"]
+
+    assert matches(first) == matches(second)

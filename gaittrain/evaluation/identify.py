@@ -11,28 +11,32 @@ import torch
 from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
 from gaitprep.process import Params, process_sequence
-from gaittrain.data.dataset import PackDataset, shape_frames, to_model_input
+from gaittrain.data.dataset import shape_frames, to_model_input
 from gaittrain.evaluation.embed import (
     NORMALIZATION,
     TrainedModel,
-    embed_dataset,
-    pack_normalization,
+    ensure_embeddings,
     params_from,
     read_embeddings,
 )
 from gaittrain.evaluation.metrics import distance_blocks
+from gaittrain.evaluation.run_eval import run_folder
 
 
 class IdentifyError(GaitError):
     """A gallery or probe that cannot be used for identification."""
 
 
-def gallery_embeddings(gallery: Path, trained: TrainedModel, device) -> tuple[dict, Params]:
-    """Embeddings of a gallery given as an embeddings file or as a pack (embedded now), and the
-    normalization parameters its frames were made with (a probe must be made the same way).
+def gallery_embeddings(
+    gallery: Path, trained: TrainedModel, device, notify=lambda line: None
+) -> tuple[dict, Params]:
+    """Embeddings of a gallery given as an embeddings file or as a pack, and the normalization
+    parameters its frames were made with (a probe must be made the same way).
 
-    An embeddings file must have been made by ``trained``'s checkpoint and must record its
-    normalization.
+    A pack is embedded once into RUN/gallery-PACKNAME.h5 beside the model's run and reused while
+    the checkpoint, the pack's content and its sequences are unchanged (``notify`` hears when it
+    is embedded and why). An embeddings file must have been made by ``trained``'s checkpoint and
+    must record its normalization.
     """
     try:
         with h5py.File(gallery, "r") as f:
@@ -42,13 +46,11 @@ def gallery_embeddings(gallery: Path, trained: TrainedModel, device) -> tuple[di
             f"{gallery} is not an HDF5 file; give an embeddings file (gait embed) or a pack"
         ) from None
     if not is_embeddings:
-        cfg = trained.cfg
-        data = PackDataset([gallery], frames=None, height=cfg.data.height, cut=cfg.data.cut)
-        arr = embed_dataset(trained.model, data, device)
-        emb = {data.key(j): arr[j] for j in range(len(data))}
-        params = params_from(pack_normalization(data.packs[0]))
-        data.close()
-        return emb, params
+        cache = run_folder(trained.path) / f"gallery-{Path(gallery).stem}.h5"
+        emb, attrs, reason = ensure_embeddings(trained.path, gallery, cache, None, device)
+        if reason is not None:
+            notify(f"embedded the gallery into {cache} ({reason})")
+        return emb, params_from({k: attrs[f"normalization.{k}"] for k in NORMALIZATION})
     emb, attrs = read_embeddings(gallery)
     missing = [k for k in NORMALIZATION if f"normalization.{k}" not in attrs]
     if missing or "checkpoint_fingerprint" not in attrs:
