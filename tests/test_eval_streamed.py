@@ -12,7 +12,7 @@ import pytest
 from gaittrain.evaluation.embed import read_embeddings, stale_reason, write_embeddings_file
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
-from tests.cli import FAST, TINY, gait, make_pack
+from tests.cli import gait, make_pack, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("streamed")
     pack = make_pack(base / "sample.h5")
     out = base / "run"
-    r = gait("train", TINY, "--pack", pack, "--out", out, "--train-subjects", "first:4", *FAST)
+    r = train_tiny(pack, out, "--train-subjects", "first:4")
     assert r.exit_code == 0, r.output
     return {"pack": pack, "run": out}
 

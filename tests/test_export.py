@@ -11,7 +11,7 @@ import torch
 
 from gaittrain.data.dataset import PackDataset
 from gaittrain.evaluation.embed import load_model
-from tests.cli import FAST, TINY, assert_one_line_error, gait, make_pack
+from tests.cli import assert_one_line_error, gait, make_pack, train_tiny
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -22,7 +22,7 @@ def run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("export")
     pack = make_pack(base / "sample.h5")
     out = base / "run"
-    r = gait("train", TINY, "--pack", pack, "--out", out, "--train-subjects", "first:4", *FAST)
+    r = train_tiny(pack, out, "--train-subjects", "first:4")
     assert r.exit_code == 0, r.output
     return {"pack": pack, "run": out, "base": base}
 

@@ -3,33 +3,35 @@ r"""Exact nearest neighbours from int8 products: approximate, bound, re-check.
 The Euclidean protocol distance of a probe p and a gallery sequence g with P parts is
 :math:`D = \frac{1}{P}\sum_k r_k`, :math:`r_k = \sqrt{S_k}`,
 :math:`S_k = \lVert p_k\rVert^2 + \lVert g_k\rVert^2 - 2\,p_k \cdot g_k`. Its cost is the P dot
-products of every pair. Here they are computed from int8 copies, exactly in int32, at several
-times float32's rate on CPUs with VNNI (and on CUDA int8 tensor cores):
+products of every pair. Here they are computed from int8 copies, exactly in int32 (VNNI on
+CPUs, int8 tensor cores on CUDA), and every figure is still that of the exact distances:
 
 1. **Quantize** every (sequence, part) vector symmetrically, :math:`\hat x = s\,q` with
-   :math:`q = \mathrm{round}(x / s) \in [-127, 127]` and :math:`s = \max|x| / 127`, keeping the
-   residual's norm :math:`\lVert e \rVert = \lVert x - \hat x \rVert` (float64, rounded up).
-2. **Approximate**: :math:`\tilde S_k = \lVert p_k\rVert^2 + \lVert g_k\rVert^2 - 2\,\hat p_k
-   \cdot \hat g_k`, :math:`\tilde r_k = \sqrt{\max(\tilde S_k, 0)}`, :math:`\tilde D =
-   \frac{1}{P}\sum_k \tilde r_k`.
-3. **Bound**: :math:`|p\cdot g - \hat p \cdot \hat g| \le \lVert\hat p\rVert\lVert e_g\rVert +
-   \lVert\hat g\rVert\lVert e_p\rVert + \lVert e_p\rVert\lVert e_g\rVert`, so :math:`|S_k -
-   \tilde S_k| \le \delta_k` (twice that, plus a margin of float32 rounding); then
-   :math:`|r_k - \tilde r_k| \le \min(\delta_k / \tilde r_k, \sqrt{\delta_k})` and, with
-   :math:`\Delta = \sum_k \delta_k` (one small matrix product) and :math:`m = \min_k \tilde
-   r_k`, :math:`|D - \tilde D| \le \tau = \min(\Delta / (P m), \sqrt{\Delta / P})`.
+   :math:`q = \mathrm{round}(x / s) \in [-127, 127]` (probes: :math:`s = \max|x| / 127` per
+   sequence and part; gallery: per part), and its residual :math:`e = x - \hat x` the same way
+   (:math:`\hat e`, leaving :math:`f = e - \hat e`); the norms are kept, rounded up.
+2. **Approximate**: :math:`\tilde S_k = \lVert p_k\rVert^2 + \lVert g_k\rVert^2 - 2\,d_k`
+   with :math:`d_k = \hat p_k \cdot \hat g_k` (one level: one int8 product per part) or
+   :math:`d_k = \hat p_k \cdot \hat g_k + \hat p_k \cdot \hat e_{g,k} + \hat e_{p,k} \cdot
+   \hat g_k` (two levels: three), :math:`\tilde r_k = \sqrt{\max(\tilde S_k, 0)}`,
+   :math:`\tilde D = \frac{1}{P}\sum_k \tilde r_k`.
+3. **Bound**: one level, :math:`|p\cdot g - d| \le \lVert\hat p\rVert\lVert e_g\rVert +
+   \lVert\hat g\rVert\lVert e_p\rVert + \lVert e_p\rVert\lVert e_g\rVert`; two levels, the
+   same with :math:`f` in the first two terms. So :math:`|S_k - \tilde S_k| \le \delta_k` (twice
+   that, plus a margin of float32 rounding); then :math:`|r_k - \tilde r_k| \le \min(\delta_k /
+   \tilde r_k, \sqrt{\delta_k})` and, with :math:`\Delta = \sum_k \delta_k` (one small matrix
+   product) and :math:`m = \min_k \tilde r_k`, :math:`|D - \tilde D| \le \tau = \min(\Delta /
+   (P m), \sqrt{\Delta / P})`.
 4. **Re-check**: the true distance lies in :math:`[\tilde D - \tau, \tilde D + \tau]`. Every
-   gallery sequence whose interval could hold the smallest distance, and every correct match,
-   gets its distance computed exactly (float64 from the stored values): the nearest sequence is
-   then the exact one, ties broken by gallery order. A match's rank counts the sequences
-   certainly nearer (upper end below the match's distance) plus, re-checked, those whose
-   interval holds it: exact wherever the match is within ``exact_depth`` of the top or that
-   set is small (``max_recheck``), else an estimate from the int8 distances with certain
-   bounds (``rank_lo``, ``rank_hi``).
+   correct match, every gallery sequence whose interval may hold the smallest distance and, for
+   each match, every sequence whose interval holds the match's distance get their distances
+   computed exactly (float64 from the stored values). The nearest sequence is then the exact
+   one, ties broken by gallery order, and a match's rank is the number of sequences certainly
+   nearer (upper end below its distance) plus the re-checked ones nearer: exact.
 
-So rank-1, the nearest sequence and CMC up to ``exact_depth`` are exact; AP and INP are exact for
-every probe whose match ranks were re-checked and bounded for the others
-(:class:`gaittrain.evaluation.metrics.Retrieval` keeps both ends).
+A block tries one level, then two where too many pairs stay open, then computes every pair in
+float64 (:func:`exact_block`). So rank-1, the CMC, mAP, mINP and the failures are those of
+float64 distances, whatever the data; only the time depends on it.
 """
 
 from __future__ import annotations
