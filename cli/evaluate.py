@@ -181,9 +181,15 @@ def eval_cmd(
 @click.argument("gallery", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.argument("raw_seq_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0),
+    help="Decide: the nearest person if their distance is at most this, else unknown "
+    "(default: the ranked list only).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> None:
+def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, threshold, as_json, device) -> None:
     """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
     or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder). A pack is
     embedded once, into RUN/gallery-PACKNAME.h5, and reused while nothing that made it changed."""
@@ -192,10 +198,13 @@ def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, as_json, device) -> No
     emb, params = gallery_embeddings(
         gallery, trained, dev, notify=lambda line: click.echo(line, err=True)
     )
-    result = identify(raw_seq_dir, trained.model, trained.cfg, emb, params, dev, top_k)
+    result = identify(raw_seq_dir, trained.model, trained.cfg, emb, params, dev, top_k, threshold)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{result['sequence']}: {result['frames_used']} of {result['frames_read']} frames")
     for m in result["matches"]:
         click.echo(f"{m['rank']:>3}  {m['subject']:<12} {m['distance']:.4f}  ({m['nearest']})")
+    if threshold is not None:
+        who = result["decision"] or "unknown"
+        click.echo(f"decision (distance <= {threshold:g}): {who}")

@@ -10,6 +10,7 @@ import click
 
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
 from gaitcli.export import export_cmd
+from gaitcli.gallery import gallery_group
 from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
@@ -70,6 +71,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
       gait identify rank the gallery subjects for one raw sequence folder
+      gait gallery  enrol named people for identify (add, list, remove)
       gait import-checkpoint  an OpenGait GaitSet / GaitBase checkpoint as a gait run folder
       gait study    a grid of runs from YAML: train, evaluate, compare across seeds
       gait export   a trained model as ONNX, checked against PyTorch
@@ -89,3 +91,4 @@ cli.add_command(identify_cmd)
 cli.add_command(import_checkpoint_cmd)
 cli.add_command(study_cmd)
 cli.add_command(export_cmd)
+cli.add_command(gallery_group)

@@ -68,11 +68,10 @@ def gallery_embeddings(
 
 
 @torch.no_grad()
-def identify(
-    folder: Path, model, cfg, gallery: dict, params: Params, device, top_k: int = 5
-) -> dict:
-    """The ``top_k`` gallery subjects nearest to the sequence in ``folder`` (a subject's distance
-    is that of its nearest gallery sequence)."""
+def embed_folder(folder: Path, model, cfg, params: Params, device) -> tuple[torch.Tensor, dict]:
+    """The embedding [1, parts, dim] of the raw frames in ``folder``, preprocessed as `gait prep`
+    does with ``params``, and what was read (``frames_read``, ``frames_used``,
+    ``frames_unreadable``); IdentifyError when no frame can be used."""
     files = sorted(
         f.name
         for f in Path(folder).iterdir()
@@ -94,7 +93,30 @@ def identify(
         raise IdentifyError(f"no frame of {folder} has enough foreground to normalize")
     x = shape_frames(res.frames, cfg.data.height, cfg.data.cut)
     frames = to_model_input(torch.from_numpy(np.ascontiguousarray(x)), device)
-    probe = model(frames, [len(frames)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
+    embedding = model(frames, [len(frames)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
+    info = {
+        "frames_read": res.read,
+        "frames_used": len(res.frames),
+        "frames_unreadable": [f for f, _ in res.unreadable],
+    }
+    return embedding, info
+
+
+@torch.no_grad()
+def identify(
+    folder: Path,
+    model,
+    cfg,
+    gallery: dict,
+    params: Params,
+    device,
+    top_k: int = 5,
+    threshold: float | None = None,
+) -> dict:
+    """The ``top_k`` gallery subjects nearest to the sequence in ``folder`` (a subject's distance
+    is that of its nearest gallery sequence); with ``threshold``, also the ``decision``: the
+    nearest subject if its distance is at most ``threshold``, else None (unknown)."""
+    probe, info = embed_folder(folder, model, cfg, params, device)
     keys = list(gallery)
     g = torch.from_numpy(np.stack([gallery[k] for k in keys]))
     ((_, d),) = distance_blocks(probe, g)
@@ -103,13 +125,16 @@ def identify(
         if key[0] not in best or dist < best[key[0]][0]:
             best[key[0]] = (dist, key)
     ranked = sorted(best.items(), key=lambda kv: kv[1][0])[:top_k]
-    return {
+    result = {
         "sequence": str(folder),
-        "frames_read": res.read,
-        "frames_used": len(res.frames),
-        "frames_unreadable": [f for f, _ in res.unreadable],
+        **info,
         "matches": [
             {"rank": i + 1, "subject": s, "distance": round(dist, 6), "nearest": "-".join(key)}
             for i, (s, (dist, key)) in enumerate(ranked)
         ],
     }
+    if threshold is not None:
+        near = ranked[0] if ranked else None
+        result["threshold"] = threshold
+        result["decision"] = near[0] if near and near[1][0] <= threshold else None
+    return result
