@@ -14,6 +14,7 @@ from gaitcli.gallery import gallery_group
 from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
+from gaitcli.segment import segment_cmd
 from gaitcli.study import study_cmd
 from gaitcli.synth import synth
 from gaitcli.train import train_cmd
@@ -64,6 +65,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     Stages:
       gait synth    make raw silhouette sequences in the CASIA-B / OU-MVLP layouts
+      gait segment  silhouettes of a walker from a fixed camera's video or frames
       gait prep     normalize raw frames into one HDF5 pack (resumable, with a manifest)
       gait inspect  summarize a pack (--json, --montage)
       gait pack     merge the shards of a `gait prep --shard` job array
@@ -92,3 +94,4 @@ cli.add_command(import_checkpoint_cmd)
 cli.add_command(study_cmd)
 cli.add_command(export_cmd)
 cli.add_command(gallery_group)
+cli.add_command(segment_cmd)
