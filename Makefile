@@ -49,6 +49,14 @@ demo: install
 	$(MAKE) --no-print-directory pipeline DATASET=casia-b RAW=$(DEMO)/raw WORK=$(DEMO) TRAIN_ARGS="--train-subjects first:20" TEST_ARGS="--test-subjects 021-040"
 	$(BIN)/python bench/gei_baseline.py --subjects 40 --frames 30 --seed $(SEED) --json $(DEMO)/gei.json --compare $(DEMO)/report.json
 	@echo "report: $(DEMO)/report.html"
+	@echo "From a camera: five test subjects enrolled by name, a video of one of them (carrying a bag), segmented and identified:"
+	rm -rf $(DEMO)/camera
+	for s in 021 022 023 024 025; do for r in nm-01 nm-02; do \
+	  $(BIN)/gait gallery add $(DEMO)/camera/people.h5 $(DEMO)/run person-$$s $(DEMO)/raw/$$s/$$r/090 > /dev/null || exit 1; \
+	done; done
+	$(BIN)/gait synth video $(DEMO)/camera/walk.mp4 --subject 23 --condition bg --seed $(SEED)
+	$(BIN)/gait segment $(DEMO)/camera/walk.mp4 $(DEMO)/camera/silhouettes
+	$(BIN)/gait identify $(DEMO)/run $(DEMO)/camera/people.h5 $(DEMO)/camera/silhouettes --top-k 3
 
 bench: install
 	$(BIN)/python bench/synth_bench.py

@@ -221,6 +221,30 @@ def synth_ou_mvlp(**kwargs) -> None:
     _run("ou-mvlp", **kwargs)
 
 
+@synth.command("video")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--subject", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--condition", type=click.Choice(["nm", "bg", "cl"]), default="nm", show_default=True)
+@click.option("--seq", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--view", type=click.IntRange(0, 359), default=90, show_default=True)
+@click.option("--frames", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--empty", type=click.IntRange(0), default=20, show_default=True,
+              help="Frames of the empty scene before the walker enters.")  # fmt: skip
+@click.option("--seed", type=SEED, default=0, show_default=True)
+def synth_video(out, subject, condition, seq, view, frames, empty, seed) -> None:
+    """Write OUT (mp4): a fixed camera filming one synthetic walker (the subject of `gait synth
+    casia-b --seed SEED`) in a textured scene with lighting drift, camera noise and a swaying
+    shrub, and its true masks in OUT.masks/ (for `gait segment`'s measurements).
+
+    Example: gait synth video build/walk.mp4 --subject 3 && gait segment build/walk.mp4 build/sil
+    """
+    from gaitprep.synth.video import render_video, write_video
+
+    video, masks = render_video(subject, condition, seq, view, frames, seed=seed, empty=empty)
+    folder = write_video(out, video, masks)
+    click.echo(f"{out}: {len(video)} frames ({empty} of the empty scene); true masks in {folder}")
+
+
 @synth.command("preview")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--subject", type=click.IntRange(1), default=1, show_default=True)
