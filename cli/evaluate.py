@@ -179,7 +179,7 @@ def eval_cmd(
 @click.command("identify")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True))
 @click.argument("gallery", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.argument("raw_seq_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("raw_seq_dir", type=click.Path(path_type=Path, exists=True))
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
 @click.option(
     "--threshold",
@@ -190,9 +190,11 @@ def eval_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def identify_cmd(checkpoint, gallery, raw_seq_dir, top_k, threshold, as_json, device) -> None:
-    """Who walks in RAW_SEQ_DIR? Ranks GALLERY subjects (an embeddings file from `gait embed`,
-    or a pack) by distance, with the model of CHECKPOINT (a .pt file or a run folder). A pack is
-    embedded once, into RUN/gallery-PACKNAME.h5, and reused while nothing that made it changed."""
+    """Who walks in RAW_SEQ_DIR (a folder of silhouette frames, or a fixed camera's video,
+    segmented first as `gait segment` does)? Ranks GALLERY subjects (an embeddings file from
+    `gait embed`, a `gait gallery`, or a pack) by distance, with the model of CHECKPOINT (a .pt
+    file or a run folder). A pack is embedded once, into RUN/gallery-PACKNAME.h5, and reused
+    while nothing that made it changed."""
     dev = resolve_device(device)
     trained = load_model(checkpoint, dev)
     emb, params = gallery_embeddings(

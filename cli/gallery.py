@@ -26,7 +26,7 @@ def gallery_group() -> None:
 @GALLERY
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
 @click.argument("name")
-@click.argument("seq_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("seq_dir", type=click.Path(path_type=Path, exists=True))
 @click.option(
     "--pack",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -34,7 +34,8 @@ def gallery_group() -> None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def add_cmd(gallery, run, name, seq_dir, pack, device) -> None:
-    """Enrol the raw silhouette frames in SEQ_DIR as NAME, embedded by RUN's model."""
+    """Enrol the raw silhouette frames in SEQ_DIR (or the walker of a fixed camera's video,
+    segmented first as `gait segment` does) as NAME, embedded by RUN's model."""
     dev = resolve_device(device)
     params = None
     if pack is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gaitprep.segment import METHODS, segment, write_silhouettes
+from gaitprep.segment import METHODS, segment, write_preview, write_silhouettes
 
 
 @click.command("segment")
@@ -28,7 +28,12 @@ from gaitprep.segment import METHODS, segment, write_silhouettes
 )
 @click.option("--min-area", type=click.IntRange(1), default=400, show_default=True,
               help="Pixels a blob needs to be the walker.")  # fmt: skip
-def segment_cmd(source, out, method, learn_frames, background, min_area) -> None:
+@click.option(
+    "--preview",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also show the masks over the video: OUT.mp4 (every frame) or OUT.png (8 frames).",
+)
+def segment_cmd(source, out, method, learn_frames, background, min_area, preview) -> None:
     """Write binary silhouettes (OUT/NNNNNN.png) of the walker in SOURCE, a video (any format
     OpenCV reads) or a folder of frames from a fixed camera, for `gait identify` or `gait prep`.
 
@@ -36,6 +41,8 @@ def segment_cmd(source, out, method, learn_frames, background, min_area) -> None
     """
     found = segment(source, method, learn_frames, background, min_area)
     n = write_silhouettes(found, out)
+    if preview is not None:
+        write_preview(source, found, preview)
     click.echo(
         f"{out}: {n} silhouettes of {found.read} frames ({found.learned} learned from, "
         f"{found.skipped} without a walker skipped)"

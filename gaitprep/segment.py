@@ -175,3 +175,33 @@ def write_silhouettes(found: Segmented, out: Path) -> int:
         tmp.rmdir()
         raise
     return len(found.masks)
+
+
+def write_preview(source: Path, found: Segmented, out: Path, tiles: int = 8) -> None:
+    """The masks over the frames they came from, in red: ``out`` ending in .mp4, every frame
+    (frames without a walker as they are); otherwise an image of ``tiles`` evenly spaced frames
+    with a walker side by side."""
+    masks = dict(found.masks)
+    out = Path(out)
+    video = out.suffix.lower() == ".mp4"
+    wanted = set(np.linspace(0, len(found.masks) - 1, min(tiles, len(found.masks))).astype(int))
+    keep = {found.masks[i][0] for i in wanted}
+    shown, writer = [], None
+    for index, img in enumerate(read_frames(source)):
+        if not video and index not in keep:
+            continue
+        if index in masks:
+            red = img.copy()
+            red[masks[index] > 0] = (0.4 * red[masks[index] > 0] + [0, 0, 153]).astype(np.uint8)
+            img = red
+        if video:
+            if writer is None:
+                h, w = img.shape[:2]
+                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
+            writer.write(img)
+        else:
+            shown.append(img)
+    if writer is not None:
+        writer.release()
+    elif not cv2.imwrite(str(out), np.hstack(shown)):
+        raise SegmentError(f"cannot write {out} (an image: .png or .jpg; a video: .mp4)")

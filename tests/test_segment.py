@@ -7,6 +7,7 @@ a video (mp4) and a folder of frames are both segmented.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -82,6 +83,14 @@ def test_the_cli_writes_binary_frames_identify_reads(walk, tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     files = sorted(out.glob("*.png"))
     assert len(files) > 0 and set(np.unique(cv2.imread(str(files[0]), 0))) <= {0, 255}
+    preview = tmp_path / "preview.png"
+    r = gait("segment", walk["video"], tmp_path / "sil2", "--preview", preview)
+    assert r.exit_code == 0, r.output
+    img = cv2.imread(str(preview))
+    h, w = cv2.imread(str(files[0]), 0).shape
+    assert img.shape == (h, 8 * w, 3)  # 8 frames side by side, the walker in red
+    reddish = (img[..., 2].astype(int) - img[..., 1]) > 60
+    assert reddish.sum() > 400
     again = gait("segment", walk["video"], out)  # never into a folder that holds frames
     assert_one_line_error(again, "not an empty folder")
 
@@ -147,3 +156,39 @@ def test_gait_synth_video_is_segmented_to_its_true_masks(tmp_path: Path) -> None
         iou = mean_iou(segment(video, method=method), truth)
         print(f"gait synth video, {method}: mean IoU {iou:.3f}")
         assert iou >= 0.85
+
+
+def test_gallery_and_identify_take_a_video(tmp_path: Path) -> None:
+    """`gait gallery add` and `gait identify` segment a video themselves: the same ranking as
+    through `gait segment`'s folder."""
+    from tests.cli import make_pack, train_tiny
+
+    pack = make_pack(tmp_path / "sample.h5")
+    run = tmp_path / "run"
+    assert train_tiny(pack, run, "--iterations", "4").exit_code == 0
+    people = tmp_path / "people.h5"
+    videos = {}
+    for name, subject in (("alice", "005"), ("bob", "006")):
+        frames, _ = scene(SAMPLE / subject / "nm-01" / "090", seed=3)
+        videos[name] = tmp_path / f"{name}.mp4"
+        h, w = frames[0].shape[:2]
+        out = cv2.VideoWriter(str(videos[name]), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
+        for f in frames:
+            out.write(f)
+        out.release()
+        r = gait("gallery", "add", people, run, name, videos[name])
+        assert r.exit_code == 0, r.output
+    probe = tmp_path / "probe.mp4"
+    frames, _ = scene(SAMPLE / "005" / "bg-01" / "090", seed=4)
+    h, w = frames[0].shape[:2]
+    out = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
+    for f in frames:
+        out.write(f)
+    out.release()
+    direct = gait("identify", run, people, probe, "--json")
+    assert direct.exit_code == 0, direct.output
+    sil = tmp_path / "sil"
+    assert gait("segment", probe, sil).exit_code == 0
+    via = gait("identify", run, people, sil, "--json")
+    first = json.loads(direct.stdout)["matches"]
+    assert first == json.loads(via.stdout)["matches"] and first[0]["subject"] == "alice"

@@ -69,9 +69,12 @@ def gallery_embeddings(
 
 @torch.no_grad()
 def embed_folder(folder: Path, model, cfg, params: Params, device) -> tuple[torch.Tensor, dict]:
-    """The embedding [1, parts, dim] of the raw frames in ``folder``, preprocessed as `gait prep`
+    """The embedding [1, parts, dim] of the raw frames in ``folder`` (or of the walker in a
+    video file, segmented by :func:`gaitprep.segment.segment` first), preprocessed as `gait prep`
     does with ``params``, and what was read (``frames_read``, ``frames_used``,
     ``frames_unreadable``); IdentifyError when no frame can be used."""
+    if Path(folder).is_file():
+        return _embed_video(Path(folder), model, cfg, params, device)
     files = sorted(
         f.name
         for f in Path(folder).iterdir()
@@ -91,15 +94,38 @@ def embed_folder(folder: Path, model, cfg, params: Params, device) -> tuple[torc
                 "foreground; give a folder of silhouette images"
             )
         raise IdentifyError(f"no frame of {folder} has enough foreground to normalize")
-    x = shape_frames(res.frames, cfg.data.height, cfg.data.cut)
-    frames = to_model_input(torch.from_numpy(np.ascontiguousarray(x)), device)
-    embedding = model(frames, [len(frames)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
     info = {
         "frames_read": res.read,
         "frames_used": len(res.frames),
         "frames_unreadable": [f for f, _ in res.unreadable],
     }
-    return embedding, info
+    return _embed_frames(res.frames, model, cfg, device), info
+
+
+def _embed_video(path: Path, model, cfg, params: Params, device) -> tuple[torch.Tensor, dict]:
+    """:func:`embed_folder` of a video: the walker's silhouettes (`gait segment`'s defaults),
+    each normalized as `gait prep` would."""
+    from gaitprep.normalize import normalize_frame
+    from gaitprep.segment import segment
+
+    found = segment(path)
+    kept = [
+        normalize_frame(m, params.size, params.min_sum, params.binarize, params.largest_blob)[0]
+        for _, m in found.masks
+    ]
+    kept = [f for f in kept if f is not None]
+    if not kept:
+        raise IdentifyError(f"no silhouette of {path} has enough foreground to normalize")
+    info = {"frames_read": found.read, "frames_used": len(kept), "frames_unreadable": []}
+    return _embed_frames(np.stack(kept), model, cfg, device), info
+
+
+def _embed_frames(frames: np.ndarray, model, cfg, device) -> torch.Tensor:
+    """The embedding [1, parts, dim] of normalized frames [T, S, S]."""
+    x = shape_frames(frames, cfg.data.height, cfg.data.cut)
+    x = to_model_input(torch.from_numpy(np.ascontiguousarray(x)), device)
+    with torch.no_grad():
+        return model(x, [len(x)]).permute(1, 0, 2).float().cpu()  # [1, parts, dim]
 
 
 @torch.no_grad()
