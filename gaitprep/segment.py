@@ -72,6 +72,25 @@ def read_frames(source: Path) -> Iterator[np.ndarray]:
         capture.release()
 
 
+def write_mp4(path: Path, frames, fps: int = 25) -> int:
+    """Write BGR frames (any iterable of [H, W, 3] uint8) as an mp4 (mp4v) at ``path``; returns
+    how many. SegmentError when OpenCV cannot write there."""
+    writer, n = None, 0
+    try:
+        for frame in frames:
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise SegmentError(f"cannot write a video at {path}")
+            writer.write(frame)
+            n += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    return n
+
+
 def _subtractor(method: str, history: int):
     if method == "mog2":
         return cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=True)
@@ -186,22 +205,18 @@ def write_preview(source: Path, found: Segmented, out: Path, tiles: int = 8) -> 
     video = out.suffix.lower() == ".mp4"
     wanted = set(np.linspace(0, len(found.masks) - 1, min(tiles, len(found.masks))).astype(int))
     keep = {found.masks[i][0] for i in wanted}
-    shown, writer = [], None
-    for index, img in enumerate(read_frames(source)):
-        if not video and index not in keep:
-            continue
-        if index in masks:
-            red = img.copy()
-            red[masks[index] > 0] = (0.4 * red[masks[index] > 0] + [0, 0, 153]).astype(np.uint8)
-            img = red
-        if video:
-            if writer is None:
-                h, w = img.shape[:2]
-                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
-            writer.write(img)
-        else:
-            shown.append(img)
-    if writer is not None:
-        writer.release()
-    elif not cv2.imwrite(str(out), np.hstack(shown)):
+
+    def overlaid():
+        for index, img in enumerate(read_frames(source)):
+            if not video and index not in keep:
+                continue
+            if index in masks:
+                img = img.copy()
+                body = masks[index] > 0
+                img[body] = (0.4 * img[body] + [0, 0, 153]).astype(np.uint8)
+            yield img
+
+    if video:
+        write_mp4(out, overlaid())
+    elif not cv2.imwrite(str(out), np.hstack(list(overlaid()))):
         raise SegmentError(f"cannot write {out} (an image: .png or .jpg; a video: .mp4)")

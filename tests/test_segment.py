@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gaitprep.segment import clean_mask, pick_walker, segment
+from gaitprep.segment import clean_mask, pick_walker, segment, write_mp4
 from tests.cli import SAMPLE, assert_one_line_error, gait
 
 EMPTY = 20
@@ -59,11 +59,7 @@ def walk(tmp_path_factory) -> dict:
     for i, f in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:04d}.png"), f)
     video = base / "walk.mp4"
-    h, w = frames[0].shape[:2]
-    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
-    for f in frames:
-        out.write(f)
-    out.release()
+    write_mp4(video, frames)
     return {"base": base, "folder": folder, "video": video, "truth": truth}
 
 
@@ -132,11 +128,7 @@ def test_identify_names_the_walker_of_a_video(tmp_path: Path) -> None:
     for name, subject in (("alice", "005"), ("bob", "006")):
         frames, _ = scene(SAMPLE / subject / "bg-01" / "090", seed=1)
         video = tmp_path / f"{name}.mp4"
-        h, w = frames[0].shape[:2]
-        out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
-        for f in frames:
-            out.write(f)
-        out.release()
+        write_mp4(video, frames)
         sil = tmp_path / f"{name}-sil"
         assert gait("segment", video, sil).exit_code == 0
         r = gait("identify", run, people, sil, "--top-k", "1")
@@ -171,20 +163,12 @@ def test_gallery_and_identify_take_a_video(tmp_path: Path) -> None:
     for name, subject in (("alice", "005"), ("bob", "006")):
         frames, _ = scene(SAMPLE / subject / "nm-01" / "090", seed=3)
         videos[name] = tmp_path / f"{name}.mp4"
-        h, w = frames[0].shape[:2]
-        out = cv2.VideoWriter(str(videos[name]), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
-        for f in frames:
-            out.write(f)
-        out.release()
+        write_mp4(videos[name], frames)
         r = gait("gallery", "add", people, run, name, videos[name])
         assert r.exit_code == 0, r.output
     probe = tmp_path / "probe.mp4"
     frames, _ = scene(SAMPLE / "005" / "bg-01" / "090", seed=4)
-    h, w = frames[0].shape[:2]
-    out = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
-    for f in frames:
-        out.write(f)
-    out.release()
+    write_mp4(probe, frames)
     direct = gait("identify", run, people, probe, "--json")
     assert direct.exit_code == 0, direct.output
     sil = tmp_path / "sil"

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gaitprep.segment import write_mp4
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.sequence import SequenceSpec, render_sequence
 
@@ -66,13 +67,7 @@ def write_video(path: Path, video: np.ndarray, masks: np.ndarray, fps: int = 25)
     frame index) in ``PATH.masks/``; returns that folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = video.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise OSError(f"cannot write a video at {path}")
-    for frame in video:
-        writer.write(frame)
-    writer.release()
+    write_mp4(path, video, fps)
     folder = path.with_name(path.name + ".masks")
     folder.mkdir(exist_ok=True)
     for t, m in enumerate(masks):

@@ -10,7 +10,9 @@ import torch
 
 from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
+from gaitprep.normalize import normalize_frame
 from gaitprep.process import Params, process_sequence
+from gaitprep.segment import segment
 from gaittrain.data.dataset import shape_frames, to_model_input
 from gaittrain.evaluation.embed import (
     NORMALIZATION,
@@ -105,9 +107,6 @@ def embed_folder(folder: Path, model, cfg, params: Params, device) -> tuple[torc
 def _embed_video(path: Path, model, cfg, params: Params, device) -> tuple[torch.Tensor, dict]:
     """:func:`embed_folder` of a video: the walker's silhouettes (`gait segment`'s defaults),
     each normalized as `gait prep` would."""
-    from gaitprep.normalize import normalize_frame
-    from gaitprep.segment import segment
-
     found = segment(path)
     kept = [
         normalize_frame(m, params.size, params.min_sum, params.binarize, params.largest_blob)[0]
