@@ -6,9 +6,10 @@
   probes against 5,154 gallery sequences, 62 x 256), and the whole protocol (14 x 13 cells,
   144,312 embeddings) with --full, else extrapolated from the cell.
 
-The CASIA-B case uses independent Gaussian embeddings (its cost does not depend on them). The
-OU-MVLP cases use embeddings shaped like a trained model's, since the int8 path's work depends
-on their geometry: a shared offset, a subject part of rank 64 and a within-subject part of rank
+The CASIA-B case uses independent Gaussian embeddings (float32's cost does not depend on them;
+int8's does: they are its worst case, every block computed whole in float64). The OU-MVLP cases
+use embeddings shaped like a trained model's, since the int8 path's work depends on their
+geometry: a shared offset, a subject part of rank 64 and a within-subject part of rank
 64 (the demo model's test embeddings have participation ratios of 4 and 9: they are low-rank),
 plus small independent noise, giving a rank-1 near 0.95 on a view pair. With --full they are
 written once to build/bench/ou-embeddings.h5 (float16, 4.6 GB) and evaluated from there through
@@ -227,8 +228,8 @@ def main() -> None:
     ap.add_argument(
         "--full",
         action="store_true",
-        help="also run the whole OU-MVLP protocol from a 4.6 GB embeddings file (about 15 min "
-        "per precision on 2 cores)",
+        help="also run the whole OU-MVLP protocol from a 4.6 GB embeddings file (on 2 cores: "
+        "about 14 min in fp32, 5 in int8)",
     )
     ap.add_argument("--baseline", type=Path, help="another source tree to time in the same run")
     ap.add_argument(

@@ -12,9 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from gaittrain.evaluation import certified
+from gaittrain.evaluation import certified, native
 from gaittrain.evaluation.metrics import _match_table, match_ranks, retrieve, score_ranks
 from tests.cli import subprocess_env
+
+NATIVE = native.kernels() is not None
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Each test runs through the native kernels (where this CPU can build them) and through
+    PyTorch (:func:`torch._int_mm` and tensor operations)."""
+    if request.param == "native" and not NATIVE:
+        pytest.skip("no native kernels on this machine (needs a C compiler and AVX-512 VNNI)")
+    if request.param == "torch":
+        monkeypatch.setattr(native, "kernels", lambda: None)
+    return request.param
 
 
 def structured(n_subjects, per_subject, parts, dim, noise, seed):
@@ -43,7 +56,7 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("noise", [0.5, 1.0, 3.0])
-def test_int8_equals_fp32_and_float64(noise):
+def test_int8_equals_fp32_and_float64(noise, path):
     """Easy to hopeless (the last: rank-1 near chance, most pairs open, blocks computed whole
     in float64)."""
     gallery, g_ids = structured(150, 2, 8, 64, noise, seed=0)
@@ -61,7 +74,7 @@ def test_int8_equals_fp32_and_float64(noise):
         assert fast.cmc(1)[0] < 0.1
 
 
-def test_near_ties_and_duplicates():
+def test_near_ties_and_duplicates(path):
     """Adversarial galleries: each probe's nearest sequence has near-twins of other subjects
     whose distances differ by 1e-6 .. 1e-3 relative (far inside the int8 error, beyond float32
     rounding), and exact duplicates (ties, broken by gallery order)."""
@@ -94,8 +107,10 @@ def test_near_ties_and_duplicates():
     assert agree >= 0.9
 
 
-def test_bound_holds_for_every_pair():
-    """|D~ - D| <= tau for every pair, including zero parts, tiny and huge scales."""
+@pytest.mark.parametrize("levels", [1, 2])
+def test_bound_holds_for_every_pair(levels, path):
+    """|D~ - D| <= tau for every pair, including zero parts, tiny and huge scales, with one
+    int8 level and two, 35 probes (not a whole number of the native kernel's tiles)."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(70, 5, 32, generator=g)
     x[3] = 0.0
@@ -106,13 +121,54 @@ def test_bound_holds_for_every_pair():
     x[9, :, 0] = 50.0  # one large coordinate per part: a coarse scale
     probe, gallery = x[:35], x[35:].clone()
     gallery[0] = probe[7]
-    approx, tau = certified.approximate(
-        certified.quantize(probe, True), certified.quantize(gallery, False), len(gallery)
-    )
+    p_q, g_q = certified.quantize(probe, True), certified.quantize(gallery, False)
+    assert p_q.packed == g_q.packed == (path == "native")
+    approx, tau = certified.approximate(p_q, g_q, len(gallery), levels)
     exact = certified.exact_block(probe, gallery)
     err = (approx.double() - exact).abs()
     assert bool((err <= tau.double()).all()), float((err - tau.double()).max())
-    assert float((tau / approx.clamp_min(1e-6))[10:].median()) < 0.05  # and is useful
+    useful = 0.05 if levels == 1 else 0.002
+    assert float((tau / approx.clamp_min(1e-6))[10:].median()) < useful  # and is useful
+
+
+@pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")
+def test_native_pieces_equal_their_pytorch_versions():
+    """The native re-check is exact_distances' float64 sums (float16 and float32 rows), and
+    the native selection of candidates is the PyTorch one, pair for pair."""
+    g = torch.Generator().manual_seed(11)
+    probe, gallery = torch.randn(30, 4, 32, generator=g), torch.randn(50, 4, 32, generator=g)
+    i, j = torch.randint(0, 30, (200,), generator=g), torch.randint(0, 50, (200,), generator=g)
+    for dtype in (torch.float16, torch.float32):
+        p, q = probe.to(dtype), gallery.to(dtype)
+        got = native.exact_pairs(p, q, i, j)
+        want = certified.exact_distances(p[i], q[j])
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    p_q, g_q = certified.quantize(probe, True), certified.quantize(gallery, False)
+    lower, upper = certified.interval(p_q, g_q, 50, 1)
+    dm = certified.exact_block(probe, gallery)[:, :2]  # two matches, one of them padding
+    dm[::3, 1] = torch.nan
+    lo, hi = certified._float32_around(dm)
+    todo, surely, count = certified.candidates(lower, upper, 50, lo, hi)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(native, "kernels", lambda: None)
+        want = certified.candidates(lower.clone()[:, :50], upper.clone()[:, :50], 50, lo, hi)
+    assert torch.equal(todo, want[0]) and torch.equal(surely, want[1]) and count == want[2]
+    assert 0 < count < todo.numel()
+
+
+@pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")
+def test_native_build_is_cached_by_source(tmp_path, monkeypatch):
+    """The kernels are compiled once into the cache, under the source's hash: a changed
+    source is a new library, never the old one reused."""
+    monkeypatch.setenv("GAIT_CACHE", str(tmp_path))
+    first = native._build("cc")
+    assert first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert native._build("cc") == first and first.stat().st_mtime_ns == stamp
+    changed = tmp_path / "changed.c"
+    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(native, "SOURCE", changed)
+    assert native._build("cc") != first
 
 
 def test_auto_takes_int8_only_where_it_pays():
@@ -150,18 +206,19 @@ MEASURE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-torch"])
 def test_distance_stage_stays_under_its_cap(precision):
     """Measured: the peak resident size while ranking 2,000 probes against 3,000 sequences
     grows by less than --max-memory plus a small constant (the full float64 matrix alone
     would take 48 MB). A fixed malloc mmap threshold returns freed blocks at once, so that the
     peak counts live buffers, not what the allocator kept from earlier calls."""
     cap = 8 << 20
+    native_kernels = "0" if precision == "int8-torch" else "1"
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(cap), precision],
+        [sys.executable, "-c", MEASURE, str(cap), precision.split("-")[0]],
         capture_output=True,
         text=True,
-        env=subprocess_env(MALLOC_MMAP_THRESHOLD_="131072"),
+        env=subprocess_env(MALLOC_MMAP_THRESHOLD_="131072", GAIT_NATIVE=native_kernels),
     )
     if out.returncode and "clear_refs" in out.stderr:
         pytest.skip("this kernel does not reset the peak resident size")

@@ -105,3 +105,25 @@ def test_int8_with_a_cosine_metric_is_refused(run) -> None:
     assert r.exit_code == 2, r.output  # a usage error, before any work
     line = r.output.strip().splitlines()[-1]
     assert line.startswith("Error:") and "--precision" in line and "euclidean" in line
+
+
+def test_rows_read_from_the_file_equal_hdf5_selections(run, tmp_path: Path) -> None:
+    """A contiguous embeddings file (as gait embed writes it) is read with one pread per run of
+    rows; a chunked, compressed copy through HDF5's selections: the same rows, in any order,
+    repeated or not, and the same evaluation."""
+    report(run["run"], run["pack"], run["run"] / "d.json")
+    path = run["run"] / "embeddings-sample.h5"
+    chunked = tmp_path / "chunked.h5"
+    with h5py.File(path) as f, h5py.File(chunked, "w") as g:
+        g.create_dataset("embeddings", data=f["embeddings"][()], chunks=True, compression="gzip")
+        for name in ("sequences", "sq_norms"):
+            f.copy(f[name], g, name)
+    idx = np.array([7, 0, 7, 3, 2, 1, 30, 29])  # shuffled, repeated, runs of consecutive rows
+    f1, keys, _ = open_embeddings(path)
+    f2, _, _ = open_embeddings(chunked)
+    with EmbeddingStore.from_file(f1, keys) as direct, EmbeddingStore.from_file(f2, keys) as hdf:
+        assert direct.itemsize == hdf.itemsize == 2
+        np.testing.assert_array_equal(direct.rows(idx).numpy(), hdf.rows(idx).numpy())
+        protocol = load_eval_protocol("casia-b-lt")
+        subjects = sorted({k[0] for k in keys})
+        assert evaluate(direct, protocol, subjects) == evaluate(hdf, protocol, subjects)

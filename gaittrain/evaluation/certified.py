@@ -8,7 +8,8 @@ CPUs, int8 tensor cores on CUDA), and every figure is still that of the exact di
 
 1. **Quantize** every (sequence, part) vector symmetrically, :math:`\hat x = s\,q` with
    :math:`q = \mathrm{round}(x / s) \in [-127, 127]` (probes: :math:`s = \max|x| / 127` per
-   sequence and part; gallery: per part), and its residual :math:`e = x - \hat x` the same way
+   sequence and part; gallery: per part through PyTorch, per sequence and part through the
+   native kernels), and its residual :math:`e = x - \hat x` the same way
    (:math:`\hat e`, leaving :math:`f = e - \hat e`); the norms are kept, rounded up.
 2. **Approximate**: :math:`\tilde S_k = \lVert p_k\rVert^2 + \lVert g_k\rVert^2 - 2\,d_k`
    with :math:`d_k = \hat p_k \cdot \hat g_k` (one level: one int8 product per part) or
@@ -32,15 +33,22 @@ CPUs, int8 tensor cores on CUDA), and every figure is still that of the exact di
 A block tries one level, then two where too many pairs stay open, then computes every pair in
 float64 (:func:`exact_block`). So rank-1, the CMC, mAP, mINP and the failures are those of
 float64 distances, whatever the data; only the time depends on it.
+
+On CPUs with AVX-512 VNNI and a C compiler, steps 1-4 run in the fused kernels of
+:mod:`gaittrain.evaluation.native` (a tile's products stay in registers; the re-check reads the
+stored rows); elsewhere (CUDA included) in PyTorch, :func:`torch._int_mm` for the products.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from dataclasses import dataclass
 
 import torch
+
+from gaittrain.evaluation import native
 
 #: Margin for float32 rounding in :math:`\tilde S` (the products, the conversions and the sums
 #: of norms, a few units in the last place each), as a fraction of the norms' sum.
@@ -62,7 +70,8 @@ class Quantized:
     ----------
     q : Tensor int8
         Probe side: [parts, n, dim]; gallery side: [tiles, parts, dim, TILE], n padded with
-        zero columns to whole tiles (each tile contiguous, as int8 products want it).
+        zero columns to whole tiles (each tile contiguous, as int8 products want it), or where
+        ``packed``, uint8 ``q + 128`` in the layout of the native kernels (their C source).
     scale : Tensor float32
         :math:`s`: probe side [parts, n], one per (sequence, part); gallery side [parts], one
         per part (so that the epilogue scales rows only).
@@ -72,6 +81,13 @@ class Quantized:
         :math:`\\lVert x\\rVert^2`, :math:`\\lVert\\hat x\\rVert`,
         :math:`\\lVert e\\rVert` and :math:`\\lVert f\\rVert` with
         :math:`f = e - \\hat e` (the last three rounded up).
+    packed : bool
+        Whether the fused native kernels (:mod:`gaittrain.evaluation.native`) compute its
+        products, rather than :func:`torch._int_mm`; then the scales are per sequence and
+        part on both sides, and probe rows are padded with zero levels to whole tiles.
+    shift, shift2 : Tensor int32 [parts, rows] or None
+        Packed probes: 128 times the sum of each row's levels, which undoes the gallery's
+        unsigned levels (``q + 128``) in the kernel's products.
     """
 
     q: torch.Tensor
@@ -82,25 +98,63 @@ class Quantized:
     hat_norm: torch.Tensor
     err_norm: torch.Tensor
     rest_norm: torch.Tensor
+    packed: bool = False
+    shift: torch.Tensor | None = None
+    shift2: torch.Tensor | None = None
+
+    def kernel_columns(self, levels: int) -> tuple[torch.Tensor, ...]:
+        """A packed gallery's column operands of the native kernel (:func:`_native_bounds`),
+        made once per level: factors [terms, parts, cols] (the scales :math:`s, s', s`),
+        squared norms [parts, cols] and the bound's features [3, parts, cols] (:func:`_delta`'s
+        first three), zero past the gallery's sequences."""
+        cache = self.__dict__.setdefault("_kernel_columns", {})
+        if levels not in cache:
+            cols = self.q.shape[1] * 16
+            left = self.err_norm if levels == 1 else self.rest_norm
+            factors = [self.scale, self.scale2, self.scale][: 1 if levels == 1 else 3]
+            cache[levels] = tuple(
+                torch.nn.functional.pad(t, (0, cols - self.scale.shape[1])).contiguous()
+                for t in (
+                    torch.stack(factors),
+                    self.sq_norm,
+                    torch.stack([left, self.hat_norm, self.err_norm]),
+                )
+            )
+        return cache[levels]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in vars(self).values())
+        tensors = [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 #: Relative margin on norms computed in float32 (sums of at most a few thousand squares).
 NORM_MARGIN = 2.0**-12
 
 
-def quantize(x: torch.Tensor, probe_side: bool) -> Quantized:
+def uses_native(x: torch.Tensor) -> bool:
+    """Whether the native kernels compute products of embeddings like ``x`` [n, parts, dim]:
+    on a CPU where they could be built, with ``dim`` a multiple of 16 up to 1024."""
+    dim = x.shape[-1]
+    return x.device.type == "cpu" and dim % 16 == 0 and dim <= 1024 and native.kernels() is not None
+
+
+def threads_for(gallery: Quantized):
+    """The context to rank against ``gallery`` in: where the native kernels compute it, they
+    take PyTorch's threads meanwhile (:func:`native.exclusive`)."""
+    return native.exclusive() if gallery.packed else contextlib.nullcontext()
+
+
+def quantize(x: torch.Tensor, probe_side: bool, packed: bool | None = None) -> Quantized:
     """int8 copy of embeddings ``x`` [n, parts, dim] (any float dtype), laid out for
-    :func:`torch._int_mm` as probes (rows, one scale per sequence and part) or as a gallery
-    (columns in tiles, one scale per part).
+    :func:`torch._int_mm` or, where ``packed`` (default: :func:`uses_native`), the native
+    kernels, as probes (rows, one scale per sequence and part) or as a gallery (columns in
+    tiles, one scale per part).
 
     Examples
     --------
     >>> x = torch.randn(40, 3, 16)
-    >>> g = quantize(x, probe_side=False)
+    >>> g = quantize(x, probe_side=False, packed=False)
     >>> g.q.shape, g.q.dtype
     (torch.Size([1, 3, 16, 1024]), torch.int8)
     >>> p = quantize(x, probe_side=True)
@@ -108,6 +162,13 @@ def quantize(x: torch.Tensor, probe_side: bool) -> Quantized:
     True
     """
     n, parts, _ = x.shape
+    packed = uses_native(x) if packed is None else packed
+    if packed:  # one scale per sequence and part on both sides, the native kernels' way
+        if x.dtype not in (torch.float16, torch.float32):
+            x = x.float()
+        q, q2, floats, sums = native.quantize(x, probe_side, NORM_MARGIN)
+        shift, shift2 = sums.mul_(128) if probe_side else (None, None)
+        return Quantized(q, floats[0], q2, floats[1], *floats[2:], True, shift, shift2)
     chunks = [x[s : s + QUANTIZE_ROWS].to(torch.float32) for s in range(0, n, QUANTIZE_ROWS)]
     scale = scale2 = None
     if not probe_side:  # one scale per part over every sequence, found chunk by chunk
@@ -194,27 +255,18 @@ def _compiled_epilogue():
         return _epilogue
 
 
-def approximate(
-    probe: Quantized, gallery: Quantized, n: int, levels: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r""":math:`\tilde D` [b, n] and its bound :math:`\tau` [b, n] for every pair (see the module's
-    docstring) of the first ``n`` gallery columns; probe and gallery as :func:`quantize` makes
-    them on each side. ``levels`` 1: one int8 product per part, :math:`\hat p \cdot \hat g`;
-    2: three, adding the residuals' :math:`\hat p \cdot \hat e_g + \hat e_p \cdot \hat g`."""
+def _int_mm_sums(probe: Quantized, gallery: Quantized, n: int, coef: torch.Tensor):
+    """:math:`\\sum_k \\tilde r_k` and :math:`\\min_k \\tilde r_k` [b, n] through
+    :func:`torch._int_mm` (products written to memory, a tile and a chunk of parts at a time)
+    and the epilogue; ``coef`` [terms, parts, b] as :func:`_epilogue` takes them."""
     parts, b, _ = probe.q.shape
     device = probe.q.device
     epilogue = _epilogue if device.type != "cpu" else _compiled_epilogue()
     rows = -(-b // PAD) * PAD
     pad = (0, 0, 0, rows - b)
     pq, pq2 = (torch.nn.functional.pad(q, pad) for q in (probe.q, probe.q2))
-    terms = 1 if levels == 1 else 3
-    coef = torch.stack(
-        [
-            probe.scale * gallery.scale[:, None],
-            probe.scale * gallery.scale2[:, None],
-            probe.scale2 * gallery.scale[:, None],
-        ][:terms]
-    ).mul_(-2.0)[..., None]  # [terms, parts, b, 1]
+    terms = coef.shape[0]
+    coef = coef[..., None]  # [terms, parts, b, 1]
     p_sq = probe.sq_norm[..., None]
     g_sq = torch.nn.functional.pad(gallery.sq_norm, (0, gallery.q.shape[0] * TILE - n))
     total = torch.empty(b, n, device=device)
@@ -243,14 +295,70 @@ def approximate(
             )
         total[:, j : j + t] = tot[:, :t]
         smallest[:, j : j + t] = low[:, :t]
-    approx = total.div_(parts)
+    return total, smallest
+
+
+def _native_bounds(probe: Quantized, gallery: Quantized, levels: int):
+    """``lower``, ``upper`` [rows, cols] of every pair (rows and columns padded to whole tiles)
+    by the fused native kernel: the same approximation and bound as :func:`approximate`,
+    with the scales per sequence and part on both sides applied as row and column factors,
+    the shifts undoing the gallery's unsigned levels and every product kept in registers."""
+    b, rows = probe.scale.shape[1], probe.q.shape[1]
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # [..., b] -> [..., rows]
+        return torch.nn.functional.pad(t, (0, rows - b)).contiguous()
+
+    p, two = probe, levels > 1  # the residuals' levels are read only for two levels
+    rowf = torch.stack([p.scale, p.scale, p.scale2][: 3 if two else 1]).mul_(-2.0)
+    p_left = p.err_norm if levels == 1 else p.rest_norm
+    rfeat = torch.stack([2 * p.hat_norm, 2 * p_left, 2 * p.err_norm])
+    colf, g_sq, cfeat = gallery.kernel_columns(levels)
+    pq2, shift2 = (p.q2, p.shift2) if two else (p.q, p.shift)
+    operands = (p.q, pq2, gallery.q, gallery.q2, p.shift, shift2, pad(rowf), colf)
+    return native.bounds(*operands, pad(p.sq_norm), g_sq, pad(rfeat), cfeat, ROUNDING, SUM_MARGIN)
+
+
+def approximate(
+    probe: Quantized, gallery: Quantized, n: int, levels: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`\tilde D` [b, n] and its bound :math:`\tau` [b, n] for every pair (see the module's
+    docstring) of the first ``n`` gallery columns; probe and gallery as :func:`quantize` makes
+    them on each side. ``levels`` 1: one int8 product per part, :math:`\hat p \cdot \hat g`;
+    2: three, adding the residuals' :math:`\hat p \cdot \hat e_g + \hat e_p \cdot \hat g`."""
+    if gallery.packed:
+        b = probe.scale.shape[1]
+        lower, upper = (t[:b, :n] for t in _native_bounds(probe, gallery, levels))
+        return (lower + upper) / 2, (upper - lower) / 2
+    total, smallest = _int_mm_sums(probe, gallery, n, _coef(probe, gallery, levels))
+    approx = total.div_(probe.scale.shape[0])
     return approx, _bound(probe, gallery, approx, smallest, levels)
 
 
+def _coef(probe: Quantized, gallery: Quantized, levels: int) -> torch.Tensor:
+    """The factors of the int8 products [terms, parts, b]: :math:`-2 s_p s_g` (and, for two
+    levels, :math:`-2 s_p s'_g`, :math:`-2 s'_p s_g`)."""
+    factors = [
+        probe.scale * gallery.scale[:, None],
+        probe.scale * gallery.scale2[:, None],
+        probe.scale2 * gallery.scale[:, None],
+    ]
+    return torch.stack(factors[: 1 if levels == 1 else 3]).mul_(-2.0)
+
+
 def _bound(probe: Quantized, gallery: Quantized, approx, smallest, levels: int) -> torch.Tensor:
-    r""":math:`\tau` of every pair: :math:`\Delta = \sum_k \delta_k` as one product of
-    [b, 5 parts] by [5 parts, n] non-negative features, then the per-pair bound. What one side's
-    products leave out is :math:`e` (one level) or :math:`f` (two)."""
+    r""":math:`\tau` of every pair from :math:`\Delta` (:func:`_delta`) and the smallest part
+    distance (where :math:`\Delta = 0` and so is a part's distance, the square root)."""
+    parts = probe.scale.shape[0]
+    delta = _delta(probe, gallery, levels).mul_(1 + SUM_MARGIN)
+    per_min = delta / (parts * smallest)  # inf where some part's distance is 0
+    root = (delta / parts).sqrt_()
+    return torch.fmin(per_min, root).add_(approx * SUM_MARGIN)
+
+
+def _delta(probe: Quantized, gallery: Quantized, levels: int) -> torch.Tensor:
+    r""":math:`\Delta = \sum_k \delta_k` [b, n] as one product of [b, 5 parts] by [5 parts, n]
+    non-negative features. What one side's products leave out is :math:`e` (one level) or
+    :math:`f` (two)."""
     ones = torch.ones_like(probe.scale)
     p_left, g_left = (
         (probe.err_norm, gallery.err_norm) if levels == 1 else (probe.rest_norm, gallery.rest_norm)
@@ -273,11 +381,7 @@ def _bound(probe: Quantized, gallery: Quantized, approx, smallest, levels: int) 
             gallery.sq_norm,
         ]
     )  # [5P, n]
-    parts = probe.scale.shape[0]
-    delta = (left @ right).mul_(1 + SUM_MARGIN)
-    per_min = delta / (parts * smallest)  # inf where some part's distance is 0
-    root = (delta / parts).sqrt_()
-    return torch.minimum(per_min, root).add_(approx * SUM_MARGIN)
+    return left @ right
 
 
 def exact_distances(probe: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
@@ -323,12 +427,19 @@ def _open_limit(levels: int, n: int) -> float:
     return FALLBACK_FRACTION * n
 
 
-def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int) -> int:
-    """Probes per block so that :func:`rank_block`'s working set stays under ``max_memory``:
-    per probe and gallery sequence, the interval's two ends, the float64 distances, the masks,
-    the int64 copy PyTorch makes of a mask to count it and :func:`approximate`'s two sums
-    (40 bytes); per probe, its share of the int32 products and sums of one tile, its int8 and
-    float32 rows and the quantization's temporaries; and the re-check's float64 differences."""
+def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int, packed: bool = False) -> int:
+    """Probes per block so that :func:`rank_block`'s working set stays under ``max_memory``.
+
+    Through :func:`torch._int_mm`: per probe and gallery sequence, :func:`approximate`'s two
+    sums and bound, the interval's two ends, the masks and the int64 copy PyTorch makes of a
+    mask to count it (40 bytes); per probe, its share of the int32 products and sums of one
+    tile, its int8 and float32 rows and the quantization's temporaries; and the re-check's
+    float64 differences. Through the native kernels (``packed``): per pair, their two sums
+    (which become the interval), :math:`\\Delta`, the mask and its int64 copy (21 bytes, counted
+    as 24); per probe, its two int8 levels and their row-padded copies.
+    """
+    if packed:
+        return max(1, int(max_memory // (n_gallery * 24 + 4 * parts * dim)))
     per_row = n_gallery * 40 + 3 * PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 30
     fixed = RECHECK_CHUNK * parts * dim * 8 * 3
     return max(1, int((max_memory - fixed) // per_row))
@@ -373,41 +484,73 @@ def rank_block(
     b, n = probe.shape[0], gallery.shape[0]
     device = probe.device
     valid = matches >= 0
+    at = matches.clamp(min=0)
     rows = torch.arange(b, device=device)[:, None].expand_as(matches)
     # The matches first: their exact distances decide which other pairs matter.
-    exact = torch.full((b, n), torch.nan, dtype=torch.float64, device=device)
-    at_matches = torch.zeros(b, n, dtype=torch.bool, device=device)
-    at_matches[rows[valid], matches[valid]] = True
-    rechecked = _recheck(exact, at_matches, probe, gallery)
+    dm = torch.full(matches.shape, torch.nan, dtype=torch.float64, device=device)
+    dm[valid] = exact_pairs(probe, gallery, rows[valid], matches[valid])
+    dm_lo, dm_hi = _float32_around(dm)  # NaN (padding) stays NaN: nothing is compared with it
     for levels in LEVELS:  # the cheaper approximation first, the finer one if too much is open
-        approx, tau = approximate(probe_q, gallery_q, n, levels)
-        lower, upper = approx.sub_(tau), tau.mul_(2).add_(approx)  # approx: now the lower end
-        del approx, tau
-        # Every sequence that may be the nearest, and, for each match, every sequence whose
-        # interval holds the match's distance.
-        todo = at_matches | (lower <= upper.amin(dim=1, keepdim=True))
-        for t in range(matches.shape[1]):
-            dm_lo, dm_hi = _float32_around(exact.gather(1, matches[:, t, None].clamp(min=0)))
-            todo |= (upper >= dm_lo) & (lower <= dm_hi)  # NaN (padding): none
-        if int(todo.sum()) - int(valid.sum()) <= _open_limit(levels, n) * b:  # beyond matches
+        lower, upper = interval(probe_q, gallery_q, n, levels)
+        todo, surely, count = candidates(lower, upper, n, dm_lo, dm_hi)
+        todo[rows[valid], matches[valid]] = False  # known already
+        if count - int(valid.sum()) <= _open_limit(levels, n) * b:  # beyond the matches
             break
     else:
         whole = exact_block(probe, gallery)
         ranks = match_ranks(whole, matches)
-        return BlockRanks(ranks, whole.argmin(dim=1), rechecked, levels, True)
-    rechecked += _recheck(exact, todo, probe, gallery)
-    nearest = torch.where(todo, exact, torch.inf).argmin(dim=1)  # first of equal minima
+        return BlockRanks(ranks, whole.argmin(dim=1), int(valid.sum()), levels, True)
+    # Every candidate's exact distance, with the matches', as lists of pairs (i, j).
+    i, j = todo.nonzero(as_tuple=True)
+    exact = exact_pairs(probe, gallery, i, j)
+    i, j = torch.cat([i, rows[valid]]), torch.cat([j, matches[valid]])
+    exact = torch.cat([exact, dm[valid]])
+    up = upper[i, j]
+    # The nearest: the first (in gallery order) of the smallest exact distances of the row.
+    row_best = torch.full((b,), torch.inf, dtype=torch.float64, device=device)
+    row_best = row_best.scatter_reduce(0, i, exact, "amin")
+    first = torch.where(exact == row_best[i], j, n)
+    nearest = torch.full((b,), n, device=device).scatter_reduce(0, i, first, "amin")
+    # A match's rank: the pairs certainly nearer, then the candidates nearer (not counted yet).
     big = torch.iinfo(torch.int64).max
     ranks = torch.full(matches.shape, big, dtype=torch.int64, device=device)
-    column = torch.arange(n, device=device)
     for t in range(matches.shape[1]):
-        m = matches[:, t].clamp(min=0)
-        dm = exact.gather(1, m[:, None])
-        surely = upper < _float32_around(dm)[0]  # D <= upper < dm
-        nearer = (exact < dm) | ((exact == dm) & (column < m[:, None]))  # NaN: not re-checked
-        rank = surely.sum(dim=1) + (nearer & ~surely).sum(dim=1)
+        d, m = dm[i, t], at[i, t]
+        nearer = (up >= dm_lo[i, t]) & ((exact < d) | ((exact == d) & (j < m)))
+        rank = surely[:, t] + torch.zeros(b, dtype=torch.int64, device=device).index_add_(
+            0, i, nearer.long()
+        )
         ranks[:, t] = torch.where(valid[:, t], rank, big)
-    return BlockRanks(ranks, nearest, rechecked, levels, False)
+    return BlockRanks(ranks, nearest, len(exact), levels, False)
+
+
+def interval(probe: Quantized, gallery: Quantized, n: int, levels: int):
+    """``lower``, ``upper`` [b, >= n] (columns past ``n``: padding) of every pair's distance:
+    :func:`approximate` and its bound, by the native kernel where the gallery is packed."""
+    if not gallery.packed:
+        approx, tau = approximate(probe, gallery, n, levels)
+        return approx - tau, approx + tau
+    b = probe.scale.shape[1]
+    lower, upper = _native_bounds(probe, gallery, levels)
+    return lower[:b], upper[:b]  # rows padding dropped; still contiguous
+
+
+def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The pairs whose exact distance decides the answer, ``todo`` bool [b, n]: those that may
+    be the nearest (lower end at most the row's smallest upper end) and, for each match, those
+    whose interval holds the match's distance (float32 ``dm_lo`` <= ``dm_hi`` [b, M] around
+    it; NaN: padding); ``surely`` [b, M], how many pairs are certainly nearer than each match;
+    and how many pairs ``todo`` holds."""
+    if native.kernels() is not None and lower.device.type == "cpu" and lower.is_contiguous():
+        return native.candidates(lower, upper, n, dm_lo.float(), dm_hi.float())
+    lower, upper = lower[:, :n], upper[:, :n]
+    todo = lower <= upper.amin(dim=1, keepdim=True)
+    surely = torch.zeros(dm_lo.shape, dtype=torch.int64, device=lower.device)
+    for t in range(dm_lo.shape[1]):
+        below = upper < dm_lo[:, t, None]
+        todo |= ~below & (lower <= dm_hi[:, t, None])  # NaN (padding): none
+        surely[:, t] = below.sum(dim=1)
+    return todo, surely, int(todo.sum())
 
 
 def _float32_around(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,10 +566,15 @@ def _float32_around(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 RECHECK_CHUNK = 64
 
 
-def _recheck(exact: torch.Tensor, todo: torch.Tensor, probe, gallery) -> int:
-    """Fill ``exact`` where ``todo`` holds (and it is still NaN) with float64 distances."""
-    i, j = (todo & exact.isnan()).nonzero(as_tuple=True)
+def exact_pairs(probe: torch.Tensor, gallery: torch.Tensor, i, j) -> torch.Tensor:
+    """float64 distances of the pairs ``(probe[i[t]], gallery[j[t]])`` from the stored values
+    (:func:`exact_distances`; by the native kernel where it runs: the same sums, without
+    temporaries)."""
+    if uses_native(gallery) and probe.dtype == gallery.dtype in (torch.float16, torch.float32):
+        return native.exact_pairs(probe.contiguous(), gallery.contiguous(), i, j)
+    out = torch.empty(len(i), dtype=torch.float64, device=probe.device)
     for s in range(0, len(i), RECHECK_CHUNK):
-        a, c = i[s : s + RECHECK_CHUNK], j[s : s + RECHECK_CHUNK]
-        exact[a, c] = exact_distances(probe[a], gallery[c])
-    return len(i)
+        out[s : s + RECHECK_CHUNK] = exact_distances(
+            probe[i[s : s + RECHECK_CHUNK]], gallery[j[s : s + RECHECK_CHUNK]]
+        )
+    return out

@@ -35,10 +35,13 @@ AUTO_PAIRS = 1 << 22
 
 def fast_int8(device: torch.device) -> bool:
     """Whether int8 products pay on ``device``: a CUDA GPU of compute capability 8.0 or later
-    (int8 tensor cores). Not a CPU: on a 2-core AVX-512 VNNI CPU the int8 products ran 3.7x
-    float32's rate, but re-checking the open pairs in float64 cost as much as was saved
-    (docs/evaluation.md, measured with bench/eval_bench.py)."""
+    (int8 tensor cores), or a CPU where the native kernels run (AVX-512 VNNI and a C compiler:
+    :mod:`gaittrain.evaluation.native`; measured on 2 cores, an OU-MVLP view pair ranked in
+    float32 in 4.4 s and through them in 1.6 s, docs/evaluation.md). Through PyTorch alone, on
+    a CPU, re-checking the open pairs cost as much as the int8 products saved."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return certified.native.kernels() is not None
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
@@ -337,14 +340,15 @@ def retrieve(
     if gallery.shape[0] and resolve_precision(precision, metric, device, pairs) == "int8":
         matches = _match_table(p_ids, g_ids)
         gq = gallery_q if gallery_q is not None else certified.quantize(gallery, False)
-        rows = certified.block_rows(gallery.shape[0], probe.shape[1], probe.shape[2], max_memory)
-        for s in range(0, n, rows):
-            b = slice(s, s + rows)
-            found = certified.rank_block(
-                probe[b], gallery, certified.quantize(probe[b], True), gq, matches[b]
-            )
-            scores = score_ranks(found.ranks, matches[b], found.nearest, gallery.shape[0])
-            first[b], ap[b], inp[b], nearest[b], nearest_match[b] = scores
+        rows = certified.block_rows(*gallery.shape, max_memory, gq.packed)
+        with certified.threads_for(gq):
+            for s in range(0, n, rows):
+                b = slice(s, s + rows)
+                found = certified.rank_block(
+                    probe[b], gallery, certified.quantize(probe[b], True), gq, matches[b]
+                )
+                scores = score_ranks(found.ranks, matches[b], found.nearest, gallery.shape[0])
+                first[b], ap[b], inp[b], nearest[b], nearest_match[b] = scores
     elif gallery.shape[0]:
         matches = _match_table(p_ids, g_ids)
         for s, d in distance_blocks(probe, gallery, metric, max_memory, norms):

@@ -13,6 +13,8 @@ a cell only where that cell counts it as a rank-1 miss.
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,34 +237,34 @@ class _Scorer:
         self._last_q = None  # (keys, int8 gallery) of the previous cell
         self._kept = 0  # bytes of the galleries kept
 
-    def _stack(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-        """The embeddings of ``keys`` on the device, their subjects and their squared norms."""
-        t = self.store.rows([self._row[k] for k in keys]).to(self.device, torch.float32)
-        return t, np.array([k[0] for k in keys]), squared_norms(t)
+    def _stack(self, keys, int8: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+        """The embeddings of ``keys`` on the device, their subjects and their squared norms;
+        for ``int8`` cells, as stored (float16 halves what the re-check reads) and no norms."""
+        t = self.store.rows([self._row[k] for k in keys])
+        t = t.to(self.device) if int8 else t.to(self.device, torch.float32)
+        return t, np.array([k[0] for k in keys]), None if int8 else squared_norms(t)
 
-    def _gallery(self, keys) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    def _gallery(self, keys, int8: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """:meth:`_stack` of a gallery, kept for the next probe views and groups that use it
         while the kept galleries fit in half of ``max_memory`` (stacking CASIA-B's eleven
         again for each of its 330 cells took a quarter of its evaluation)."""
-        found = self._galleries.get(tuple(keys))
-        if found is None and self._last is not None and self._last[0] == tuple(keys):
+        key = (tuple(keys), int8)
+        found = self._galleries.get(key)
+        if found is None and self._last is not None and self._last[0] == key:
             found = self._last[1]  # the gallery of the previous cell, even when not kept
         if found is None:
             self._last = None  # let it go before the next one is read
-            found = self._stack(keys)
-            size = found[0].nbytes + found[2].nbytes
+            found = self._stack(keys, int8)
+            size = found[0].nbytes + (0 if int8 else found[2].nbytes)
             if self._kept + size <= self.max_memory // 2:
-                self._galleries[tuple(keys)] = found
+                self._galleries[key] = found
                 self._kept += size
-        self._last = (tuple(keys), found)
+        self._last = (key, found)
         return found
 
-    def _quantized(self, keys, g: torch.Tensor, n_probes: int):
-        """The gallery's int8 copy where ``precision`` takes int8 for this cell, kept with the
-        gallery (while they fit in half of ``max_memory``); else None."""
-        pairs = n_probes * g.shape[0]
-        if resolve_precision(self.precision, self.metric, self.device, pairs) != "int8":
-            return None
+    def _quantized(self, keys, g: torch.Tensor):
+        """The gallery's int8 copy, kept with the gallery (while they fit in half of
+        ``max_memory``)."""
         found = self._quantized_galleries.get(tuple(keys))
         if found is None and self._last_q is not None and self._last_q[0] == tuple(keys):
             found = self._last_q[1]
@@ -277,27 +279,36 @@ class _Scorer:
 
     def _cell(self, pv: str, probes: list, label: str, gallery: list) -> Retrieval:
         """One cell's retrieval, its probes read and ranked in blocks."""
-        g, g_ids, g_sq = self._gallery(gallery)
-        g_q = self._quantized(gallery, g, len(probes))
-        parts, dim = self.store.shape
-        rows = max(1, self.max_memory // (8 * 4 * max(parts * dim, 1)))  # an eighth of the cap
+        pairs = len(probes) * len(gallery)
+        int8 = resolve_precision(self.precision, self.metric, self.device, pairs) == "int8"
+        g, g_ids, g_sq = self._gallery(gallery, int8)
+        g_q = self._quantized(gallery, g) if int8 else None
+        # An eighth of the cap holds the block of probes at hand and the next one, read
+        # meanwhile (as stored for int8 cells, else as float32).
+        entry = self.store.itemsize if int8 else 4
+        rows = max(1, self.max_memory // (16 * entry * max(math.prod(self.store.shape), 1)))
+        blocks = [probes[s : s + rows] for s in range(0, len(probes), rows)]
         found = []
-        for s in range(0, len(probes), rows):
-            p, p_ids, p_sq = self._stack(probes[s : s + rows])
-            norms = (p_sq, g_sq) if self.metric == "euclidean" else None
-            found.append(
-                retrieve(
-                    p,
-                    p_ids,
-                    g,
-                    g_ids,
-                    self.metric,
-                    self.max_memory * 3 // 8,  # the distance stage's share of the cap
-                    norms,
-                    "fp32" if g_q is None else "int8",  # decided for the whole cell
-                    g_q,
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(self._stack, blocks[0], int8)
+            for i in range(len(blocks)):
+                p, p_ids, p_sq = ahead.result()
+                if i + 1 < len(blocks):
+                    ahead = reader.submit(self._stack, blocks[i + 1], int8)
+                norms = (p_sq, g_sq) if self.metric == "euclidean" and not int8 else None
+                found.append(
+                    retrieve(
+                        p,
+                        p_ids,
+                        g,
+                        g_ids,
+                        self.metric,
+                        self.max_memory * 3 // 8,  # the distance stage's share of the cap
+                        norms,
+                        "fp32" if g_q is None else "int8",  # decided for the whole cell
+                        g_q,
+                    )
                 )
-            )
         return Retrieval.concat(found)
 
     def _targets(self, gallery_keys, pv: str) -> list[tuple[str, list]]:

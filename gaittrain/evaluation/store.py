@@ -10,6 +10,7 @@ stored values.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -53,10 +54,11 @@ class EmbeddingStore:
     torch.Size([1, 2, 3])
     """
 
-    def __init__(self, keys: list[Key], read, shape: tuple[int, int], close=None):
+    def __init__(self, keys: list[Key], read, shape: tuple[int, int], close=None, itemsize=4):
         self.keys = keys
         self._read = read
         self.shape = shape  # (parts, dim)
+        self.itemsize = itemsize  # bytes per entry of the rows read (2: float16)
         self._close = close
 
     def close(self) -> None:
@@ -87,18 +89,32 @@ class EmbeddingStore:
 
     @classmethod
     def from_file(cls, f: h5py.File, keys: list[Key]) -> EmbeddingStore:
-        """Rows of an open embeddings file; :meth:`close` closes it."""
+        """Rows of an open embeddings file; :meth:`close` closes it. Where the embeddings
+        are stored contiguously and uncompressed (as ``gait embed`` writes them), rows are
+        read by :func:`read_rows` straight from the file: HDF5's selection of scattered rows
+        (one view of a sorted file is every 28th row in OU-MVLP) read 0.7 GB/s here."""
         data = f["embeddings"]
+        offset = data.id.get_offset() if data.chunks is None and data.compression is None else None
+        if offset is not None and len(data):
+            fd = os.open(f.filename, os.O_RDONLY)
+
+            def read_direct(idx: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(read_rows(fd, offset, data.shape, data.dtype, idx))
+
+            def close() -> None:
+                os.close(fd)
+                f.close()
+
+            return cls(keys, read_direct, tuple(data.shape[1:]), close, data.dtype.itemsize)
 
         def read(idx: np.ndarray) -> torch.Tensor:
-            idx = np.asarray(idx)
-            order = np.argsort(idx, kind="stable")
-            out = np.empty((len(idx), *data.shape[1:]), data.dtype)
-            if len(idx):
-                out[order] = data[idx[order]]  # h5py reads rows in increasing order
-            return torch.from_numpy(out)
+            # h5py selects rows in increasing order, each once
+            unique, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
+            if not len(unique):
+                return torch.from_numpy(data[:0])
+            return torch.from_numpy(data[unique][inverse])
 
-        return cls(keys, read, tuple(data.shape[1:]), f.close)
+        return cls(keys, read, tuple(data.shape[1:]), f.close, data.dtype.itemsize)
 
     def rows(self, idx) -> torch.Tensor:
         """The embeddings of rows ``idx`` (in that order), as stored (float16 or float32)."""
@@ -106,6 +122,37 @@ class EmbeddingStore:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def read_rows(fd: int, offset: int, shape: tuple, dtype, idx) -> np.ndarray:
+    """Rows ``idx`` (in that order) of a C-ordered array of ``shape`` and ``dtype`` stored at
+    byte ``offset`` of the open file ``fd``: one ``pread`` per run of consecutive rows, into a
+    fresh array (no memory map, so nothing of the file counts as this process's memory).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryFile() as f:
+    ...     _ = f.write(b"head" + np.arange(12, dtype=np.float16).tobytes())
+    ...     f.flush()
+    ...     read_rows(f.fileno(), 4, (4, 3), np.float16, [2, 0, 1]).tolist()
+    [[6.0, 7.0, 8.0], [0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    rows = np.empty((len(idx), *shape[1:]), dtype)  # in increasing row order
+    raw = rows.reshape(len(idx), -1).view(np.uint8)
+    row_bytes = raw.shape[1]
+    at = idx[order]
+    starts = np.flatnonzero(np.diff(at, prepend=-2) != 1)  # runs of consecutive rows
+    for a, b in zip(starts, [*starts[1:], len(idx)], strict=True):
+        if os.preadv(fd, [raw[a:b]], offset + int(at[a]) * row_bytes) != (b - a) * row_bytes:
+            raise OSError("the embeddings file ended early")
+    if (order[1:] > order[:-1]).all():
+        return rows
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def open_embeddings(path: Path) -> tuple[h5py.File, list[Key], dict]:

@@ -1,0 +1,239 @@
+"""The fused int8 distance kernels (``int8_distances.c``), built once per machine and loaded.
+
+PyTorch computes an int8 product fast (oneDNN, VNNI) but writes every product to memory, and
+the square roots over 62 parts then read them back: on a 2-core CPU that traffic cost more than
+the products. The C kernels keep a tile's products in registers and re-check pairs without
+temporaries. They are compiled with the C compiler already at hand for ``torch.compile``
+(``$CC``, else ``cc``), into ``$GAIT_CACHE`` (default ``~/.cache/gait``) under the source's
+hash, so a changed source is rebuilt, never reused. Where there is no compiler or no AVX-512
+VNNI, :func:`kernels` returns None and :mod:`gaittrain.evaluation.certified` uses PyTorch: the
+same figures, more slowly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int8_distances.c")
+FLAGS = ["-O3", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vnni"]
+FLAGS += ["-mfma", "-mf16c", "-fno-math-errno", "-ffp-contract=off"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GAIT_CACHE", Path.home() / ".cache" / "gait"))
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512dq", "avx512_vnni", "f16c"))
+
+
+def _build(compiler: str) -> Path:
+    """The shared library for this source and these flags, compiled unless cached."""
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"int8_distances-{tag}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(built, target)  # whole or not at all, even with builds racing
+    return target
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot run here (and why, as a warning)."""
+    if os.environ.get("GAIT_NATIVE", "1") == "0" or not _cpu_has_vnni():
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(os.environ.get("CC", "cc"))))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", None) or str(e)
+        warnings.warn(f"int8 distances: no native kernels ({detail.splitlines()[0]})", stacklevel=2)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    f32 = ctypes.c_float
+    lib.bounds.argtypes = [ptr] * 12 + [i64] * 5 + [f32] * 2 + [i64] * 2 + [ptr] * 2
+    lib.candidates.argtypes = [ptr] * 2 + [i64] * 2 + [ptr] * 2 + [i64] * 3 + [ptr] * 3
+    lib.bounds.restype = lib.candidates.restype = None
+    for name in ("quantize_f16", "quantize_f32"):
+        getattr(lib, name).argtypes = [ptr] + [i64] * 5 + [ctypes.c_float] + [i64] * 2 + [ptr] * 10
+        getattr(lib, name).restype = None
+    for name in ("exact_f16", "exact_f32"):
+        getattr(lib, name).argtypes = [ptr] * 4 + [i64] * 3 + [ptr]
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    assert t.is_contiguous() and t.device.type == "cpu"
+    return t.data_ptr()
+
+
+_threads: int | None = None  # while ``exclusive``: the threads the kernels use
+
+
+@contextlib.contextmanager
+def exclusive():
+    """The kernels use PyTorch's threads and PyTorch one thread meanwhile: its OpenMP workers
+    otherwise spin-wait after each operation on the cores the kernels run on (a view pair of
+    OU-MVLP took 15 % longer, measured on 2 cores)."""
+    global _threads
+    before, outer = torch.get_num_threads(), _threads
+    _threads = outer or before
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _threads = outer
+
+
+def _split(total: int, unit: int) -> list[tuple[int, int]]:
+    """[begin, end) ranges of whole ``unit``s, one per thread."""
+    threads = max(1, _threads or torch.get_num_threads())
+    units = total // unit
+    bounds = [unit * (units * t // threads) for t in range(threads + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="gait-native")
+
+
+def _parallel(calls) -> None:
+    """Run the ctypes calls (which let go of the GIL) on one thread each."""
+    calls = list(calls)
+    if len(calls) == 1:
+        calls[0]()
+        return
+    for f in [_pool(len(calls)).submit(c) for c in calls]:
+        f.result()
+
+
+#: Probe rows and gallery columns of a kernel tile (MR, NR * 16 in the C source).
+ROW_TILE, COL_TILE = 8, 48
+
+
+def bounds(pq, pq2, gq, gq2, shift, shift2, rowf, colf, psq, gsq, rfeat, cfeat, rounding, margin):
+    """``lower``, ``upper`` [rows, cols] of every pair's distance (see the C source) from
+    tensors in its layouts; ``rowf`` [terms, parts, rows], ``colf`` [terms, parts, cols] (1
+    term: one level; 3: two, and ``pq2``, ``gq2``, ``shift2`` used)."""
+    lib = kernels()
+    parts, rows, dim = pq.shape
+    terms, cols = rowf.shape[0], gsq.shape[1]
+    assert gq.shape == (parts, cols // 16, dim // 4, 16, 4) and shift.shape == (parts, rows)
+    assert colf.shape == (terms, parts, cols) and psq.shape == (parts, rows) == rowf.shape[1:]
+    assert rfeat.shape == (3, parts, rows) and cfeat.shape == (3, parts, cols)
+    lower = torch.empty(rows, cols)
+    upper = torch.empty(rows, cols)
+    args = [_ptr(t) for t in (pq, pq2, gq, gq2, shift, shift2, rowf, colf, psq, gsq, rfeat, cfeat)]
+    args += [terms, parts, rows, cols, dim, rounding, margin]
+    _parallel(
+        functools.partial(lib.bounds, *args, a, b, _ptr(lower), _ptr(upper))
+        for a, b in _split(cols, COL_TILE)
+    )
+    return lower, upper
+
+
+def quantize(x: torch.Tensor, probe_side: bool, margin: float) -> tuple[torch.Tensor, ...]:
+    """``q, q2, floats, sums`` of embeddings ``x`` [n, parts, dim] (float16 or float32;
+    ``dim`` a multiple of 16, at most 1024), see the C source: the two int8 levels in the
+    kernels' layout for probes (int8 [parts, rows, dim], zero rows up to whole tiles) or for a
+    gallery (uint8 ``q + 128`` [parts, cols / 16, dim / 4, 16, 4], zero levels up to whole
+    tiles); ``floats`` [6, parts, n] (scale, scale2, sq_norm,
+    hat_norm, err_norm, rest_norm) and the levels' sums ``sums`` int32 [2, parts, rows]."""
+    lib = kernels()
+    x = x.contiguous()
+    n, parts, dim = x.shape
+    assert dim % 16 == 0 and dim <= 1024 and x.dtype in (torch.float16, torch.float32)
+    fn = lib.quantize_f16 if x.dtype == torch.float16 else lib.quantize_f32
+    # Only the padding is filled here (zero levels: 0 for probes, 128 in a gallery's bytes);
+    # the kernel writes the rest.
+    if probe_side:
+        rows, panels = -(-n // ROW_TILE) * ROW_TILE, 0
+        q, q2 = (torch.empty(parts, rows, dim, dtype=torch.int8) for _ in range(2))
+        for t in (q, q2):
+            t[:, n:] = 0
+    else:
+        rows, panels = n, -(-n // COL_TILE) * COL_TILE // 16
+        shape = (parts, panels, dim // 4, 16, 4)
+        q, q2 = (torch.empty(shape, dtype=torch.uint8) for _ in range(2))
+        for t in (q, q2):
+            t[:, n // 16 :] = 128
+    floats = torch.zeros(6, parts, rows)
+    sums = torch.zeros(2, parts, rows, dtype=torch.int32)
+    outs = [_ptr(q), _ptr(q2), *(_ptr(t) for t in floats), *(_ptr(t) for t in sums)]
+    _parallel(
+        functools.partial(fn, _ptr(x), n, parts, dim, rows, panels, margin, a, b, *outs)
+        for a, b in _split(n, 1)
+    )
+    return q, q2, floats[:, :, :n], sums
+
+
+def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, ...]:
+    """``mask`` bool [b, n] of the pairs to compute exactly, ``surely`` int64 [b, m], the
+    pairs certainly nearer than each match, and how many pairs the mask holds (see the C
+    source); ``lower``, ``upper`` [b, >= n] contiguous, ``dm_lo``, ``dm_hi`` float32 [b, m]
+    around the matches' distances (NaN: padding)."""
+    lib = kernels()
+    rows, stride = lower.shape
+    m = dm_lo.shape[1]
+    mask = torch.empty(rows, n, dtype=torch.bool)
+    surely = torch.empty(rows, m, dtype=torch.int64)
+    count = torch.empty(rows, dtype=torch.int64)
+    dm_lo, dm_hi = dm_lo.contiguous(), dm_hi.contiguous()
+    args = [_ptr(lower), _ptr(upper), stride, n, _ptr(dm_lo), _ptr(dm_hi), m]
+    _parallel(
+        functools.partial(lib.candidates, *args, a, b, _ptr(mask), _ptr(surely), _ptr(count))
+        for a, b in _split(rows, 1)
+    )
+    return mask, surely, int(count.sum())
+
+
+def exact_pairs(probe: torch.Tensor, gallery: torch.Tensor, i, j) -> torch.Tensor:
+    """float64 distances of pairs ``(probe[i[t]], gallery[j[t]])``; embeddings [n, parts, dim]
+    contiguous, both float16 or both float32, ``dim`` a multiple of 16."""
+    lib = kernels()
+    fn = lib.exact_f16 if probe.dtype == torch.float16 else lib.exact_f32
+    i, j = i.contiguous(), j.contiguous()
+    out = torch.empty(len(i), dtype=torch.float64)
+    _, parts, dim = probe.shape
+    _parallel(
+        functools.partial(
+            fn,
+            _ptr(probe),
+            _ptr(gallery),
+            _ptr(i) + 8 * a,
+            _ptr(j) + 8 * a,
+            b - a,
+            parts,
+            dim,
+            _ptr(out) + 8 * a,
+        )
+        for a, b in _split(len(i), 1)
+    )
+    return out
