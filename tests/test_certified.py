@@ -133,8 +133,9 @@ def test_bound_holds_for_every_pair(levels, path):
 
 @pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")
 def test_native_pieces_equal_their_pytorch_versions():
-    """The native re-check is exact_distances' float64 sums (float16 and float32 rows), and
-    the native selection of candidates is the PyTorch one, pair for pair."""
+    """The native re-check is exact_distances' float64 sums (float16 and float32 rows), the
+    native selection of candidates is the PyTorch one, pair for pair, and the native list of
+    a mask's pairs is ``nonzero``'s."""
     g = torch.Generator().manual_seed(11)
     probe, gallery = torch.randn(30, 4, 32, generator=g), torch.randn(50, 4, 32, generator=g)
     i, j = torch.randint(0, 30, (200,), generator=g), torch.randint(0, 50, (200,), generator=g)
@@ -152,8 +153,10 @@ def test_native_pieces_equal_their_pytorch_versions():
     with pytest.MonkeyPatch.context() as m:
         m.setattr(native, "kernels", lambda: None)
         want = certified.candidates(lower.clone()[:, :50], upper.clone()[:, :50], 50, lo, hi)
-    assert torch.equal(todo, want[0]) and torch.equal(surely, want[1]) and count == want[2]
-    assert 0 < count < todo.numel()
+    assert torch.equal(todo, want[0]) and torch.equal(surely, want[1])
+    assert torch.equal(count, want[2]) and 0 < int(count.sum()) < todo.numel()
+    for a, b in zip(native.pairs(todo, count), todo.nonzero(as_tuple=True), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")

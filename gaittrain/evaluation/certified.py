@@ -493,15 +493,17 @@ def rank_block(
     for levels in LEVELS:  # the cheaper approximation first, the finer one if too much is open
         lower, upper = interval(probe_q, gallery_q, n, levels)
         todo, surely, count = candidates(lower, upper, n, dm_lo, dm_hi)
-        todo[rows[valid], matches[valid]] = False  # known already
-        if count - int(valid.sum()) <= _open_limit(levels, n) * b:  # beyond the matches
+        known = todo[rows[valid], matches[valid]]  # the matches are known already
+        todo[rows[valid], matches[valid]] = False
+        count = count.index_add(0, rows[valid], -known.long())
+        if int(count.sum()) <= _open_limit(levels, n) * b:  # beyond the matches
             break
     else:
         whole = exact_block(probe, gallery)
         ranks = match_ranks(whole, matches)
         return BlockRanks(ranks, whole.argmin(dim=1), int(valid.sum()), levels, True)
     # Every candidate's exact distance, with the matches', as lists of pairs (i, j).
-    i, j = todo.nonzero(as_tuple=True)
+    i, j = native.pairs(todo, count) if _native_ranking(lower) else todo.nonzero(as_tuple=True)
     exact = exact_pairs(probe, gallery, i, j)
     i, j = torch.cat([i, rows[valid]]), torch.cat([j, matches[valid]])
     exact = torch.cat([exact, dm[valid]])
@@ -540,8 +542,8 @@ def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, torch.
     be the nearest (lower end at most the row's smallest upper end) and, for each match, those
     whose interval holds the match's distance (float32 ``dm_lo`` <= ``dm_hi`` [b, M] around
     it; NaN: padding); ``surely`` [b, M], how many pairs are certainly nearer than each match;
-    and how many pairs ``todo`` holds."""
-    if native.kernels() is not None and lower.device.type == "cpu" and lower.is_contiguous():
+    and how many pairs of each row ``todo`` holds [b]."""
+    if _native_ranking(lower):
         return native.candidates(lower, upper, n, dm_lo.float(), dm_hi.float())
     lower, upper = lower[:, :n], upper[:, :n]
     todo = lower <= upper.amin(dim=1, keepdim=True)
@@ -550,7 +552,11 @@ def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, torch.
         below = upper < dm_lo[:, t, None]
         todo |= ~below & (lower <= dm_hi[:, t, None])  # NaN (padding): none
         surely[:, t] = below.sum(dim=1)
-    return todo, surely, int(todo.sum())
+    return todo, surely, todo.sum(dim=1)
+
+
+def _native_ranking(lower: torch.Tensor) -> bool:
+    return native.kernels() is not None and lower.device.type == "cpu" and lower.is_contiguous()
 
 
 def _float32_around(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

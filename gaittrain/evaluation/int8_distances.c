@@ -327,3 +327,22 @@ static inline void store_levels(const int8_t *levels, int64_t i, int64_t k, int6
 
 QUANTIZE(quantize_f16, uint16_t, LOAD_F16)
 QUANTIZE(quantize_f32, float, _mm512_loadu_ps)
+
+/* pairs: the (i, j) of the ones of mask [rows][n] (bytes 0 or 1), rows [row_begin, row_end),
+ * row i's first at offset[i] of out_i, out_j; eight bytes at a time (the ones are sparse). */
+void pairs(const uint8_t *mask, int64_t n, const int64_t *offset, int64_t row_begin,
+           int64_t row_end, int64_t *out_i, int64_t *out_j) {
+    for (int64_t i = row_begin; i < row_end; i++) {
+        const uint8_t *row = mask + i * n;
+        int64_t at = offset[i], j = 0;
+        for (; j + 8 <= n; j += 8) {
+            uint64_t word;
+            memcpy(&word, row + j, 8);
+            if (word == 0) continue;
+            for (int64_t e = j; e < j + 8; e++)
+                if (row[e]) out_i[at] = i, out_j[at++] = e;
+        }
+        for (; j < n; j++)
+            if (row[j]) out_i[at] = i, out_j[at++] = j;
+    }
+}

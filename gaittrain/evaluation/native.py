@@ -77,7 +77,8 @@ def kernels() -> ctypes.CDLL | None:
     f32 = ctypes.c_float
     lib.bounds.argtypes = [ptr] * 12 + [i64] * 5 + [f32] * 2 + [i64] * 2 + [ptr] * 2
     lib.candidates.argtypes = [ptr] * 2 + [i64] * 2 + [ptr] * 2 + [i64] * 3 + [ptr] * 3
-    lib.bounds.restype = lib.candidates.restype = None
+    lib.pairs.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr]
+    lib.bounds.restype = lib.candidates.restype = lib.pairs.restype = None
     for name in ("quantize_f16", "quantize_f32"):
         getattr(lib, name).argtypes = [ptr] + [i64] * 5 + [ctypes.c_float] + [i64] * 2 + [ptr] * 10
         getattr(lib, name).restype = None
@@ -196,9 +197,9 @@ def quantize(x: torch.Tensor, probe_side: bool, margin: float) -> tuple[torch.Te
 
 def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, ...]:
     """``mask`` bool [b, n] of the pairs to compute exactly, ``surely`` int64 [b, m], the
-    pairs certainly nearer than each match, and how many pairs the mask holds (see the C
-    source); ``lower``, ``upper`` [b, >= n] contiguous, ``dm_lo``, ``dm_hi`` float32 [b, m]
-    around the matches' distances (NaN: padding)."""
+    pairs certainly nearer than each match, and ``count`` [b], the pairs of each row in the
+    mask (see the C source); ``lower``, ``upper`` [b, >= n] contiguous, ``dm_lo``, ``dm_hi``
+    float32 [b, m] around the matches' distances (NaN: padding)."""
     lib = kernels()
     rows, stride = lower.shape
     m = dm_lo.shape[1]
@@ -211,7 +212,23 @@ def candidates(lower, upper, n: int, dm_lo, dm_hi) -> tuple[torch.Tensor, ...]:
         functools.partial(lib.candidates, *args, a, b, _ptr(mask), _ptr(surely), _ptr(count))
         for a, b in _split(rows, 1)
     )
-    return mask, surely, int(count.sum())
+    return mask, surely, count
+
+
+def pairs(mask: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask.nonzero(as_tuple=True)`` of a sparse bool mask [rows, n] whose rows hold
+    ``count`` [rows] ones, in the same order, on every thread."""
+    lib = kernels()
+    rows, n = mask.shape
+    offset = torch.cumsum(count, 0) - count
+    total = int(count.sum())
+    out_i, out_j = torch.empty(total, dtype=torch.int64), torch.empty(total, dtype=torch.int64)
+    args = [_ptr(mask), n, _ptr(offset)]
+    _parallel(
+        functools.partial(lib.pairs, *args, a, b, _ptr(out_i), _ptr(out_j))
+        for a, b in _split(rows, 1)
+    )
+    return out_i, out_j
 
 
 def exact_pairs(probe: torch.Tensor, gallery: torch.Tensor, i, j) -> torch.Tensor:
