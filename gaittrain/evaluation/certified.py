@@ -324,7 +324,8 @@ def approximate(
     r""":math:`\tilde D` [b, n] and its bound :math:`\tau` [b, n] for every pair (see the module's
     docstring) of the first ``n`` gallery columns; probe and gallery as :func:`quantize` makes
     them on each side. ``levels`` 1: one int8 product per part, :math:`\hat p \cdot \hat g`;
-    2: three, adding the residuals' :math:`\hat p \cdot \hat e_g + \hat e_p \cdot \hat g`."""
+    2: three, adding the residuals' :math:`\hat p \cdot \hat e_g + \hat e_p \cdot \hat g`.
+    (A packed gallery's are the centre and half-width of the native kernel's intervals.)"""
     if gallery.packed:
         b = probe.scale.shape[1]
         lower, upper = (t[:b, :n] for t in _native_bounds(probe, gallery, levels))

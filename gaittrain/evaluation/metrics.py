@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gaittrain.evaluation import certified
+from gaittrain.evaluation import certified, native
 
 METRICS = ("euclidean", "cosine", "cosine-flat")
 #: How distances are computed: float32 products, int8 products re-checked to exact, or int8
@@ -41,7 +41,7 @@ def fast_int8(device: torch.device) -> bool:
     a CPU, re-checking the open pairs cost as much as the int8 products saved."""
     device = torch.device(device)
     if device.type == "cpu":
-        return certified.native.kernels() is not None
+        return native.kernels() is not None
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
