@@ -127,7 +127,7 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     help="How distances are computed; every choice gives the same figures. fp32: float32 "
     "products. int8: int8 products with an error bound, every pair the result depends on "
     "re-checked in float64 (euclidean only; on CPUs with AVX-512 VNNI and a C compiler, "
-    "fused native kernels: 2.7x float32's speed on OU-MVLP on 2 cores). auto: int8 for "
+    "fused native kernels: OU-MVLP 4x float32's speed on 2 cores). auto: int8 for "
     "large galleries (OU-MVLP) where the device is fast at it.",
 )
 def eval_cmd(

@@ -435,12 +435,12 @@ def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int, packed: bo
     sums and bound, the interval's two ends, the masks and the int64 copy PyTorch makes of a
     mask to count it (40 bytes); per probe, its share of the int32 products and sums of one
     tile, its int8 and float32 rows and the quantization's temporaries; and the re-check's
-    float64 differences. Through the native kernels (``packed``): per pair, their two sums
-    (which become the interval), :math:`\\Delta`, the mask and its int64 copy (21 bytes, counted
-    as 24); per probe, its two int8 levels and their row-padded copies.
+    float64 differences. Through the native kernels (``packed``): per pair, the interval's
+    two ends (8 bytes), the mask (1) and what the re-check lists of its candidates (counted as
+    15 in all); per probe, its two int8 levels and its float operands of the kernels.
     """
     if packed:
-        return max(1, int(max_memory // (n_gallery * 24 + 4 * parts * dim)))
+        return max(1, int(max_memory // (n_gallery * 24 + 2 * parts * dim + 64 * parts)))
     per_row = n_gallery * 40 + 3 * PART_CHUNK * TILE * 4 + 2 * TILE * 4 + parts * dim * 30
     fixed = RECHECK_CHUNK * parts * dim * 8 * 3
     return max(1, int((max_memory - fixed) // per_row))
