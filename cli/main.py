@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 
-import click
+# OpenCV's and FFmpeg's own messages ("moov atom not found") would come before gait's one line
+# about the same problem: silenced, unless asked for in the environment.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+import click  # noqa: E402
 
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
 from gaitcli.export import export_cmd
@@ -39,7 +45,11 @@ class GaitGroup(click.Group):
 
         previous, threading.excepthook = threading.excepthook, quiet_os_errors
         try:
-            return super().invoke(ctx)  # runs cli() below, which records --debug in ctx.obj
+            with warnings.catch_warnings():
+                if not (ctx.params.get("debug") or os.environ.get("GAIT_DEBUG")):
+                    # PyTorch's advice to developers is noise to a user of the command
+                    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\b")
+                return super().invoke(ctx)  # runs cli() below, which records --debug in ctx.obj
         except BrokenPipeError:  # `gait inspect PACK | head`: the reader left, say nothing
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None

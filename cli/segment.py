@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gaitprep.segment import METHODS, segment, write_preview, write_silhouettes
+from gaitprep.segment import METHODS, segment_to_folder
 
 
 @click.command("segment")
@@ -31,7 +31,8 @@ from gaitprep.segment import METHODS, segment, write_preview, write_silhouettes
 @click.option(
     "--preview",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also show the masks over the video: OUT.mp4 (every frame) or OUT.png (8 frames).",
+    help="Also show the masks over the video: FILE.mp4 (every frame) or FILE.png / .jpg (8 "
+    "frames).",
 )
 def segment_cmd(source, out, method, learn_frames, background, min_area, preview) -> None:
     """Write binary silhouettes (OUT/NNNNNN.png) of the walker in SOURCE, a video (any format
@@ -39,10 +40,15 @@ def segment_cmd(source, out, method, learn_frames, background, min_area, preview
 
     Example: gait segment walk.mp4 walk-silhouettes && gait identify RUN people.h5 walk-silhouettes
     """
-    found = segment(source, method, learn_frames, background, min_area)
-    n = write_silhouettes(found, out)
-    if preview is not None:
-        write_preview(source, found, preview)
+    found, n = segment_to_folder(
+        source,
+        out,
+        preview,
+        method=method,
+        learn_frames=learn_frames,
+        background=background,
+        min_area=min_area,
+    )
     click.echo(
         f"{out}: {n} silhouettes of {found.read} frames ({found.learned} learned from, "
         f"{found.skipped} without a walker skipped)"

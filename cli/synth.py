@@ -26,13 +26,21 @@ from gaitprep.synth import (
     synthesize,
 )
 
+#: The largest frame side `gait synth` draws (a 4K camera's width): a frame is held in memory
+#: several times over while a sequence is rendered.
+MAX_SIDE = 4096
+
 
 def _size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     w, sep, h = text.lower().partition("x")
-    if not (sep and w.isdigit() and h.isdigit()) or int(w) < 16 or int(h) < 16:
-        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT (e.g. 320x240, both >= 16)")
+    if not (sep and w.isdigit() and h.isdigit()) or not all(
+        16 <= int(v) <= MAX_SIDE for v in (w, h)
+    ):
+        raise click.BadParameter(
+            f"{text!r} is not WIDTHxHEIGHT with both sides from 16 to {MAX_SIDE} (e.g. 320x240)"
+        )
     return int(w), int(h)
 
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from gaitprep import __version__
 from gaitprep.chunks import encode_frames
 from gaitprep.errors import GaitError, OutputError, describe_os_error
-from gaitprep.files import OutputLock, atomic_write, fsync_path
+from gaitprep.files import OutputLock, atomic_write, fsync_path, output_target
 from gaitprep.layout import RawSequence, discover
 from gaitprep.opengait import IMPORTED_FROM, PICKLE_EXTENSIONS, read_pickle_sequence
 from gaitprep.pack import VERSION, PackWriter, created_timestamp, frames_crc
@@ -302,6 +302,9 @@ def run_prep(
     if out.parent.exists() and not out.parent.is_dir():
         raise PrepError(f"cannot write {out}: {out.parent} is not a folder")
     with OutputLock(out):
+        # a linked pack is written through: the partial pack, its journal and its manifest
+        # grow beside the link's target, which the finished pack replaces
+        job = replace(job, out=output_target(out))
         return _run_locked(job, workers, overwrite, progress, direct)
 
 

@@ -17,14 +17,24 @@ prep` and `gait identify` take.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from gaitprep.errors import GaitError
+from gaitprep.errors import GaitError, OutputError
+from gaitprep.files import (
+    OutputLock,
+    atomic_folder,
+    atomic_output,
+    atomic_write,
+    encode_png,
+    output_target,
+)
 from gaitprep.layout import IMAGE_EXTENSIONS
 
 METHODS = ("mog2", "knn")
@@ -74,20 +84,51 @@ def read_frames(source: Path) -> Iterator[np.ndarray]:
 
 def write_mp4(path: Path, frames, fps: int = 25) -> int:
     """Write BGR frames (any iterable of [H, W, 3] uint8) as an mp4 (mp4v) at ``path``; returns
-    how many. SegmentError when OpenCV cannot write there."""
-    writer, n = None, 0
+    how many.
+
+    The video is written under a temporary name and read back before it replaces ``path``:
+    OpenCV's writer reports no failed write (a full disk leaves a file without a readable
+    frame), so a video whose frames do not all read back is an :class:`OutputError` and nothing
+    is left under ``path``. A link is written through, a device refused
+    (:func:`~gaitprep.files.output_target`)."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise SegmentError(f"cannot write {path}: a video is written as .mp4")
+    with atomic_output(path, f".{os.getpid()}.partial.mp4") as tmp:
+        writer, n = None, 0
+        try:
+            for frame in frames:
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                    writer = cv2.VideoWriter(str(tmp), fourcc, fps, (w, h))
+                    if not writer.isOpened():
+                        raise SegmentError(f"cannot write a video at {path}")
+                writer.write(frame)
+                n += 1
+        finally:
+            if writer is not None:
+                writer.release()
+        if n == 0:
+            raise SegmentError(f"cannot write {path}: no frame to write")
+        readable = count_frames(tmp)
+        if readable != n:
+            raise OutputError(
+                f"cannot write {path}: {readable} of its {n} frames read back (is the disk "
+                "full?); free some space and run the same command again"
+            )
+    return n
+
+
+def count_frames(video: Path) -> int:
+    """How many frames of ``video`` OpenCV decodes (0 for a file it cannot open)."""
+    capture = cv2.VideoCapture(str(video))
+    n = 0
     try:
-        for frame in frames:
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise SegmentError(f"cannot write a video at {path}")
-            writer.write(frame)
+        while capture.isOpened() and capture.grab():
             n += 1
     finally:
-        if writer is not None:
-            writer.release()
+        capture.release()
     return n
 
 
@@ -170,36 +211,37 @@ def segment(
     return found
 
 
+PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".mp4")
+
+
+def check_preview(out: Path) -> None:
+    """Refuse, before any work, a preview that :func:`write_preview` could not write."""
+    if Path(out).suffix.lower() not in PREVIEW_FORMATS:
+        raise SegmentError(
+            f"cannot write the preview {out}: give an image (.png, .jpg) or a video (.mp4)"
+        )
+    output_target(out)
+
+
 def write_silhouettes(found: Segmented, out: Path) -> int:
     """Write the masks as ``OUT/NNNNNN.png`` (frame index) into a new or empty folder, all or
-    nothing (a temporary folder renamed at the end); returns how many."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SegmentError(f"{out} exists and is not an empty folder; give a new one")
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        for p in tmp.iterdir():
-            p.unlink()
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        for index, mask in found.masks:
-            if not cv2.imwrite(str(tmp / f"{index:06d}.png"), mask):
-                raise SegmentError(f"cannot write {tmp / f'{index:06d}.png'}")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
-        raise
+    nothing (:func:`~gaitprep.files.atomic_folder`: a temporary folder, every file fsynced,
+    renamed at the end); returns how many."""
+    with atomic_folder(out) as tmp:
+        _write_masks(found, tmp)
     return len(found.masks)
+
+
+def _write_masks(found: Segmented, folder: Path) -> None:
+    for index, mask in found.masks:
+        (folder / f"{index:06d}.png").write_bytes(encode_png(mask))
 
 
 def write_preview(source: Path, found: Segmented, out: Path, tiles: int = 8) -> None:
     """The masks over the frames they came from, in red: ``out`` ending in .mp4, every frame
-    (frames without a walker as they are); otherwise an image of ``tiles`` evenly spaced frames
-    with a walker side by side."""
+    (frames without a walker as they are); otherwise an image (.png, .jpg) of ``tiles`` evenly
+    spaced frames with a walker side by side. Written atomically, checked."""
+    check_preview(out)
     masks = dict(found.masks)
     out = Path(out)
     video = out.suffix.lower() == ".mp4"
@@ -218,5 +260,31 @@ def write_preview(source: Path, found: Segmented, out: Path, tiles: int = 8) -> 
 
     if video:
         write_mp4(out, overlaid())
-    elif not cv2.imwrite(str(out), np.hstack(list(overlaid()))):
-        raise SegmentError(f"cannot write {out} (an image: .png or .jpg; a video: .mp4)")
+        return
+    ok, buf = cv2.imencode(out.suffix.lower(), np.hstack(list(overlaid())))
+    if not ok:
+        raise SegmentError(f"cannot write {out}: OpenCV could not encode the image")
+    atomic_write(out, buf.tobytes())
+
+
+def segment_to_folder(
+    source: Path, out: Path, preview: Path | None = None, **options
+) -> tuple[Segmented, int]:
+    """``gait segment``: :func:`segment` ``source`` (``options`` are its keywords) and write the
+    silhouettes into ``out`` (and the preview), holding both outputs' locks throughout, so a
+    second run into the same folder is refused instead of mixing its frames in. Both outputs are
+    checked before the video is read, and written all or nothing: when the preview cannot be
+    written, no silhouette folder is left either. Returns what was found and how many masks were
+    written."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SegmentError(f"{out} exists and is not an empty folder; give a new one")
+    if preview is not None:
+        check_preview(preview)
+    with OutputLock(out), OutputLock(preview) if preview is not None else nullcontext():
+        found = segment(source, **options)
+        with atomic_folder(out) as tmp:
+            _write_masks(found, tmp)
+            if preview is not None:
+                write_preview(source, found, preview)
+    return found, len(found.masks)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gaitprep.errors import GaitError
-from gaitprep.files import atomic_output
+from gaitprep.files import OutputLock, atomic_output
 from gaitprep.pack import Pack
 from gaittrain.data.dataset import PackDataset, cut_width
 from gaittrain.evaluation.embed import load_model, pack_normalization
@@ -55,8 +55,14 @@ def export_onnx(run: Path, pack: Path, out: Path, check_sequences: int = 4) -> d
     ``check_sequences`` sequences of the pack.
 
     Returns a summary: the metadata, the largest difference found and the time per sequence of
-    each runtime (CPU, one call per sequence).
+    each runtime (CPU, one call per sequence). ``out`` is locked and checked before any work (a
+    device or FIFO is refused, a link written through).
     """
+    with OutputLock(out):
+        return _export(run, pack, out, check_sequences)
+
+
+def _export(run: Path, pack: Path, out: Path, check_sequences: int) -> dict:
     try:
         import onnx
         import onnxruntime

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gaitprep.files import OutputLock, atomic_folder, encode_png
 from gaitprep.segment import write_mp4
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.sequence import SequenceSpec, render_sequence
@@ -64,12 +65,16 @@ def render_video(
 
 def write_video(path: Path, video: np.ndarray, masks: np.ndarray, fps: int = 25) -> Path:
     """Write ``video`` as an mp4 (mp4v) at ``path`` and the true masks as PNG frames (named by
-    frame index) in ``PATH.masks/``; returns that folder."""
+    frame index) in ``PATH.masks/``; returns that folder.
+
+    Both are written under temporary names and checked before they replace what was there (the
+    video's frames read back, :func:`~gaitprep.segment.write_mp4`); the masks of an earlier,
+    longer video are replaced whole, never left beside the new ones. The lock on ``path`` makes
+    a second writer wait its turn with a one-line refusal."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_mp4(path, video, fps)
     folder = path.with_name(path.name + ".masks")
-    folder.mkdir(exist_ok=True)
-    for t, m in enumerate(masks):
-        cv2.imwrite(str(folder / f"{t:06d}.png"), m)
+    with OutputLock(path), atomic_folder(folder, replace=True) as tmp:
+        for t, m in enumerate(masks):
+            (tmp / f"{t:06d}.png").write_bytes(encode_png(m))
+        write_mp4(path, video, fps)
     return folder

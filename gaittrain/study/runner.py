@@ -125,7 +125,17 @@ def study_context(study: Study, pack: Path) -> Context:
 
 def commands(study_file: Path, pack: Path, out: Path, study: Study, device: str = "auto") -> list:
     """One shell command per trial, ``gait study STUDY --pack PACK --out DIR --trial VARIANT:I``,
-    then one per run, ``... --run I`` (a run that takes tuned values waits for its trials)."""
+    then one per run, ``... --run I`` (a run that takes tuned values waits for its trials).
+
+    Checked first as ``--run`` and ``--trial`` would check them: the study's subjects must be in
+    the pack, and the trial and run folders already in ``out`` must be what the study describes
+    (a listed command that could only fail is never handed to a scheduler)."""
+    ctx = study_context(study, pack)
+    paths = StudyPaths(Path(out))
+    tuning = tuning_results(study, ctx, out, strict=True)  # checks every trial folder
+    for spec in (resolve(r, tuning) for r in study.runs):
+        if spec is not None:
+            check_unchanged(spec, paths.run(spec.name), ctx)
     extra = [] if device == "auto" else ["--device", device]
     base = ["gait", "study", str(study_file), "--pack", str(pack), "--out", str(out)]
     trials = [
