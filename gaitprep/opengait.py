@@ -9,14 +9,19 @@ stores those frames as they are.
 A pickle can run any code when it is loaded, so these files are never given to :func:`pickle.load`.
 :class:`ArrayUnpickler` resolves only the globals that a pickled numpy array names (numpy 1.x's
 ``numpy.core`` and 2.x's ``numpy._core`` spellings, protocols 0 to 5) and refuses every other one
-before anything is called; :func:`load_array` then accepts only a non-empty 3-D uint8 array of
+before anything is called. Those it resolves are checking stand-ins, not numpy's objects: an array
+is made only of bytes the pickle holds, exactly its size (never ``numpy.ndarray(shape)``, which
+would be uninitialised memory), of a plain numeric dtype, and all the data a pickle makes is at
+most twice the file's size. :func:`load_array` then accepts only a non-empty 3-D uint8 array of
 0-255 silhouettes (bool arrays and 0/1 masks are refused, not rescaled).
 Every problem, a refused global included, is a :class:`PickleRefused` whose message says why.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -52,31 +57,181 @@ def opengait_params(size: int = 64) -> Params:
     return Params(size=size, min_sum=MIN_SUM, binarize=False, largest_blob=False)
 
 
-def _latin1(text, encoding="latin1", errors="strict") -> bytes:
-    """``_codecs.encode`` as protocol 0-2 pickles use it for bytes, and for nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise PickleRefused(
-            f"refused: the pickle calls _codecs.encode with {encoding!r}, which a numpy array "
-            "never needs (nothing of it was run)"
-        )
-    return text.encode("latin1")
-
-
-def _allowed() -> dict[tuple[str, str], object]:
-    """Every global a pickled numpy array names, mapped to this numpy's own object."""
+def _numpy_functions():
+    """numpy's ``_reconstruct`` and ``_frombuffer``, from whichever module this numpy has them."""
     probe = np.zeros(1, np.uint8)
     reconstruct = probe.__reduce__()[0]  # numpy.{_core,core}.multiarray._reconstruct
     frombuffer = probe.__reduce_ex__(5)[0]  # numpy.{_core,core}.numeric._frombuffer
     if (reconstruct.__name__, frombuffer.__name__) != ("_reconstruct", "_frombuffer"):
         raise ImportError(f"numpy {np.__version__} pickles arrays in a way gait does not know")
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1,
+    return reconstruct, frombuffer
+
+
+RECONSTRUCT, FROMBUFFER = _numpy_functions()
+
+
+def _refused(what: str) -> PickleRefused:
+    """The refusal of something a numpy array's pickle never does."""
+    return PickleRefused(
+        f"refused: {what}, which a numpy array never needs (nothing of it was run)"
+    )
+
+
+class _Budget:
+    """The bytes a pickle may still make: twice its own size (protocols 0-2 decode an array's
+    bytes from text, then copy them into it). A pickle that uses its data again and again, to
+    make more than that, is refused: an array's pickle holds its data once."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, size: int):
+        self.left = 2 * size
+
+    def spend(self, n: int) -> None:
+        if n > self.left:
+            raise PickleRefused(
+                "refused: the pickle makes more data than twice its own size (an array's pickle "
+                "holds its data once)"
+            )
+        self.left -= n
+
+
+class _Callable:
+    """A global the pickle may call, under its own name. BUILD on it is refused, and it is no
+    type, so the NEWOBJ opcodes cannot make an instance of it either."""
+
+    __slots__ = ("name", "call")
+
+    def __init__(self, name: str, call):
+        self.name, self.call = name, call
+
+    def __call__(self, *args):
+        return self.call(*args)
+
+    def __setstate__(self, state):
+        raise _refused(f"the pickle sets the state of {self.name}")
+
+
+class _Dtype:
+    """A dtype as a pickle builds it: ``numpy.dtype(code, align, copy)``, then BUILD with a state.
+
+    Only a plain numeric code as numpy writes it (kind and item size: ``u1``, ``f4``, ``b1``) is
+    made, and only the state numpy writes for it (with a byte order) is taken; numpy's own
+    ``dtype.__setstate__`` never sees the pickle's state.
+    """
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, code):
+        try:
+            dtype = np.dtype(code) if isinstance(code, str) else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in "biufc" or code != f"{dtype.kind}{dtype.itemsize}":
+            raise _refused(f"the pickle asks for the dtype {code!r:.40}")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        order = state[1] if type(state) is tuple and len(state) > 1 else None
+        dtype = self.dtype.newbyteorder(order) if order in ("<", ">") else self.dtype
+        if state != dtype.__reduce__()[2]:
+            raise _refused(f"the pickle gives the dtype {self.dtype} another state")
+        self.dtype = dtype
+
+
+def _array_data(budget: _Budget, data, dtype, shape) -> tuple:
+    """The data (bytes; text as Python 2 wrote it), dtype and shape of an array the pickle makes,
+    refused unless the data is exactly the array's size: no array holds memory the file did not
+    give it (uninitialised memory), or more than the file's size."""
+    if isinstance(data, str):
+        budget.spend(len(data))
+        data = data.encode("latin1")
+    if not isinstance(dtype, _Dtype) or not isinstance(data, (bytes, bytearray)):
+        raise _refused("the pickle makes an array without a numeric dtype and bytes of data")
+    if type(shape) is not tuple or any(type(n) is not int or n < 0 for n in shape):
+        raise _refused(f"the pickle gives an array the shape {shape!r:.60}")
+    dtype = dtype.dtype
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != len(data):
+        raise PickleRefused(
+            f"refused: the pickle gives a {shape} {dtype} array {len(data)} bytes of data, not the "
+            f"{nbytes} it needs (an array's data must be in the file)"
+        )
+    budget.spend(nbytes)
+    return data, dtype, shape
+
+
+class _Array:
+    """An array as a pickle builds it, from data the pickle holds and nothing else.
+
+    Protocols 0-4 make an empty array (``_reconstruct``) and BUILD it with ``(1, shape, dtype,
+    fortran, data)``; protocol 5 calls ``_frombuffer(data, dtype, shape, order)``. Both are
+    checked by :func:`_array_data` before numpy's own ``ndarray.__setstate__`` or ``_frombuffer``
+    builds ``array`` from them; one built (or never given its data) takes no other state.
+    """
+
+    __slots__ = ("budget", "array")
+
+    def __init__(self, budget: _Budget, array: np.ndarray | None = None):
+        self.budget, self.array = budget, array
+
+    def __setstate__(self, state):
+        if self.array is not None or type(state) is not tuple or len(state) != 5 or state[0] != 1:
+            raise _refused("the pickle sets the state of an array in another way")
+        _, shape, dtype, fortran, data = state
+        data, dtype, shape = _array_data(self.budget, data, dtype, shape)
+        array = RECONSTRUCT(np.ndarray, (0,), b"b")
+        array.__setstate__((1, shape, dtype, bool(fortran), data))
+        self.array = array
+
+
+def _ndarray(budget: _Budget, *args):
+    raise PickleRefused(
+        "refused: the pickle calls numpy.ndarray, which makes an array of memory the file does "
+        "not hold (nothing of it was run)"
+    )
+
+
+def _dtype(budget: _Budget, code, align=False, copy=True) -> _Dtype:
+    """``numpy.dtype`` as numpy's pickles call it."""
+    return _Dtype(code)
+
+
+def _encode(budget: _Budget, text, encoding="latin1", errors="strict") -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it for bytes, and for nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise _refused(f"the pickle calls _codecs.encode with {encoding!r:.40}")
+    budget.spend(len(text))
+    return text.encode("latin1")
+
+
+def _reconstruct(budget: _Budget, subtype, shape, typecode) -> _Array:
+    """``_reconstruct`` as numpy's pickles call it: an empty array, its data to come by BUILD."""
+    ndarray = type(subtype) is _Callable and subtype.name == "numpy.ndarray"
+    if not ndarray or shape != (0,) or typecode not in (b"b", "b"):
+        raise _refused(f"the pickle calls _reconstruct with {shape!r:.60}, {typecode!r:.20}")
+    return _Array(budget)
+
+
+def _frombuffer(budget: _Budget, data, dtype, shape, order) -> _Array:
+    """``_frombuffer`` as numpy's protocol-5 pickles call it, on data in the pickle."""
+    if isinstance(data, str) or order not in ("C", "F"):
+        raise _refused(f"the pickle calls _frombuffer with text or the order {order!r:.20}")
+    data, dtype, shape = _array_data(budget, data, dtype, shape)
+    return _Array(budget, FROMBUFFER(data, dtype, shape, order))
+
+
+def _allowed() -> dict[tuple[str, str], object]:
+    """Every global a pickled numpy array names (numpy 1.x's and 2.x's modules), mapped to the
+    function the pickle calls instead, given the budget of the file being read first."""
+    allowed = {
+        ("numpy", "ndarray"): _ndarray,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _encode,
     }
     for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
     return allowed
 
 
@@ -84,16 +239,20 @@ ALLOWED = _allowed()
 
 
 class ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that builds numpy arrays and nothing else.
+    """An unpickler that builds numpy arrays and nothing else, from data of a file of ``size``
+    bytes.
 
     ``find_class`` is asked for every global before it can be called; anything that is not in
     :data:`ALLOWED` (``os.system``, ``builtins.eval``, a class of some module) raises
-    :class:`PickleRefused` naming it, so the pickle stops there and nothing of it runs.
-    ``encoding="latin1"`` reads arrays pickled by Python 2 as numpy documents.
+    :class:`PickleRefused` naming it, so the pickle stops there and nothing of it runs. What is
+    allowed is called through a checking stand-in (:class:`_Callable`), never numpy's own object,
+    and makes an :class:`_Array` only of data the pickle holds, no more than twice ``size`` in
+    all. ``encoding="latin1"`` reads arrays pickled by Python 2 as numpy documents.
     """
 
-    def __init__(self, file):
+    def __init__(self, file, size: int):
         super().__init__(file, encoding="latin1")
+        self.budget = _Budget(size)
 
     def find_class(self, module: str, name: str):
         found = ALLOWED.get((module, name))
@@ -102,7 +261,7 @@ class ArrayUnpickler(pickle.Unpickler):
                 f"refused: the pickle asks for {module}.{name}, which is not part of a numpy "
                 "array (nothing of it was run)"
             )
-        return found
+        return _Callable(f"{module}.{name}", functools.partial(found, self.budget))
 
     def persistent_load(self, pid):
         raise PickleRefused("refused: the pickle holds a persistent id (nothing of it was run)")
@@ -113,17 +272,22 @@ def load_array(data: bytes) -> np.ndarray:
     if not data:
         raise PickleRefused(EMPTY_FILE)
     try:
-        obj = ArrayUnpickler(io.BytesIO(data)).load()
+        obj = ArrayUnpickler(io.BytesIO(data), len(data)).load()
     except PickleRefused:
         raise
     except Exception as e:  # a damaged pickle fails in many ways; the restricted one runs nothing
         raise PickleRefused(
             f"not a readable pickle (truncated or corrupt: {first_line(e, 100)})"
         ) from None
-    if type(obj) is not np.ndarray:
+    if type(obj) is _Array and obj.array is None:
         raise PickleRefused(
-            f"holds a {type(obj).__name__}, not a numpy array [frames, height, width]"
+            "refused: the pickle makes an array but gives it no data (an array's data must be in "
+            "the file)"
         )
+    if type(obj) is not _Array:
+        kind = {_Dtype: "numpy dtype", _Callable: "function"}.get(type(obj), type(obj).__name__)
+        raise PickleRefused(f"holds a {kind}, not a numpy array [frames, height, width]")
+    obj = obj.array
     if obj.ndim != 3:
         raise PickleRefused(
             f"holds a {obj.ndim}-D array {tuple(obj.shape)}, not frames [frames, height, width]"

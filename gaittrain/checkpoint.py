@@ -3,8 +3,9 @@
 A checkpoint holds the model, optimizer, scheduler, grad scaler and loss-module states, every RNG
 state (Python, NumPy, torch CPU and CUDA) and the next iteration. It contains only tensors and
 plain Python values, so it loads with ``torch.load(..., weights_only=True)``. A file that does
-not load that way, or lacks a gait checkpoint's entries, is refused with a one-line
-:class:`CheckpointError`.
+not load that way, lacks a gait checkpoint's entries or holds them in another structure (a state
+dict with a key that is not a name, a list for a dict, a number for a tensor) is refused with a
+one-line :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -127,7 +128,113 @@ def load_with_fingerprint(path: Path) -> tuple[dict, str]:
             f"{path} is not a gait checkpoint (no {', '.join(missing)}); "
             "use a checkpoints/iter-*.pt file of a gait run"
         )
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(
+            f"{path} is damaged or not a gait checkpoint ({problem}); "
+            "use a checkpoints/iter-*.pt file of a gait run"
+        )
     return state, hashlib.sha256(raw).hexdigest()
+
+
+def _a(value) -> str:
+    """What ``value`` is, for a message: ``a list``, ``an int``."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _mapping_problem(value, what: str) -> str | None:
+    """Why ``value`` is not a dict with string keys (said of ``what``), or None."""
+    if not isinstance(value, dict):
+        return f"{what} is {_a(value)}, not a dict"
+    bad = next((key for key in value if not isinstance(key, str)), None)
+    return None if bad is None else f"{what} has the key {bad!r:.40}, not a name"
+
+
+def state_dict_problem(value, what: str) -> str | None:
+    """Why ``value`` is not a state dict (names -> tensors), said of ``what``; None if it is one."""
+    problem = _mapping_problem(value, what)
+    if problem:
+        return problem
+    for key, tensor in value.items():
+        if not isinstance(tensor, torch.Tensor):
+            return f"{what} {key:.60} is {_a(tensor)}, not a tensor"
+    return None
+
+
+def _optimizer_problem(value) -> str | None:
+    """Why ``value`` is not an optimizer's state dict: per-parameter dicts of tensors and numbers
+    (``state``) and a list of parameter groups (``param_groups``), each listing its ``params``."""
+    what = "its optimizer state"
+    problem = _mapping_problem(value, what)
+    if problem:
+        return problem
+    params, groups = value.get("state"), value.get("param_groups")
+    if not isinstance(params, dict) or not all(isinstance(p, dict) for p in params.values()):
+        return f"{what} has no dict of per-parameter dicts ('state')"
+    for param in params.values():
+        for key, v in param.items():
+            if not isinstance(key, str) or not isinstance(
+                v, (torch.Tensor, int, float, type(None))
+            ):
+                return f"{what} holds {key!r:.40}: {_a(v)}, not a tensor or a number"
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        return f"{what} has no list of parameter groups with their params ('param_groups')"
+    return None
+
+
+def _rng_problem(value) -> str | None:
+    """Why ``value`` is not :func:`rng_state`'s dict (as far as its tensors go), or None."""
+    what = "its random-number state"
+    problem = _mapping_problem(value, what)
+    if problem:
+        return problem
+    numpy, cuda = value.get("numpy"), value.get("cuda")
+    tensors = [
+        ("numpy keys", numpy.get("keys") if isinstance(numpy, dict) else numpy),
+        ("torch", value.get("torch")),
+        *(("cuda", c) for c in (cuda if isinstance(cuda, list) else [cuda]) if c is not None),
+    ]
+    for name, tensor in tensors:
+        if not isinstance(tensor, torch.Tensor):
+            return f"{what}: {name} is {_a(tensor)}, not a tensor"
+    return None
+
+
+#: What each entry of a gait checkpoint holds, as a function that says why a value does not; the
+#: entries only a training checkpoint has are checked where they are present.
+ENTRIES = {
+    "model": lambda v: state_dict_problem(v, "its model"),
+    "config": lambda v: _mapping_problem(v, "its config"),
+    "objective": lambda v: state_dict_problem(v, "its objective"),
+    "optimizer": _optimizer_problem,
+    "schedule": lambda v: _mapping_problem(v, "its schedule state"),
+    "scaler": lambda v: _mapping_problem(v, "its scaler state"),
+    "rng": _rng_problem,
+}
+
+
+def state_problem(state: dict) -> str | None:
+    """Why a loaded checkpoint (a dict with the :data:`REQUIRED` entries) is not one gait writes:
+    an entry that is not a name, an iteration that is not a count, an entry of :data:`ENTRIES`
+    of another structure (a list for a dict, a number for a tensor). None if it is one.
+
+    Checked when it is loaded, so that a damaged or foreign file is one line, not a traceback from
+    where it is used (``load_state_dict``, the RNG restore, the training loop).
+    """
+    problem = _mapping_problem(state, "it")
+    if problem:
+        return problem
+    iteration = state["iteration"]
+    if type(iteration) is not int or iteration < 0:
+        return f"its iteration is {iteration!r:.40}, not a count"
+    for key, problem_of in ENTRIES.items():
+        problem = problem_of(state[key]) if key in state else None
+        if problem:
+            return problem
+    return None
 
 
 def _cause(e: Exception) -> str:

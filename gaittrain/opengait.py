@@ -276,6 +276,12 @@ def read_checkpoint(path: Path) -> OpenGaitCheckpoint:
             f"{path} is not an OpenGait checkpoint (no 'model' state dict); give a file from "
             "OpenGait's output/.../checkpoints/"
         )
+    problem = checkpoint.state_dict_problem(state, "its model")
+    if problem:
+        raise OpenGaitError(
+            f"{path} is damaged or not an OpenGait checkpoint ({problem}); give a file from "
+            "OpenGait's output/.../checkpoints/"
+        )
     iteration = ckpt.get("iteration", 0)
     if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
         iteration = 0
