@@ -11,9 +11,11 @@ int8's does: they are its worst case, every block computed whole in float64). Th
 use embeddings shaped like a trained model's, since the int8 path's work depends on their
 geometry: a shared offset, a subject part of rank 64 and a within-subject part of rank
 64 (the demo model's test embeddings have participation ratios of 4 and 9: they are low-rank),
-plus small independent noise, giving a rank-1 near 0.95 on a view pair. With --full they are
-written once to build/bench/ou-embeddings.h5 (float16, 4.6 GB) and evaluated from there through
-the streamed store, as `gait eval` does; the rank-1 tables of the precisions are compared.
+plus small independent noise, giving a rank-1 near 0.95 on a view pair. The OU-MVLP cases take
+them in --storage (as `gait eval --storage` stores them: float32, the default, or float16, half
+the bytes). With --full they are written once to build/bench/ou-embeddings-STORAGE.h5 (float16:
+4.6 GB; float32: 9.2 GB) and evaluated from there through the streamed store, as `gait eval`
+does; the rank-1 tables of the precisions are compared.
 
 Each case runs in a fresh process so that its peak resident memory is its own; the distance
 blocks are capped by --max-memory. The fraction of the compute bound is the distance FLOPs per
@@ -22,7 +24,7 @@ also runs every case against another source tree (a copy of gaitprep/ and gaittr
 before a change) in the same run, alternating with this one, and prints the speed-up.
 
     python bench/eval_bench.py [--max-memory BYTES] [--device cuda] [--baseline DIR]
-        [--precision fp32 int8] [--full]
+        [--precision fp32 int8] [--storage float32|float16] [--full]
 
 Prints a table and writes bench/results/eval_bench.json.
 """
@@ -60,7 +62,7 @@ def matmul_gflops(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def casia_case(max_memory: int, device: str, precision: str) -> dict:
+def casia_case(max_memory: int, device: str, precision: str, storage: str) -> dict:
     from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 
     rng = np.random.default_rng(0)
@@ -83,7 +85,11 @@ def casia_case(max_memory: int, device: str, precision: str) -> dict:
 
 
 OU_SUBJECTS, OU_VIEWS = 5154, (*range(0, 91, 15), *range(180, 271, 15))
-OU_FILE = Path("build/bench/ou-embeddings.h5")
+
+
+def ou_file(storage: str) -> Path:
+    """Where the OU-MVLP-like embeddings are kept in ``storage``."""
+    return Path(f"build/bench/ou-embeddings-{storage}.h5")
 
 
 class OuLike:
@@ -100,14 +106,16 @@ class OuLike:
         self.sequence_map = 0.3 * torch.randn(self.RANK, width, generator=g) / self.RANK**0.5
         self.subjects = torch.randn(OU_SUBJECTS, self.RANK, generator=g)
 
-    def rows(self, subjects: np.ndarray, seed: int) -> torch.Tensor:
-        """Embeddings [len(subjects), 62, 256] (float16) of one sequence each of ``subjects``."""
+    def rows(self, subjects: np.ndarray, seed: int, storage: str = "float16") -> torch.Tensor:
+        """Embeddings [len(subjects), 62, 256] of one sequence each of ``subjects``, as stored in
+        ``storage`` (float16: the generator's float32 values rounded)."""
         g = torch.Generator().manual_seed(seed)
         z = self.subjects[torch.from_numpy(subjects)]
         u = torch.randn(len(subjects), self.RANK, generator=g)
         x = self.offset + z @ self.subject_map + u @ self.sequence_map
         x += self.NOISE * torch.randn(x.shape, generator=g)
-        return x.view(-1, PARTS, DIM).half()
+        x = x.view(-1, PARTS, DIM)
+        return x.half() if storage == "float16" else x
 
 
 def ou_keys() -> list[tuple]:
@@ -121,12 +129,13 @@ def ou_keys() -> list[tuple]:
     ]
 
 
-def ou_cell_case(max_memory: int, device: str, precision: str) -> dict:
+def ou_cell_case(max_memory: int, device: str, precision: str, storage: str) -> dict:
     from gaittrain.evaluation.metrics import retrieve
 
     data = OuLike()
     ids = np.arange(OU_SUBJECTS)
-    gallery, probe = data.rows(ids, 1).to(device), data.rows(ids, 2).to(device)
+    gallery = data.rows(ids, 1, storage).to(device)
+    probe = data.rows(ids, 2, storage).to(device)
     if precision == "fp32":
         gallery, probe = gallery.float(), probe.float()
     sync(device)
@@ -141,35 +150,36 @@ def ou_cell_case(max_memory: int, device: str, precision: str) -> dict:
     }
 
 
-def make_ou_file() -> None:
-    """build/bench/ou-embeddings.h5, unless made already by this generator."""
+def make_ou_file(storage: str) -> None:
+    """build/bench/ou-embeddings-STORAGE.h5, unless made already by this generator."""
     from gaittrain.evaluation.embed import WRITE_ROWS, write_embeddings_file
 
-    version = "ou-like-1"
-    if OU_FILE.exists():
+    version, path = "ou-like-1", ou_file(storage)
+    if path.exists():
         import h5py
 
-        with h5py.File(OU_FILE, "r") as f:
-            if f.attrs.get("generator") == version:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("generator") == version and f.attrs.get("storage") == storage:
                 return
     data, keys = OuLike(), ou_keys()
     subjects = np.array([int(k[0]) // 2 - 1 for k in keys])
 
     def blocks():
         for s in range(0, len(keys), WRITE_ROWS):
-            yield data.rows(subjects[s : s + WRITE_ROWS], seed=1000 + s).numpy()
+            yield data.rows(subjects[s : s + WRITE_ROWS], 1000 + s, storage).numpy()
 
-    OU_FILE.parent.mkdir(parents=True, exist_ok=True)
-    write_embeddings_file(OU_FILE, keys, (PARTS, DIM), blocks(), {"generator": version})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attrs = {"generator": version, "storage": storage}
+    write_embeddings_file(path, keys, (PARTS, DIM), blocks(), attrs)
 
 
-def ou_full_case(max_memory: int, device: str, precision: str) -> dict:
+def ou_full_case(max_memory: int, device: str, precision: str, storage: str) -> dict:
     """The whole ou-mvlp protocol on 5,154 test subjects x 14 views x 2 sequences, read from
     the embeddings file a gallery view and a block of probes at a time."""
     from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
     from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
 
-    f, keys, _ = open_embeddings(OU_FILE)
+    f, keys, _ = open_embeddings(ou_file(storage))
     t0 = time.perf_counter()
     with EmbeddingStore.from_file(f, keys) as store:
         result = evaluate(
@@ -190,14 +200,15 @@ def ou_full_case(max_memory: int, device: str, precision: str) -> dict:
     }
 
 
-def child(case: str, max_memory: int, device: str, precision: str) -> None:
+def child(case: str, max_memory: int, device: str, precision: str, storage: str) -> None:
     if case == "ou-file":
-        make_ou_file()
+        make_ou_file(storage)
         print(json.dumps({}))
         return
     cases = {"casia": casia_case, "ou": ou_cell_case, "ou-full": ou_full_case}
-    result = cases[case](max_memory, device, precision)
+    result = cases[case](max_memory, device, precision, storage)
     result["precision"] = precision
+    result["storage"] = "float32 (in memory)" if case == "casia" else storage
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.device(device).type == "cuda":
         result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -212,7 +223,7 @@ def run_case(
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     cmd = [sys.executable, __file__, "--child", case, "--max-memory", str(args.max_memory)]
-    cmd += ["--device", args.device, "--precision", precision]
+    cmd += ["--device", args.device, "--precision", precision, "--storage", args.storage]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"{case} ({precision}) failed:\n{out.stderr[-3000:]}")
@@ -228,8 +239,8 @@ def main() -> None:
     ap.add_argument(
         "--full",
         action="store_true",
-        help="also run the whole OU-MVLP protocol from a 4.6 GB embeddings file (on 2 cores: "
-        "about 14 min in fp32, 5 in int8)",
+        help="also run the whole OU-MVLP protocol from an embeddings file of 4.6 GB in float16 "
+        "storage, 9.2 GB in float32 (on 2 cores, float16: about 14 min in fp32, 5 in int8)",
     )
     ap.add_argument("--baseline", type=Path, help="another source tree to time in the same run")
     ap.add_argument(
@@ -240,12 +251,19 @@ def main() -> None:
         help="the precisions to time (each case in each)",
     )
     ap.add_argument(
+        "--storage",
+        default="float32",
+        choices=["float32", "float16"],
+        help="how the OU-MVLP cases' embeddings are stored, as `gait eval --storage` stores "
+        "them (the CASIA-B case is evaluated from float32 arrays in memory)",
+    )
+    ap.add_argument(
         "--child", choices=["casia", "ou", "ou-full", "ou-file"], help=argparse.SUPPRESS
     )
     ap.add_argument("--json", type=Path, default=Path("bench/results/eval_bench.json"))
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.max_memory, args.device, args.precision[0])
+        child(args.child, args.max_memory, args.device, args.precision[0], args.storage)
         return
     gflops = matmul_gflops(args.device)
     here = Path(__file__).resolve().parent.parent
@@ -273,7 +291,8 @@ def main() -> None:
     base_mb = float(baseline.stdout)
     print(
         f"float32 matmul rate on {args.device}: {gflops:.1f} GFLOP/s; memory cap per block "
-        f"{args.max_memory / 2**20:.0f} MB; a bare python+torch process: {base_mb:.0f} MB"
+        f"{args.max_memory / 2**20:.0f} MB; a bare python+torch process: {base_mb:.0f} MB; "
+        f"OU-MVLP embeddings stored in {args.storage}"
     )
     print(
         f"{'case':40} {'precision':9} {'tree':9} {'seconds':>8} {'peak MB':>8} {'GFLOP/s':>8} "
@@ -321,6 +340,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": args.device,
+                "storage": args.storage,
                 "matmul_gflops": gflops,
                 "baseline": str(args.baseline) if args.baseline else None,
                 "rows": rows,

@@ -3,31 +3,53 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
+from gaitprep.errors import GaitError, first_line
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
 from gaittrain.device import resolve_device, setup, teardown
 from gaittrain.evaluation.embed import embed_pack, load_model
-from gaittrain.evaluation.identify import gallery_embeddings, identify
+from gaittrain.evaluation.identify import gallery_embeddings, identify, valid_threshold
 from gaittrain.evaluation.run_eval import (
     default_embeddings,
     evaluate_run,
+    memory_size,
     render_report,
     run_folder,
 )
+from gaittrain.evaluation.store import DEFAULT_STORAGE, STORAGES
 
 
-def _memory(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
+def _memory(ctx, param, text: str) -> int:
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
-    except (ValueError, IndexError):
-        raise click.BadParameter(f"{text!r} is not a size like 256MB or 2GB") from None
+        return memory_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _threshold(ctx, param, value: float | None) -> float | None:
+    try:
+        return valid_threshold(value)
+    except GaitError as e:
+        raise click.BadParameter(first_line(e)) from None
+
+
+STORAGE = click.option(
+    "--storage",
+    type=click.Choice(list(STORAGES)),
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="How embeddings are stored, and so what every figure is computed from. float32: the "
+    "model's values. float16: half the bytes, for very large sets (OU-MVLP, GREW); every value "
+    "rounded, to 11 significant bits (relative 2^-11) from 2^-14 (6.1e-5) up, below that to a "
+    "fixed step of 2^-24 (relative precision lost). A file in the other storage is embedded "
+    "again.",
+)
 
 
 @click.command("embed")
@@ -47,20 +69,21 @@ def _memory(text: str) -> int:
     help="Use at most this many evenly spaced frames per sequence (0: all).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
+@STORAGE
+def embed_cmd(checkpoint, pack, out, subjects, max_frames, device, storage) -> None:
     """Embed every sequence of PACK with CHECKPOINT (a .pt file or a run folder).
 
-    The file records the checkpoint's and the pack's fingerprints, --max-frames and the pack's
-    normalization parameters (which `gait identify` applies to a probe). Started by torchrun
-    (torchrun --nproc_per_node N -m gaitcli embed ...), the N processes share the work, each on
-    the GPU of its local rank (gloo on CPUs), and rank 0 writes the one file, equal to a
+    The file records the checkpoint's and the pack's fingerprints, --max-frames, --storage and
+    the pack's normalization parameters (which `gait identify` applies to a probe). Started by
+    torchrun (torchrun --nproc_per_node N -m gaitcli embed ...), the N processes share the work,
+    each on the GPU of its local rank (gloo on CPUs), and rank 0 writes the one file, equal to a
     single-process run's.
     """
     sel = select(pack_subjects([pack]), subjects) if subjects else None
     out = out or default_embeddings(checkpoint, pack)
     runtime = setup(device)
     try:
-        reason = embed_pack(checkpoint, pack, out, sel, runtime, max_frames)
+        reason = embed_pack(checkpoint, pack, out, sel, runtime, max_frames, storage)
     finally:
         teardown()
     if runtime.main:
@@ -87,8 +110,9 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Report file [default: RUN/report.FORMAT].",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Report file [default: RUN/report.FORMAT]; - writes the report to stdout (the summary "
+    "lines then go to stderr).",
 )
 @click.option("--include-identical", is_flag=True, help="Keep identical probe/gallery views.")
 @click.option(
@@ -104,7 +128,10 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     "--max-memory",
     default="256MB",
     show_default=True,
-    help="Memory cap of the blocked distance computation.",
+    metavar="SIZE",
+    callback=_memory,
+    help="Memory cap of the blocked distance computation, from 1MB to 1TB (a number alone "
+    "is bytes).",
 )
 @click.option(
     "--max-frames",
@@ -130,6 +157,7 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device) -> None:
     "fused native kernels: OU-MVLP 4x float32's speed on 2 cores). auto: int8 for "
     "large galleries (OU-MVLP) where the device is fast at it.",
 )
+@STORAGE
 def eval_cmd(
     run,
     pack,
@@ -143,20 +171,24 @@ def eval_cmd(
     max_frames,
     device,
     precision,
+    storage,
 ) -> None:
     """Evaluate RUN (a run folder or checkpoint) on PACK by a published protocol.
 
     Embeddings are computed into RUN/embeddings-PACKNAME.h5 and reused only while the checkpoint,
-    the pack's content, the test sequences, --max-frames and the normalization are all unchanged
-    (otherwise they are computed again, saying why). Prints the NM/BG/CL summary; --report html
-    writes a self-contained page.
+    the pack's content, the test sequences, --max-frames, --storage and the normalization are all
+    unchanged (otherwise they are computed again, saying why). Prints the NM/BG/CL summary;
+    --report html writes a self-contained page; --out - writes the report to stdout and
+    everything else to stderr.
     """
     if precision == "int8" and metric != "euclidean":
         raise click.BadParameter(
             "int8 computes the euclidean metric only", param_hint="--precision"
         )
+    to_stdout = out == Path("-")
     out = out or run_folder(run) / f"report.{fmt}"
-    with OutputLock(out):  # taken first: a second writer is refused before any work
+    # taken first: a second writer is refused before any work
+    with nullcontext() if to_stdout else OutputLock(out):
         result = evaluate_run(
             run,
             pack,
@@ -164,16 +196,21 @@ def eval_cmd(
             test_subjects,
             include_identical,
             metric,
-            max_memory=_memory(max_memory),
+            max_memory=max_memory,
             max_frames=max_frames,
             device=resolve_device(device),
             notify=lambda line: click.echo(line, err=True),
             precision=precision,
+            storage=storage,
         )
         for name, c in result["conditions"].items():
             value = "–" if c["rank1"] is None else f"{100 * c['rank1']:.1f}"
-            click.echo(f"{name}: rank-1 {value} %")
-        atomic_write(out, render_report(result, fmt, run, pack))
+            click.echo(f"{name}: rank-1 {value} %", err=to_stdout)
+        text = render_report(result, fmt, run, pack)
+        if to_stdout:
+            click.echo(text, nl=not text.endswith("\n"))
+            return
+        atomic_write(out, text)
     click.echo(f"report: {out}")
 
 
@@ -185,7 +222,8 @@ def eval_cmd(
 @click.option(
     "--threshold",
     type=click.FloatRange(0),
-    help="Decide: the nearest person if their distance is at most this, else unknown "
+    callback=_threshold,
+    help="Decide: the nearest person if their distance is at most this (finite), else unknown "
     "(default: the ranked list only).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

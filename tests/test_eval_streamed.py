@@ -1,4 +1,5 @@
-"""Embeddings stored in float16 and read a view at a time; `gait eval --precision`."""
+"""Embeddings stored in float32 (or float16 where asked) and read a view at a time; `gait eval
+--precision`."""
 
 from __future__ import annotations
 
@@ -34,27 +35,33 @@ def report(run: Path, pack: Path, out: Path, *extra) -> dict:
     return json.loads(out.read_text())
 
 
-def test_embeddings_are_stored_in_float16_with_float64_norms(run) -> None:
-    report(run["run"], run["pack"], run["run"] / "a.json")
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_embeddings_are_stored_as_asked_with_float64_norms(run, storage) -> None:
+    report(run["run"], run["pack"], run["run"] / "a.json", "--storage", storage)
     path = run["run"] / "embeddings-sample.h5"
     with h5py.File(path) as f:
         emb, norms = f["embeddings"][()], f["sq_norms"][()]
-        assert emb.dtype == np.float16 and norms.dtype == np.float32
-        assert f.attrs["storage"] == "float16"
+        assert emb.dtype == np.dtype(storage) and norms.dtype == np.float32
+        assert f.attrs["storage"] == storage
     want = (emb.astype(np.float64) ** 2).sum(-1)
     np.testing.assert_allclose(norms, want, rtol=2**-23)
     dense, _ = read_embeddings(path)
     f, keys, _ = open_embeddings(path)
     with EmbeddingStore.from_file(f, keys) as store:
+        assert store.itemsize == np.dtype(storage).itemsize
         idx = np.array([5, 1, 3])  # any order
         rows = store.rows(idx).numpy()
+        assert rows.dtype == np.dtype(storage)  # as stored
         np.testing.assert_array_equal(rows, np.stack([dense[keys[i]] for i in idx]))
 
 
-def test_a_float32_file_of_an_older_gait_is_embedded_again(run, tmp_path: Path) -> None:
-    report(run["run"], run["pack"], run["run"] / "b.json")
+def test_a_float32_file_of_an_older_gait_is_embedded_again_for_float16(run, tmp_path: Path) -> None:
+    """A file of an older gait, float32 without a ``storage`` attribute, stands for float32
+    storage and is embedded again for float16, and a file in either storage for the other."""
+    report(run["run"], run["pack"], run["run"] / "b.json", "--storage", "float16")
     path = run["run"] / "embeddings-sample.h5"
     _, keys, attrs = open_embeddings(path)
+    assert attrs["storage"] == "float16"
     old = tmp_path / "old.h5"
     with h5py.File(path) as f, h5py.File(old, "w") as g:
         g["embeddings"] = f["embeddings"][()].astype(np.float32)
@@ -63,17 +70,24 @@ def test_a_float32_file_of_an_older_gait_is_embedded_again(run, tmp_path: Path) 
         g.attrs.update({k: v for k, v in attrs.items() if k != "storage"})
     assert stale_reason(old, attrs, keys) == "it was stored as float32 (now float16)"
     assert stale_reason(path, attrs, keys) is None
+    as_float32 = {**attrs, "storage": "float32"}
+    assert stale_reason(old, as_float32, keys) is None
+    assert stale_reason(path, as_float32, keys) == "it was stored as float16 (now float32)"
 
 
 def test_an_embedding_out_of_float16_range_is_refused(tmp_path: Path) -> None:
+    """In float16 storage only: float32 stores the model's value."""
     from gaittrain.evaluation.embed import EmbeddingsError
 
     keys = [("001", "nm", "01", "000"), ("002", "nm", "01", "000")]
     emb = np.ones((2, 3, 4), np.float32)
     emb[1, 2, 3] = 1e6
     with pytest.raises(EmbeddingsError, match="not finite in float16"):
-        write_embeddings_file(tmp_path / "e.h5", keys, (3, 4), [emb], {})
+        write_embeddings_file(tmp_path / "e.h5", keys, (3, 4), [emb], {"storage": "float16"})
     assert not (tmp_path / "e.h5").exists()
+    write_embeddings_file(tmp_path / "e.h5", keys, (3, 4), [emb], {})
+    stored, attrs = read_embeddings(tmp_path / "e.h5")
+    assert attrs["storage"] == "float32" and stored[keys[1]][2, 3] == 1e6
 
 
 def test_a_store_evaluates_as_the_dict_it_holds(run) -> None:
@@ -90,9 +104,12 @@ def test_a_store_evaluates_as_the_dict_it_holds(run) -> None:
     assert got == want
 
 
-def test_precisions_give_the_same_report(run) -> None:
-    a = report(run["run"], run["pack"], run["run"] / "fp32.json", "--precision", "fp32")
-    b = report(run["run"], run["pack"], run["run"] / "int8.json", "--precision", "int8")
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_precisions_give_the_same_report(run, storage) -> None:
+    stored = ("--storage", storage)
+    a = report(run["run"], run["pack"], run["run"] / "fp32.json", "--precision", "fp32", *stored)
+    b = report(run["run"], run["pack"], run["run"] / "int8.json", "--precision", "int8", *stored)
+    assert a["storage"] == b["storage"] == storage
     for group in a["conditions"]:
         x, y = a["conditions"][group], b["conditions"][group]
         assert x["cells"] == y["cells"] and x["cmc"] == y["cmc"]
@@ -122,7 +139,7 @@ def test_rows_read_from_the_file_equal_hdf5_selections(run, tmp_path: Path) -> N
     f1, keys, _ = open_embeddings(path)
     f2, _, _ = open_embeddings(chunked)
     with EmbeddingStore.from_file(f1, keys) as direct, EmbeddingStore.from_file(f2, keys) as hdf:
-        assert direct.itemsize == hdf.itemsize == 2
+        assert direct.itemsize == hdf.itemsize == 4  # float32, the default storage
         np.testing.assert_array_equal(direct.rows(idx).numpy(), hdf.rows(idx).numpy())
         protocol = load_eval_protocol("casia-b-lt")
         subjects = sorted({k[0] for k in keys})

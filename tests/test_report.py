@@ -72,7 +72,12 @@ def test_json_and_csv_reports(trained, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     nm_mean = f"{data['conditions']['NM']['rank1']:.6f}"
     assert len(rows) == 3 * 4
-    assert rows[3] == {"condition": "NM", "probe_view": "mean", "rank1": nm_mean}
+    assert rows[3] == {
+        "condition": "NM",
+        "probe_view": "mean",
+        "rank1": nm_mean,
+        "storage": "float32",
+    }
 
 
 def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """Embeddings of every test sequence of a pack, batched by length, to an HDF5 file.
 
-The file holds ``/embeddings`` float32 [N, parts, dim] and ``/sequences/{subject, condition, seq,
+The file holds ``/embeddings`` [N, parts, dim] in its storage (float32, the model's values, unless
+float16 was chosen: :mod:`gaittrain.evaluation.store`) and ``/sequences/{subject, condition, seq,
 view}`` keyed like the pack. Its attributes record everything that made it (:func:`provenance`):
-the checkpoint's path and fingerprint, the pack's path and fingerprint, ``max_frames`` and the
-pack's normalization parameters. ``gait eval`` reuses a file only when all of them and the exact
-sequence list match (:func:`ensure_embeddings`); ``gait identify`` preprocesses a probe with the
-recorded normalization parameters, never with defaults.
+the checkpoint's path and fingerprint, the pack's path and fingerprint, ``max_frames``, the
+storage and the pack's normalization parameters. ``gait eval`` reuses a file only when all of
+them and the exact sequence list match (:func:`ensure_embeddings`); ``gait identify``
+preprocesses a probe with the recorded normalization parameters, never with defaults.
 """
 
 from __future__ import annotations
@@ -33,17 +34,15 @@ from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
 from gaittrain.device import Runtime, memory_format
 from gaittrain.evaluation.store import (
+    DEFAULT_STORAGE,
     KEY_COLUMNS,
-    STORED_DTYPE,
+    STORAGES,
     EmbeddingStore,
     open_embeddings,
     squared_norms64,
     to_stored,
 )
 from gaittrain.models import build_model
-
-#: How ``/embeddings`` is stored (an attribute of every file; older files are float32).
-STORAGE = "float16"
 
 
 class EmbeddingsError(GaitError):
@@ -118,9 +117,14 @@ def params_from(norm: dict) -> Params:
     )
 
 
-def provenance(trained: TrainedModel, pack: Pack, max_frames: int) -> dict:
+def provenance(
+    trained: TrainedModel, pack: Pack, max_frames: int, storage: str = DEFAULT_STORAGE
+) -> dict:
     """Everything that determines an embeddings file, as flat HDF5 attributes: taken from the
-    loaded model and from the open pack the frames are read through."""
+    loaded model and from the open pack the frames are read through, and the ``storage`` asked
+    for (:data:`~gaittrain.evaluation.store.STORAGES`)."""
+    if storage not in STORAGES:
+        raise EmbeddingsError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
     return {
         "checkpoint": str(trained.path),
         "checkpoint_fingerprint": trained.fingerprint,
@@ -128,14 +132,15 @@ def provenance(trained: TrainedModel, pack: Pack, max_frames: int) -> dict:
         "pack_fingerprint": pack.fingerprint,
         "pack_dataset": str(pack.attrs.get("dataset", "")),
         "max_frames": int(max_frames),
-        "storage": STORAGE,
+        "storage": storage,
         **{f"normalization.{k}": v for k, v in pack_normalization(pack).items()},
     }
 
 
 def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
     """Why the embeddings file at ``path`` cannot stand for ``wanted`` (attributes from
-    :func:`provenance`) and the sequences ``keys``; None when it can be reused."""
+    :func:`provenance`, the storage included) and the sequences ``keys``; None when it can be
+    reused."""
     if not Path(path).exists():
         return "no embeddings yet"
     try:
@@ -143,8 +148,9 @@ def stale_reason(path: Path, wanted: dict, keys: list[tuple]) -> str | None:
         f.close()
     except (OSError, KeyError, ValueError, AttributeError):
         return f"{path} is unreadable"
+    attrs.setdefault("storage", "float32")  # a file of a gait that recorded no storage
     names = {
-        "storage": f"it was stored as {attrs.get('storage', 'float32')} (now {STORAGE})",
+        "storage": f"it was stored as {attrs['storage']} (now {wanted['storage']})",
         "checkpoint_fingerprint": "the checkpoint changed",
         "pack_fingerprint": "the pack's content differs",
         "max_frames": f"--max-frames changed ({attrs.get('max_frames')} -> {wanted['max_frames']})",
@@ -178,10 +184,13 @@ def ensure_embeddings(
     device: torch.device,
     max_frames: int = 0,
     stream: bool = False,
+    storage: str = DEFAULT_STORAGE,
 ) -> tuple[dict | EmbeddingStore, dict, str | None]:
-    """The embeddings of ``subjects`` (None: all) in ``pack`` by ``ckpt``, kept in ``out``.
+    """The embeddings of ``subjects`` (None: all) in ``pack`` by ``ckpt``, kept in ``out`` in
+    ``storage`` (:data:`~gaittrain.evaluation.store.STORAGES`).
 
-    The file is reused when everything that made it is unchanged, otherwise embedded again
+    The file is reused when everything that made it, its storage included, is unchanged,
+    otherwise embedded again
     (atomically). Checking, embedding and reading back happen under the output's lock, with the
     model and the pack each read once, so the file always describes what it holds. Returns
     ``(embeddings, attrs, reason)``: ``reason`` says why it was (re)computed, None if reused;
@@ -191,7 +200,7 @@ def ensure_embeddings(
     trained, data = open_model_and_pack(ckpt, pack, subjects, device)
     try:
         with OutputLock(out):
-            attrs = provenance(trained, data.packs[0], max_frames)
+            attrs = provenance(trained, data.packs[0], max_frames, storage)
             reason = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
             if reason is not None:
                 emb = embed_dataset(
@@ -218,13 +227,18 @@ def embed_pack(
     subjects: list[str] | None,
     runtime: Runtime,
     max_frames: int = 0,
+    storage: str = DEFAULT_STORAGE,
 ) -> str | None:
-    """``gait embed``: make ``out`` up to date, in this process or, under torchrun, shared by
-    the job's processes (:func:`ensure_embeddings_distributed`). Returns why it was
-    (re)computed, None if it was reused."""
+    """``gait embed``: make ``out`` up to date in ``storage``, in this process or, under
+    torchrun, shared by the job's processes (:func:`ensure_embeddings_distributed`). Returns why
+    it was (re)computed, None if it was reused."""
     if runtime.distributed:
-        return ensure_embeddings_distributed(ckpt, pack, out, subjects, runtime, max_frames)
-    return ensure_embeddings(ckpt, pack, out, subjects, runtime.device, max_frames)[2]
+        return ensure_embeddings_distributed(
+            ckpt, pack, out, subjects, runtime, max_frames, storage
+        )
+    return ensure_embeddings(
+        ckpt, pack, out, subjects, runtime.device, max_frames, storage=storage
+    )[2]
 
 
 def _workers(device: torch.device) -> int:
@@ -238,6 +252,7 @@ def ensure_embeddings_distributed(
     subjects: list[str] | None,
     runtime: Runtime,
     max_frames: int = 0,
+    storage: str = DEFAULT_STORAGE,
 ) -> str | None:
     """:func:`ensure_embeddings` shared by the processes of a torchrun job (DDP's process group
     joined): rank 0 decides whether ``out`` is up to date; if not, every rank embeds its share of
@@ -253,7 +268,7 @@ def ensure_embeddings_distributed(
         with lock:
             reason = [None]
             if runtime.main:
-                attrs = provenance(trained, data.packs[0], max_frames)
+                attrs = provenance(trained, data.packs[0], max_frames, storage)
                 reason[0] = stale_reason(out, attrs, [data.key(j) for j in range(len(data))])
                 shutil.rmtree(parts, ignore_errors=True)  # left by a job that was killed
                 if reason[0] is not None:
@@ -441,17 +456,22 @@ WRITE_ROWS = 4096
 
 
 def write_embeddings_file(path: Path, keys: list, shape: tuple, blocks, attrs: dict) -> None:
-    """Write embeddings [len(keys), *shape] given as consecutive row ``blocks``: float16 with
-    every part's squared length in float32 (:mod:`gaittrain.evaluation.store`), the keys and
-    ``attrs`` (temporary name, fsync, then rename). EmbeddingsError where a value does not fit
-    float16."""
+    """Write embeddings [len(keys), *shape] given as consecutive row ``blocks``: in the storage
+    ``attrs["storage"]`` names (float32 where it names none; the attribute is written either
+    way) with every part's squared length in float32 (:mod:`gaittrain.evaluation.store`), the
+    keys and ``attrs`` (temporary name, fsync, then rename). EmbeddingsError where a value is not
+    finite in the storage."""
+    storage = attrs.get("storage", DEFAULT_STORAGE)
+    if storage not in STORAGES:
+        raise EmbeddingsError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    attrs = {**attrs, "storage": storage}
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        out = f.create_dataset("embeddings", (len(keys), *shape), STORED_DTYPE)
+        out = f.create_dataset("embeddings", (len(keys), *shape), STORAGES[storage])
         norms = f.create_dataset("sq_norms", (len(keys), shape[0]), np.float32)
         start = 0
         for block in blocks:
             try:
-                stored = to_stored(block)
+                stored = to_stored(block, storage)
             except ValueError as e:
                 raise EmbeddingsError(f"{path}: {e}") from None
             out[start : start + len(block)] = stored

@@ -2,9 +2,12 @@
 
 A gallery is an embeddings file (:mod:`gaittrain.evaluation.embed`): one row per enrolled
 sequence, keyed (NAME, "gallery", N, "-"), and attributes recording the model that embedded it
-(checkpoint path and fingerprint) and the normalization every frame was made with. Adding with
-another model is refused: distances between two models mean nothing. Every change rewrites the
-file atomically under its lock.
+(checkpoint path and fingerprint), the normalization every frame was made with and the storage
+(float32 for a new gallery; a gallery keeps the storage it was made with). Adding with another
+model is refused: distances between two models mean nothing. A name is 1 to 64 printable
+characters (:func:`~gaittrain.evaluation.identify.valid_name`), checked when enrolling and again
+when reading a gallery, which someone else may have made. Every change rewrites the file
+atomically under its lock.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ from gaitprep.files import OutputLock
 from gaitprep.process import Params
 from gaittrain.evaluation.embed import (
     NORMALIZATION,
-    STORAGE,
     TrainedModel,
     params_from,
     read_embeddings,
     write_embeddings_file,
 )
-from gaittrain.evaluation.identify import IdentifyError, embed_folder
+from gaittrain.evaluation.identify import IdentifyError, check_keys, embed_folder, valid_name
+from gaittrain.evaluation.store import DEFAULT_STORAGE
 
 
 def _read(gallery: Path) -> tuple[dict, dict]:
+    """A gallery's embeddings and attributes (none for a gallery not made yet), its names
+    checked."""
     if not Path(gallery).exists():
         return {}, {}
-    return read_embeddings(gallery)
+    emb, attrs = read_embeddings(gallery)
+    check_keys(emb, gallery)
+    return emb, attrs
 
 
 def add(
@@ -43,8 +50,7 @@ def add(
     """Enrol the sequence of raw frames in ``folder`` under ``name``. A new gallery records
     ``params`` (default: `gait prep`'s); an existing one its own, and refuses another model.
     Returns what was read and the gallery's counts."""
-    if not name or "/" in name:
-        raise IdentifyError(f"{name!r} is not a name to enrol (non-empty, no '/')")
+    valid_name(name)
     with OutputLock(gallery):
         emb, attrs = _read(gallery)
         if attrs:
@@ -60,7 +66,7 @@ def add(
             attrs = {
                 "checkpoint": str(trained.path),
                 "checkpoint_fingerprint": trained.fingerprint,
-                "storage": STORAGE,
+                "storage": DEFAULT_STORAGE,
                 **{f"normalization.{k}": v for k, v in params.as_dict().items()},
             }
         embedding, info = embed_folder(folder, trained.model, trained.cfg, params, device)
@@ -74,6 +80,7 @@ def remove(gallery: Path, name: str) -> int:
     """Remove every sequence enrolled under ``name``; returns how many there were."""
     with OutputLock(gallery):
         emb, attrs = read_embeddings(gallery)
+        check_keys(emb, gallery)
         kept = {k: v for k, v in emb.items() if k[0] != name}
         if len(kept) == len(emb):
             raise IdentifyError(f"{gallery} has nobody named {name!r}")
@@ -84,6 +91,7 @@ def remove(gallery: Path, name: str) -> int:
 def listing(gallery: Path) -> dict:
     """The model a gallery was embedded with and its names with their sequence counts."""
     emb, attrs = read_embeddings(gallery)
+    check_keys(emb, gallery)
     return {"checkpoint": attrs.get("checkpoint"), "names": _counts(emb)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -29,6 +31,71 @@ class IdentifyError(GaitError):
     """A gallery or probe that cannot be used for identification."""
 
 
+#: The most characters a name in a gallery (and each part of a gallery's keys) may have.
+MAX_NAME = 64
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot stand in a gallery key, which `gait identify` and `gait gallery list`
+    print: None where it is 1 to :data:`MAX_NAME` printable characters (``str.isprintable``: no
+    newline, tab, escape or other control or format character, so a name cannot forge a line or
+    recolour the terminal)."""
+    if not isinstance(name, str) or not name:
+        return "empty"
+    if len(name) > MAX_NAME:
+        return f"longer than {MAX_NAME} characters"
+    if not name.isprintable():
+        return "not printable text (a control character, newline or escape)"
+    return None
+
+
+def valid_name(name: str) -> str:
+    """``name`` if a person may be enrolled under it: :func:`name_problem`'s rules, no '/' and no
+    space at either end; IdentifyError otherwise."""
+    problem = name_problem(name)
+    if problem is None and "/" in name:
+        problem = "holds '/'"
+    if problem is None and name != name.strip():
+        problem = "begins or ends with a space"
+    if problem is not None:
+        raise IdentifyError(
+            f"{ascii(name)[:80]} is not a name to enrol ({problem}): use 1 to {MAX_NAME} "
+            "printable characters, no '/'"
+        )
+    return name
+
+
+def check_keys(keys: Iterable[tuple], gallery: Path) -> None:
+    """IdentifyError where a key of ``gallery`` (a file someone else may have made) holds a part
+    that :func:`name_problem` refuses."""
+    for key in keys:
+        for part in key:
+            problem = name_problem(part)
+            if problem is not None:
+                raise IdentifyError(
+                    f"{gallery} holds a name that is {problem} ({ascii(part)[:80]}): it is not "
+                    "a gallery to trust; make it again with gait gallery add or gait embed"
+                )
+
+
+def valid_threshold(threshold: float | None) -> float | None:
+    """``threshold`` if it is a distance to decide by (finite, at least 0) or None;
+    IdentifyError otherwise."""
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise IdentifyError(
+            f"the threshold must be a finite distance of at least 0, not {threshold}"
+        )
+    return threshold
+
+
+def check_not_empty(emb: dict, gallery: Path | None = None) -> None:
+    """IdentifyError where the embeddings ``emb`` of ``gallery`` hold nobody (every person of a
+    gallery removed, or a pack without sequences)."""
+    if not emb:
+        where = "the gallery" if gallery is None else f"the gallery {gallery}"
+        raise IdentifyError(f"{where} holds nobody; add people with gait gallery add")
+
+
 def gallery_embeddings(
     gallery: Path, trained: TrainedModel, device, notify=lambda line: None
 ) -> tuple[dict, Params]:
@@ -38,7 +105,8 @@ def gallery_embeddings(
     A pack is embedded once into RUN/gallery-PACKNAME.h5 beside the model's run and reused while
     the checkpoint, the pack's content and its sequences are unchanged (``notify`` hears when it
     is embedded and why). An embeddings file must have been made by ``trained``'s checkpoint and
-    must record its normalization.
+    must record its normalization. A gallery that holds nobody, or a name that is not printable
+    text (:func:`check_keys`), is refused.
     """
     try:
         with h5py.File(gallery, "r") as f:
@@ -52,8 +120,11 @@ def gallery_embeddings(
         emb, attrs, reason = ensure_embeddings(trained.path, gallery, cache, None, device)
         if reason is not None:
             notify(f"embedded the gallery into {cache} ({reason})")
+        check_keys(emb, gallery)
+        check_not_empty(emb, gallery)
         return emb, params_from({k: attrs[f"normalization.{k}"] for k in NORMALIZATION})
     emb, attrs = read_embeddings(gallery)
+    check_keys(emb, gallery)
     missing = [k for k in NORMALIZATION if f"normalization.{k}" not in attrs]
     if missing or "checkpoint_fingerprint" not in attrs:
         raise IdentifyError(
@@ -66,6 +137,7 @@ def gallery_embeddings(
             f"distances between models mean nothing; run `gait embed {trained.path} PACK` "
             "for this model"
         )
+    check_not_empty(emb, gallery)
     return emb, params_from({k: attrs[f"normalization.{k}"] for k in NORMALIZATION})
 
 
@@ -140,7 +212,10 @@ def identify(
 ) -> dict:
     """The ``top_k`` gallery subjects nearest to the sequence in ``folder`` (a subject's distance
     is that of its nearest gallery sequence); with ``threshold``, also the ``decision``: the
-    nearest subject if its distance is at most ``threshold``, else None (unknown)."""
+    nearest subject if its distance is at most ``threshold``, else None (unknown). IdentifyError
+    for an empty gallery or a threshold that is not a finite distance."""
+    valid_threshold(threshold)
+    check_not_empty(gallery)
     probe, info = embed_folder(folder, model, cfg, params, device)
     keys = list(gallery)
     g = torch.from_numpy(np.stack([gallery[k] for k in keys]))

@@ -10,6 +10,9 @@
  *
  * exact_f16 / exact_f32: float64 distances (Euclidean per part, averaged over parts) of the
  * pairs (i[t], j[t]) from the stored values, for the re-check.
+ *
+ * gait_native_interface, gait_native_row_tile, gait_native_col_tile: what native.py checks
+ * before it calls anything else.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -19,6 +22,14 @@
 #define MR 8      /* probe rows per tile */
 #define NR 3      /* 16-column gallery panels per tile */
 #define PANEL 16  /* gallery columns per panel */
+
+/* What native.py checks after loading, before any call: the version of these kernels'
+ * arguments and layouts (raised with every change to them, together with native.INTERFACE),
+ * and the tile it lays operands out for (native.ROW_TILE x native.COL_TILE). */
+#define INTERFACE 1
+int gait_native_interface(void) { return INTERFACE; }
+int gait_native_row_tile(void) { return MR; }
+int gait_native_col_tile(void) { return NR * PANEL; }
 
 /* The int32 dot products of MR probe rows (int8, ``dim`` apart) with NR * 16 gallery columns
  * (NR panels, ``panel_bytes`` apart), accumulated in 24 named registers (an array of vectors

@@ -4,19 +4,28 @@ PyTorch computes an int8 product fast (oneDNN, VNNI) but writes every product to
 the square roots over 62 parts then read them back: on a 2-core CPU that traffic cost more than
 the products. The C kernels keep a tile's products in registers and re-check pairs without
 temporaries. They are compiled with the C compiler already at hand for ``torch.compile``
-(``$CC``, else ``cc``), into ``$GAIT_CACHE`` (default ``~/.cache/gait``) under the source's
-hash, so a changed source is rebuilt, never reused. Where there is no compiler or no AVX-512
-VNNI, :func:`kernels` returns None and :mod:`gaittrain.evaluation.certified` uses PyTorch: the
-same figures, more slowly.
+(``$CC``, else ``cc``; given :data:`BUILD_TIMEOUT` seconds), into ``$GAIT_CACHE`` (default
+``~/.cache/gait``) under the source's hash, so a changed source is rebuilt, never reused.
+
+Beside each library a record (``.json``: its size and SHA-256) is written, each file whole or
+not at all. Before loading, the library must match its record; once loaded, it must export
+every kernel and report this module's :data:`INTERFACE` and tile (:data:`ROW_TILE` x
+:data:`COL_TILE`). A cached library that fails is compiled once more; one that still fails is
+not used. Where there is no compiler, no AVX-512 VNNI, or a library that fails, :func:`kernels`
+returns None, :func:`unavailable` says why, and :mod:`gaittrain.evaluation.certified` uses
+PyTorch: the same figures, more slowly.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +39,18 @@ from gaitprep.files import atomic_output
 SOURCE = Path(__file__).with_name("int8_distances.c")
 FLAGS = ["-O3", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vnni"]
 FLAGS += ["-mfma", "-mf16c", "-fno-math-errno", "-ffp-contract=off"]
+#: Seconds the compiler may take before the kernels are given up.
+BUILD_TIMEOUT = 120
+#: The version of the kernels' arguments and layouts this module calls them with (the C
+#: source's ``INTERFACE``, returned by ``gait_native_interface``; raise both together).
+INTERFACE = 1
+#: Probe rows and gallery columns of a kernel tile (MR, NR * 16 in the C source; returned by
+#: ``gait_native_row_tile`` and ``gait_native_col_tile``).
+ROW_TILE, COL_TILE = 8, 48
+#: The kernels this module calls, and the functions it checks them by.
+KERNELS = ("bounds", "candidates", "pairs", "quantize_f16", "quantize_f32")
+KERNELS += ("exact_f16", "exact_f32")
+CHECKS = ("gait_native_interface", "gait_native_row_tile", "gait_native_col_tile")
 
 
 def cache_dir() -> Path:
@@ -44,31 +65,115 @@ def _cpu_has_vnni() -> bool:
     return {"avx512f", "avx512bw", "avx512dq", "avx512_vnni", "f16c"} <= flags
 
 
-def _build(compiler: str) -> Path:
-    """The shared library for this source and these flags, compiled unless cached."""
+def _library(compiler: str) -> Path:
+    """Where the library of this source, compiler and flags is cached."""
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"int8_distances-{tag}.so"
-    if target.exists():
+    return cache_dir() / f"int8_distances-{tag}.so"
+
+
+def _record(library: Path) -> Path:
+    """The record written beside ``library``: its size and SHA-256."""
+    return library.with_suffix(".json")
+
+
+def _digest(data: bytes) -> dict:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _build(compiler: str, again: bool = False) -> Path:
+    """The shared library for this source and these flags, compiled unless cached (or
+    ``again``), then its record."""
+    target = _library(compiler)
+    if target.exists() and not again:
         return target
-    # whole or not at all; a temporary name of its own, so that racing builds do not collide
+    if shutil.which(compiler) is None:
+        raise subprocess.SubprocessError(f"no C compiler {compiler} found")
+    # whole or not at all; temporary names of their own, so that racing builds do not collide
     with atomic_output(target, f".{os.getpid()}.partial") as built:
         command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        record = _digest(built.read_bytes())
+    with atomic_output(_record(target), f".{os.getpid()}.partial") as written:
+        written.write_text(json.dumps(record))
     return target
 
 
-@functools.cache
-def kernels() -> ctypes.CDLL | None:
-    """The loaded kernels, or None where they cannot run here (and why, as a warning)."""
-    if os.environ.get("GAIT_NATIVE", "1") == "0" or not _cpu_has_vnni():
-        return None
+def _damage(library: Path) -> str | None:
+    """Why ``library`` may not be loaded (None: its size and SHA-256 are those of its record):
+    a truncated or replaced file would crash the process or call the wrong code."""
     try:
-        lib = ctypes.CDLL(str(_build(os.environ.get("CC", "cc"))))
-    except (OSError, OutputError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", None) or str(e)
-        warnings.warn(f"int8 distances: no native kernels ({detail.splitlines()[0]})", stacklevel=2)
-        return None
+        record = json.loads(_record(library).read_text())
+        data = library.read_bytes()
+    except (OSError, ValueError):
+        return f"{library.name} has no readable record of its size and checksum"
+    found = _digest(data)
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in found.items()):
+        return f"{library.name} is not the library its record describes (size or SHA-256)"
+    return None
+
+
+def _open(library: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    """``library`` loaded, or None and why not: it must match its record, export every kernel,
+    and report :data:`INTERFACE` and the tile of :data:`ROW_TILE` x :data:`COL_TILE`."""
+    reason = _damage(library)
+    if reason is not None:
+        return None, reason
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as e:
+        return None, str(e).splitlines()[0]
+    missing = [name for name in (*CHECKS, *KERNELS) if not hasattr(lib, name)]
+    if missing:
+        reason = f"{library.name} lacks {', '.join(missing)}"
+    else:
+        found = lib.gait_native_interface(), lib.gait_native_row_tile(), lib.gait_native_col_tile()
+        if found != (INTERFACE, ROW_TILE, COL_TILE):
+            reason = (
+                f"{library.name} has interface {found[0]} and {found[1]} x {found[2]} tiles, "
+                f"native.py expects interface {INTERFACE} and {ROW_TILE} x {COL_TILE} tiles"
+            )
+    if reason is None:
+        return lib, None
+    _ctypes.dlclose(lib._handle)  # unloaded, so that a rebuilt file of that name is read anew
+    return None, reason
+
+
+def _build_error(e: Exception, compiler: str) -> str:
+    """One line on why the kernels could not be built."""
+    if isinstance(e, subprocess.TimeoutExpired):
+        return f"the C compiler {compiler} took over {BUILD_TIMEOUT} s"
+    if isinstance(e, subprocess.CalledProcessError):
+        lines = (e.stderr or "").strip().splitlines()
+        errors = [line for line in lines if "error" in line] or lines
+        return errors[0] if errors else f"{compiler} failed (exit status {e.returncode})"
+    return (str(e) or type(e).__name__).splitlines()[0]
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The kernels loaded and declared, or None and why not (a warning where they should have
+    run: a failed build, a library that fails its checks even rebuilt)."""
+    if os.environ.get("GAIT_NATIVE", "1") == "0":
+        return None, "turned off by GAIT_NATIVE=0"
+    if not _cpu_has_vnni():
+        return None, "no AVX-512 VNNI on this CPU"
+    compiler = os.environ.get("CC", "cc")
+    try:
+        cached = _library(compiler).exists()
+        lib, reason = _open(_build(compiler))
+        if lib is None and cached:  # truncated, replaced or stale: compiled once more
+            lib, reason = _open(_build(compiler, again=True))
+    except (OSError, OutputError, subprocess.SubprocessError) as e:
+        lib, reason = None, _build_error(e, compiler)
+    if lib is None:
+        warnings.warn(f"int8 distances: no native kernels ({reason})", stacklevel=3)
+        return None, reason
+    return _declare(lib), None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` with its kernels' argument and result types."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     f32 = ctypes.c_float
     lib.bounds.argtypes = [ptr] * 12 + [i64] * 5 + [f32] * 2 + [i64] * 2 + [ptr] * 2
@@ -82,6 +187,28 @@ def kernels() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [ptr] * 4 + [i64] * 3 + [ptr]
         getattr(lib, name).restype = None
     return lib
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot run here (:func:`unavailable` says why)."""
+    return _load()[0]
+
+
+def unavailable() -> str | None:
+    """Why the kernels do not run here, in a few words (None: they do); built or loaded once
+    per process, then answered at once."""
+    return None if kernels() is not None else _load()[1] or "turned off"
+
+
+def fallback_note(device: torch.device | str) -> str | None:
+    """The line to show where int8 was asked for on ``device`` and ranks through PyTorch's
+    int8 products instead of the kernels (a CPU without them), or None."""
+    if torch.device(device).type != "cpu" or kernels() is not None:
+        return None
+    return (
+        f"int8: native kernels unavailable ({unavailable()}); ranking with the PyTorch int8 "
+        "path, slower than --precision fp32; figures identical"
+    )
 
 
 def _ptr(t: torch.Tensor) -> int:
@@ -129,10 +256,6 @@ def _parallel(calls) -> None:
         return
     for f in [_pool(len(calls)).submit(c) for c in calls]:
         f.result()
-
-
-#: Probe rows and gallery columns of a kernel tile (MR, NR * 16 in the C source).
-ROW_TILE, COL_TILE = 8, 48
 
 
 def bounds(pq, pq2, gq, gq2, shift, shift2, rowf, colf, psq, gsq, rfeat, cfeat, rounding, margin):

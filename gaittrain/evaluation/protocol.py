@@ -242,8 +242,8 @@ class _Scorer:
         self, keys, int8: bool, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """The embeddings of ``keys`` (``rows``, where read already) on the device, their
-        subjects and their squared norms; for ``int8`` cells, as stored (float16 halves what
-        the re-check reads) and no norms."""
+        subjects and their squared norms; for ``int8`` cells, as stored (float32, or float16
+        in that storage: the re-checks read the stored values) and no norms."""
         t = self._read(keys) if rows is None else rows
         t = t.to(self.device) if int8 else t.to(self.device, torch.float32)
         return t, np.array([k[0] for k in keys]), None if int8 else squared_norms(t)

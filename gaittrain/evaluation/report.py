@@ -3,8 +3,9 @@
 The HTML page embeds its images as data URIs and loads nothing from the network: the summary,
 per-view tables, probe-view x gallery-view heatmaps, CMC curves, the training-loss curve, failed
 probes beside their wrong and right matches (those the table counts as misses), the config, the
-environment and the pack's provenance. Every string that comes from data is escaped by the
-template engine.
+environment and the pack's provenance. Every format names the storage of the embeddings the
+figures were computed from (``storage``: float32, the model's values, or float16). Every string
+that comes from data is escaped by the template engine.
 """
 
 from __future__ import annotations
@@ -24,15 +25,23 @@ import torch
 from gaitprep.pack import Pack
 
 
+def stored_as(result: dict) -> str:
+    """The storage of the embeddings a result was computed from (float32 where it names none:
+    a result of ``protocol.evaluate`` on embeddings held in memory)."""
+    return str(result.get("storage", "float32"))
+
+
 def to_csv(result: dict) -> str:
-    """One row per condition group and probe view, then the group means."""
+    """One row per condition group and probe view, then the group means; every row names the
+    embeddings' storage."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["condition", "probe_view", "rank1"])
+    storage = stored_as(result)
+    w.writerow(["condition", "probe_view", "rank1", "storage"])
     for name, c in result["conditions"].items():
         for view, value in c["per_view"].items():
-            w.writerow([name, view, "" if value is None else f"{value:.6f}"])
-        w.writerow([name, "mean", "" if c["rank1"] is None else f"{c['rank1']:.6f}"])
+            w.writerow([name, view, "" if value is None else f"{value:.6f}", storage])
+        w.writerow([name, "mean", "" if c["rank1"] is None else f"{c['rank1']:.6f}", storage])
     return buf.getvalue()
 
 
@@ -118,8 +127,10 @@ def to_html(
 
     The failed probes shown are ``result["failures"]``: those the table itself counts as misses,
     with the middle frames of the probe and of its matches read from the pack at ``pack_path``.
+    The provenance table names the embeddings' storage.
     """
     fails = [dict(f) for f in result.get("failures", [])]
+    provenance = {**provenance, "embeddings storage": stored_as(result)}
     with Pack(pack_path) as pack:
         for f in fails:
             for part in ("probe", "wrong", "right"):

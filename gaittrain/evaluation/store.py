@@ -3,9 +3,9 @@
 An evaluation needs one gallery view and one block of probes at a time, never the whole set:
 :class:`EmbeddingStore` gives the sequence keys up front and the embeddings of any rows on
 request, from a dict (everything already in memory) or from an embeddings file (``gait embed``),
-where ``/embeddings`` is float16 [N, parts, dim] (float32 in files of older versions) and
-``/sq_norms`` float32 [N, parts] holds every part's squared length, computed in float64 from the
-stored values.
+where ``/embeddings`` is [N, parts, dim] in the file's storage (:data:`STORAGES`: float32, the
+model's values, by default; float16 where chosen) and ``/sq_norms`` float32 [N, parts] holds every
+part's squared length, computed in float64 from the stored values.
 """
 
 from __future__ import annotations
@@ -20,18 +20,29 @@ import torch
 Key = tuple[str, str, str, str]
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
 
-#: The dtype embeddings are stored in: half the bytes of float32, 11 significant bits (a
-#: relative rounding of at most 2^-11 per entry); distances are computed from these values.
-STORED_DTYPE = np.float16
+#: How ``/embeddings`` may be stored (the file's ``storage`` attribute; files without one are
+#: float32). float32 keeps the model's values, so every figure is the model's own. float16 halves
+#: the bytes (for very large sets: OU-MVLP, GREW) at the cost of rounding every value: to 11
+#: significant bits (a relative rounding of at most 2^-11) for magnitudes of at least 2^-14
+#: (about 6.1e-5); below that float16 is subnormal, with a fixed spacing of 2^-24, so the rounding
+#: is at most 2^-25 (about 3.0e-8) absolute and its relative size grows as values shrink (a value
+#: of at most 2^-25 becomes 0); beyond 65504 nothing is finite. Distances are computed from the
+#: stored values.
+STORAGES = {"float32": np.float32, "float16": np.float16}
+#: The storage of ``gait embed`` and ``gait eval`` unless asked otherwise.
+DEFAULT_STORAGE = "float32"
 
 
-def to_stored(emb: np.ndarray) -> np.ndarray:
-    """Embeddings as stored: float16, refused (ValueError) where a value is not finite in it."""
-    stored = np.asarray(emb).astype(STORED_DTYPE)
+def to_stored(emb: np.ndarray, storage: str = DEFAULT_STORAGE) -> np.ndarray:
+    """Embeddings as stored in ``storage`` (:data:`STORAGES`), refused (ValueError) where a value
+    is not finite in it."""
+    with np.errstate(over="ignore"):  # an overflow is refused below, in one line
+        stored = np.asarray(emb).astype(STORAGES[storage])
     if not np.isfinite(stored).all():
         worst = float(np.abs(np.asarray(emb, np.float64)).max())
+        limit = f" (largest {np.finfo(stored.dtype).max:.0f})" if storage == "float16" else ""
         raise ValueError(
-            f"an embedding entry ({worst:.3g}) is not finite in float16 (largest 65504): the "
+            f"an embedding entry ({worst:.3g}) is not finite in {storage}{limit}: the "
             "model's outputs are out of range"
         )
     return stored
@@ -58,7 +69,7 @@ class EmbeddingStore:
         self.keys = keys
         self._read = read
         self.shape = shape  # (parts, dim)
-        self.itemsize = itemsize  # bytes per entry of the rows read (2: float16)
+        self.itemsize = itemsize  # bytes per entry of the rows read (4: float32, 2: float16)
         self._close = close
 
     def close(self) -> None:
