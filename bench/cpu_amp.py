@@ -27,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gaittrain.config import load_config  # noqa: E402
 from gaittrain.device import setup  # noqa: E402
 from gaittrain.evaluation.run_eval import evaluate_run  # noqa: E402
-from gaittrain.trainer import read_log, train  # noqa: E402
+from gaittrain.run_folder import read_log  # noqa
+from gaittrain.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"float32": "none", "bf16": "bf16"}

@@ -39,7 +39,8 @@ from gaittrain.device import setup
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from gaittrain.models import build_model
 from gaittrain.objective import Objective
-from gaittrain.trainer import read_log, train, with_classes
+from gaittrain.run_folder import read_log
+from gaittrain.trainer import train, with_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -91,3 +91,61 @@ def setup(spec: str = "auto") -> Runtime:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _GatherBatch(torch.autograd.Function):
+    """Every process's features [parts, b, dim], concatenated along the batch in rank order.
+
+    Backward: every process computed the same loss on the whole batch, so the gradient of this
+    process's slice is the sum of the slice's gradients over the processes (an all-reduce); with
+    DDP's averaging of the parameter gradients that gives exactly the one-process gradient.
+    The same holds for any [parts, b, ...] tensor (a BNNeck's logits).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        chunks = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(chunks, x.contiguous())
+        ctx.span = (rank * x.shape[1], (rank + 1) * x.shape[1])
+        return torch.cat(chunks, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        lo, hi = ctx.span
+        return grad[:, lo:hi]
+
+
+def gather_features(x: torch.Tensor) -> torch.Tensor:
+    """Every process's [parts, b, ...] tensor (float32, with gradients), concatenated along the
+    batch in rank order (:class:`_GatherBatch`)."""
+    return _GatherBatch.apply(x.float())
+
+
+def gather_batch(features: torch.Tensor, labels: torch.Tensor):
+    """The whole batch from every process's slice: features (float32, with gradients) and
+    labels, in rank order."""
+    features = gather_features(features)
+    chunks = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, labels.contiguous())
+    return features, torch.cat(chunks)
+
+
+def on_rank0(runtime: Runtime, work):
+    """``work()`` on rank 0 only; its result, or its one-line error, reaches every process (which
+    all raise the error). Without DDP it is just ``work()``."""
+    if not runtime.distributed:
+        return work()
+    outcome: list = [None, None]  # [result, error message]
+    if runtime.main:
+        try:
+            outcome[0] = work()
+        except GaitError as e:
+            outcome[1] = str(e)
+    device = runtime.device if runtime.device.type == "cuda" else None
+    dist.broadcast_object_list(outcome, src=0, device=device)
+    if outcome[1] is not None:
+        raise GaitError(outcome[1])
+    return outcome[0]

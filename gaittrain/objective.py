@@ -3,27 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 from torch import nn
 
-from gaittrain.config import BNNECK_MODELS, CenterRankedLossConfig, Config
-from gaittrain.losses import (
-    CenterRankedLoss,
-    LogitCrossEntropyLoss,
-    PartCrossEntropyLoss,
-    RankedListLoss,
-    TripletLoss,
-)
+from gaittrain.config import Config
+from gaittrain.losses import METRIC_LOSSES, LogitCrossEntropyLoss, PartCrossEntropyLoss
 from gaittrain.losses._common import PartLoss, to_floats
-
-#: The loss class of each ``loss.name``; a loss section's keys are that class's arguments.
-METRIC_LOSSES = {
-    "center_ranked": CenterRankedLoss,
-    "ranked_list": RankedListLoss,
-    "triplet": TripletLoss,
-}
+from gaittrain.models import BNNECK_MODELS
 
 
 def metric_loss(cfg: Config, num_classes: int | None = None, parts: int | None = None) -> PartLoss:
@@ -33,22 +19,14 @@ def metric_loss(cfg: Config, num_classes: int | None = None, parts: int | None =
     ``centers: memory``, whose memory of class centers ``[parts, num_classes, model.dim]`` is
     allocated here, so that a checkpoint's state loads into it before its first call.
     """
-    c = cfg.loss
-    kwargs = {f.name: getattr(c, f.name) for f in fields(c) if f.init}
-    if isinstance(c, CenterRankedLossConfig) and c.centers == "memory":
-        if num_classes is None or parts is None:
-            raise ValueError(
-                "loss.centers: memory keeps a center per training class: build the loss with "
-                "metric_loss(cfg, num_classes=..., parts=...) (Objective passes them)"
-            )
-        kwargs.update(num_classes=num_classes, parts=parts, dim=cfg.model.dim)
-    return METRIC_LOSSES[c.name](**kwargs)
+    loss = METRIC_LOSSES[cfg.loss.name]
+    return loss.from_config(cfg.loss, num_classes=num_classes, parts=parts, dim=cfg.model.dim)
 
 
 class Objective(nn.Module):
     """``metric(features, labels) + weight * cross_entropy(features, labels)``.
 
-    For a model with a BNNeck (``model.name`` in :data:`~gaittrain.config.BNNECK_MODELS`:
+    For a model with a BNNeck (``model.name`` in :data:`~gaittrain.models.BNNECK_MODELS`:
     gaitbase, as OpenGait trains its Baseline) the cross-entropy is that of the model's own
     logits, ``weight * cross_entropy(scale * logits, labels)``: call ``objective(features,
     labels, logits)``. Otherwise it is that of per-part linear classifiers held here.

@@ -13,10 +13,8 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +26,20 @@ from tqdm import tqdm
 
 from gaitprep.errors import GaitError, OutputError, describe_os_error, first_line
 from gaitprep.files import OutputLock, atomic_write
-from gaitprep.pack import Pack
-from gaittrain import checkpoint
+from gaittrain import checkpoint, run_folder
 from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import BNNECK_MODELS, Config, dump_config, load_config
+from gaittrain.config import Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
-from gaittrain.device import Runtime, memory_format
-from gaittrain.models import build_model
+from gaittrain.device import Runtime, gather_batch, gather_features, memory_format, on_rank0
+from gaittrain.models import BNNECK_MODELS, build_model
 from gaittrain.objective import Objective
+from gaittrain.run_folder import RunPaths
 
 
 class TrainError(GaitError, RuntimeError):
     """A run that cannot start or continue, explained in one line."""
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.jsonl"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data.json"
 
 
 def seed_everything(
@@ -124,198 +101,6 @@ def build_schedule(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def data_identity(packs: list[Pack], subjects: list[str]) -> dict:
-    """What a run trains on: each (open) pack's path, content fingerprint and dataset, and the
-    subjects."""
-    entries = [
-        {"path": str(p.path), "fingerprint": p.fingerprint, "dataset": p.attrs.get("dataset")}
-        for p in packs
-    ]
-    return {"packs": entries, "train_subjects": list(subjects)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _span(subjects: list[str]) -> str:
-    return f"{len(subjects)}: {subjects[0]}..{subjects[-1]}" if subjects else "0"
-
-
-def _check_same_run(paths: RunPaths, cfg: Config, data: dict, saved_data) -> None:
-    """Refuse, naming what changed, a --resume with another config, pack or subject split.
-
-    ``saved_data`` is the data record of the checkpoint being resumed (tied to its weights).
-    """
-    if isinstance(saved_data, dict) and "imported" in saved_data:
-        raise TrainError(
-            f"--resume: the run in {paths.root} was imported (gait import-checkpoint) and holds "
-            "no training state to continue; train a new run with another --out"
-        )
-    saved = load_config(paths.config)
-    if saved.train.iterations != cfg.train.iterations and cfg.schedule.name == "cosine":
-        raise TrainError(
-            f"--resume: --iterations {cfg.train.iterations} would stretch the cosine schedule of "
-            f"the run in {paths.root} ({saved.train.iterations} iterations) and make its learning "
-            "rate jump; resume with the same --iterations, or start a new run"
-        )
-    saved.train.iterations = cfg.train.iterations  # a run may be extended
-    before, now = _flat(saved.to_dict()), _flat(cfg.to_dict())
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        k = changed[0]
-        raise TrainError(
-            f"--resume: {k} is {now.get(k)!r} but the run in {paths.root} used {before.get(k)!r}"
-            + (f" (and {len(changed) - 1} more keys differ)" if len(changed) > 1 else "")
-            + "; resume with the same config and options (only --iterations may change)"
-        )
-    if not is_data_record(saved_data):
-        raise TrainError(
-            f"--resume: the checkpoint of {paths.root} does not record the data it trained on "
-            "(an older gait or a damaged file); start a new run with another --out"
-        )
-    old_prints = [p["fingerprint"] for p in saved_data["packs"]]
-    new_prints = [p["fingerprint"] for p in data["packs"]]
-    if old_prints != new_prints:
-        then = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in saved_data["packs"])
-        now_ = ", ".join(f"{p['path']} ({p['fingerprint'][:12]})" for p in data["packs"])
-        raise TrainError(
-            f"--resume: the run in {paths.root} trained on {then}, not {now_} (pack content "
-            "differs); resume with the same --pack files"
-        )
-    if saved_data["train_subjects"] != data["train_subjects"]:
-        raise TrainError(
-            f"--resume: the run in {paths.root} trained on subjects "
-            f"{_span(saved_data['train_subjects'])}, now {_span(data['train_subjects'])}; "
-            "resume with the same --train-subjects and data.protocol"
-        )
-
-
-def is_data_record(d) -> bool:
-    """Whether ``d`` has the shape :func:`data_identity` writes."""
-    return (
-        isinstance(d, dict)
-        and isinstance(d.get("packs"), list)
-        and all(isinstance(p, dict) and isinstance(p.get("fingerprint"), str) for p in d["packs"])
-        and isinstance(d.get("train_subjects"), list)
-    )
-
-
-#: What a gait run folder holds; a folder with anything else is not ours to clear.
-RUN_ENTRIES = {"config.yaml", "data.json", "log.jsonl", "tensorboard", "checkpoints"}
-
-
-def _prepare_run_dir(paths: RunPaths, resume: bool) -> Path | None:
-    """Check the run folder; on resume return the checkpoint to continue from.
-
-    A run that died before its first checkpoint left nothing worth keeping: a new start or
-    --resume clears its files and starts at 0. A non-empty folder that is not a gait run is
-    refused, never cleared.
-    """
-    last = checkpoint.latest(paths.root)
-    if resume:
-        if not paths.config.is_file():
-            raise TrainError(f"--resume: {paths.root} holds no run (no config.yaml)")
-        if last is not None:
-            return last
-    elif last is not None:
-        raise TrainError(
-            f"{paths.root} already holds a run; pass --resume to continue it "
-            "or choose another --out"
-        )
-    _clear_leftovers(paths)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _clear_leftovers(paths: RunPaths) -> None:
-    """Remove the files of a gait run that wrote no checkpoint; refuse a folder of other files."""
-    if not paths.root.is_dir():
-        return
-    entries = sorted(e.name for e in paths.root.iterdir())
-    if not entries:
-        return
-    foreign = [n for n in entries if n not in RUN_ENTRIES]
-    ours = paths.data.exists() or paths.log.exists()
-    if foreign or not ours:
-        shown = ", ".join((foreign or entries)[:3])
-        raise TrainError(
-            f"{paths.root} is not empty and holds no gait run ({shown}); "
-            "choose an empty or new --out"
-        )
-    for f in (paths.config, paths.log, paths.data):
-        f.unlink(missing_ok=True)
-    shutil.rmtree(paths.tensorboard, ignore_errors=True)
-    for tmp in (paths.root / "checkpoints").glob("*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def read_log(path: Path, lenient: bool = False) -> list[dict]:
-    """The records of log.jsonl. A torn last line (a crash mid-write) is dropped; another line that
-    is not a JSON record is an error, or skipped when ``lenient`` (for reports, which only plot)."""
-    if not path.exists():
-        return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    records = []
-    for n, ln in enumerate(lines, start=1):
-        try:
-            record = json.loads(ln)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
-            records.append(record)
-        elif not (lenient or n == len(lines)):
-            raise TrainError(
-                f"{path}: line {n} is not a log record; the log is damaged "
-                "(remove that line to resume)"
-            )
-    return records
-
-
-def _truncate_log(path: Path, start: int) -> None:
-    """Drop log lines of iterations >= ``start`` (written after the checkpoint we resume)."""
-    keep = [r for r in read_log(path) if r["iteration"] < start]
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-class _GatherBatch(torch.autograd.Function):
-    """Every process's features [parts, b, dim], concatenated along the batch in rank order.
-
-    Backward: every process computed the same loss on the whole batch, so the gradient of this
-    process's slice is the sum of the slice's gradients over the processes (an all-reduce); with
-    DDP's averaging of the parameter gradients that gives exactly the one-process gradient.
-    The same holds for any [parts, b, ...] tensor (a BNNeck's logits).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        chunks = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(chunks, x.contiguous())
-        ctx.span = (rank * x.shape[1], (rank + 1) * x.shape[1])
-        return torch.cat(chunks, dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        lo, hi = ctx.span
-        return grad[:, lo:hi]
-
-
-def gather_batch(features: torch.Tensor, labels: torch.Tensor):
-    """The whole batch from every process's slice: features (float32, with gradients) and
-    labels, in rank order."""
-    features = _GatherBatch.apply(features.float())
-    chunks = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
-    dist.all_gather(chunks, labels.contiguous())
-    return features, torch.cat(chunks)
-
-
 def train_step(
     net: torch.nn.Module,
     objective: Objective,
@@ -347,7 +132,7 @@ def train_step(
     features, logits = out if isinstance(out, tuple) else (out, None)  # logits: a BNNeck's
     if distributed:
         if logits is not None:
-            logits = _GatherBatch.apply(logits.float())
+            logits = gather_features(logits)
         features, labels = gather_batch(features, labels)
     loss = objective(features, labels) if logits is None else objective(features, labels, logits)
     value = float(loss.detach())
@@ -387,6 +172,37 @@ def train(
         return _train(cfg, packs, paths, runtime, resume, train_split, progress)
 
 
+class TrainLog:
+    """Where the main process logs the run: a line of JSON per record appended to log.jsonl
+    (flushed at once) and the record's numbers in TensorBoard. An OS error (a full disk, also
+    in TensorBoard's writer thread) names the file or folder."""
+
+    def __init__(self, paths: RunPaths):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.paths = paths
+        self.file = paths.log.open("a", encoding="utf-8")
+        self.writer = SummaryWriter(str(paths.tensorboard), flush_secs=30)
+
+    def write(self, record: dict) -> None:
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise OutputError(describe_os_error(e, self.paths.log)) from e
+        try:
+            for k, v in record.items():
+                if k != "iteration" and v is not None:
+                    self.writer.add_scalar(k, v, record["iteration"])
+        except OSError as e:
+            raise OutputError(describe_os_error(e, self.paths.tensorboard)) from e
+
+    def close(self) -> None:
+        for closing in (self.file, self.writer):
+            with suppress(OSError):
+                closing.close()
+
+
 def _restore(state: dict, path: Path, *modules) -> None:
     """Load a training checkpoint into (name, module) pairs, refusing one that does not fit."""
     for name, module in modules:
@@ -400,33 +216,49 @@ def _restore(state: dict, path: Path, *modules) -> None:
             ) from None
 
 
-def on_rank0(runtime: Runtime, work):
-    """``work()`` on rank 0 only; its result, or its one-line error, reaches every process (which
-    all raise the error). Without DDP it is just ``work()``."""
-    if not runtime.distributed:
-        return work()
-    outcome: list = [None, None]  # [result, error message]
-    if runtime.main:
-        try:
-            outcome[0] = work()
-        except GaitError as e:
-            outcome[1] = str(e)
-    device = runtime.device if runtime.device.type == "cuda" else None
-    dist.broadcast_object_list(outcome, src=0, device=device)
-    if outcome[1] is not None:
-        raise TrainError(outcome[1])
-    return outcome[0]
-
-
 def _resume_state(paths: RunPaths, cfg: Config, identity: dict, resume: bool):
     """The checkpoint to continue from and its state (on the CPU), checked against this run; or
     (None, None) for a fresh start (the folder then prepared)."""
-    start_ckpt = _prepare_run_dir(paths, resume)
+    start_ckpt = run_folder.prepare(paths, resume)
     if start_ckpt is None:
         return None, None
     state = checkpoint.load(start_ckpt)
     _check_same_run(paths, cfg, identity, state.get("data"))
     return start_ckpt, state
+
+
+def _check_same_run(paths: RunPaths, cfg: Config, data: dict, saved_data) -> None:
+    """Refuse, naming what changed, a --resume with another config, pack or subject split.
+
+    ``saved_data`` is the data record of the checkpoint being resumed (tied to its weights).
+    """
+    if isinstance(saved_data, dict) and "imported" in saved_data:
+        raise TrainError(
+            f"--resume: the run in {paths.root} was imported (gait import-checkpoint) and holds "
+            "no training state to continue; train a new run with another --out"
+        )
+    saved = load_config(paths.config)
+    if saved.train.iterations != cfg.train.iterations and cfg.schedule.name == "cosine":
+        raise TrainError(
+            f"--resume: --iterations {cfg.train.iterations} would stretch the cosine schedule of "
+            f"the run in {paths.root} ({saved.train.iterations} iterations) and make its learning "
+            "rate jump; resume with the same --iterations, or start a new run"
+        )
+    saved.train.iterations = cfg.train.iterations  # a run may be extended
+    changed = run_folder.config_difference(saved.to_dict(), cfg.to_dict())
+    if changed is not None:
+        k, before, now, n = changed
+        raise TrainError(
+            f"--resume: {k} is {now!r} but the run in {paths.root} used {before!r}"
+            + (f" (and {n - 1} more keys differ)" if n > 1 else "")
+            + "; resume with the same config and options (only --iterations may change)"
+        )
+    difference = run_folder.data_difference(saved_data, data)
+    if difference is not None:
+        raise TrainError(
+            f"--resume: the run in {paths.root}: {difference}; start a new run with another "
+            "--out, or resume with the same --pack files, --train-subjects and data.protocol"
+        )
 
 
 def with_classes(cfg: Config, classes: int) -> Config:
@@ -463,7 +295,9 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         cache=cfg.data.cache,
         augment=cfg.data.augment if cfg.data.augment.active() else None,
     )
-    identity = data_identity(data.packs, subjects)  # the handles the frames are read through
+    identity = run_folder.data_record(
+        data.packs, subjects
+    )  # the handles the frames are read through
     # Rank 0 alone reads and checks the run folder and the checkpoint, then sends the outcome (an
     # error, or the state to resume) to every process: the other ranks never read --out, and
     # never hang on a refusal that only rank 0 saw.
@@ -502,7 +336,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
     if main:
         atomic_write(paths.config, dump_config(cfg))
         atomic_write(paths.data, json.dumps(identity, indent=1) + "\n")
-        _truncate_log(paths.log, start)
+        run_folder.truncate_log(paths.log, start)
     net = model
     if runtime.distributed:
         # a BNNeck without cross-entropy: its classifier gets no gradient
@@ -534,8 +368,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    writer = _tensorboard(paths.tensorboard) if main else None
-    log = paths.log.open("a", encoding="utf-8") if main else None
+    logger = TrainLog(paths) if main else None
     bar = tqdm(
         total=total,
         initial=start,
@@ -582,20 +415,15 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
                     **stats,
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
-                _append(log, paths.log, json.dumps(record) + "\n")
-                _scalars(writer, paths.tensorboard, record)
+                logger.write(record)
                 bar.set_postfix(loss=f"{value:.4f}")
             if done % cfg.train.checkpoint_every == 0 or done == total:
                 states = (model, objective, optimizer, schedule, scaler)
                 last_good = _checkpoint(paths, done, states, cfg, identity, runtime)
     finally:
         bar.close()
-        if log is not None:
-            with suppress(OSError):
-                log.close()
-        if writer is not None:
-            with suppress(OSError):
-                writer.close()
+        if logger is not None:
+            logger.close()
     return {
         "run": str(paths.root),
         "iterations": total,
@@ -603,25 +431,6 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
         "seconds": round(time.perf_counter() - t0, 3),
         "checkpoint": str(last_good),
     }
-
-
-def _append(log, path: Path, line: str) -> None:
-    """Append one line to the log and flush it; an OS error names the log file."""
-    try:
-        log.write(line)
-        log.flush()
-    except OSError as e:
-        raise OutputError(describe_os_error(e, path)) from e
-
-
-def _scalars(writer, path: Path, record: dict) -> None:
-    """Log a record's numbers to TensorBoard; its writer thread's OS errors name the folder."""
-    try:
-        for k, v in record.items():
-            if k != "iteration" and v is not None:
-                writer.add_scalar(k, v, record["iteration"])
-    except OSError as e:
-        raise OutputError(describe_os_error(e, path)) from e
 
 
 def _checkpoint(paths, done, states, cfg, identity, runtime) -> Path:
@@ -645,9 +454,3 @@ def _checkpoint(paths, done, states, cfg, identity, runtime) -> Path:
     if runtime.distributed:
         dist.barrier()
     return path
-
-
-def _tensorboard(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(path), flush_secs=30)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gaittrain.evaluation import certified, native
-from gaittrain.evaluation.metrics import _match_table, match_ranks, retrieve, score_ranks
+from gaittrain.evaluation.metrics import _match_table, retrieve
+from gaittrain.evaluation.ranking import match_ranks, score_ranks
 from tests.cli import subprocess_env
 
 NATIVE = native.kernels() is not None

@@ -228,7 +228,7 @@ def test_the_batch_is_gathered_in_float32_with_its_gradient(tmp_path: Path) -> N
     gradient reaches the input."""
     import torch.distributed as dist
 
-    from gaittrain.trainer import gather_batch
+    from gaittrain.device import gather_batch
 
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1

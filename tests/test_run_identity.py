@@ -47,7 +47,7 @@ def test_resume_refuses_other_training_subjects(packs, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
     r = train(packs[0], run, "--iterations", "4", "--train-subjects", "first:5", "--resume")
-    assert_one_line_error(r, "--resume", "subjects", "4: 001..004", "5: 001..005")
+    assert_one_line_error(r, "--resume", "subjects 4 (001..004), now 5 (001..005)")
     r = train(packs[0], run, "--iterations", "4", "--train-subjects", "first:4", "--resume")
     assert r.exit_code == 0, r.output
 

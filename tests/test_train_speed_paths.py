@@ -10,7 +10,7 @@ import torch
 
 from gaittrain.config import load_config
 from gaittrain.device import memory_format
-from gaittrain.trainer import read_log
+from gaittrain.run_folder import read_log
 from tests.cli import TINY, assert_one_line_error, make_pack, train_tiny
 
 

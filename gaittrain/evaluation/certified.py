@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from gaittrain.evaluation import native
+from gaittrain.evaluation.ranking import match_ranks
 
 #: Margin for float32 rounding in :math:`\tilde S` (the products, the conversions and the sums
 #: of norms, a few units in the last place each), as a fraction of the norms' sum.
@@ -480,7 +481,6 @@ def rank_block(
     matches : Tensor int64 [b, M]
         Each probe's correct gallery indices, padded with -1.
     """
-    from gaittrain.evaluation.metrics import match_ranks
 
     b, n = probe.shape[0], gallery.shape[0]
     device = probe.device

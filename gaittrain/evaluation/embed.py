@@ -30,7 +30,7 @@ from gaitprep.pack import Pack
 from gaitprep.process import Params
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import BNNECK_MODELS, Config, config_from_dict
+from gaittrain.config import Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
 from gaittrain.device import Runtime, memory_format
 from gaittrain.evaluation.store import (
@@ -42,7 +42,7 @@ from gaittrain.evaluation.store import (
     squared_norms64,
     to_stored,
 )
-from gaittrain.models import build_model
+from gaittrain.models import BNNECK_MODELS, build_model
 
 
 class EmbeddingsError(GaitError):

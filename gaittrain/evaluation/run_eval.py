@@ -26,7 +26,7 @@ from gaittrain.evaluation.embed import ensure_embeddings
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
 from gaittrain.evaluation.store import DEFAULT_STORAGE
-from gaittrain.trainer import RunPaths, is_data_record, read_log
+from gaittrain.run_folder import RunPaths, is_data_record, read_log
 
 #: The memory caps ``gait eval --max-memory`` accepts. A size without a unit is in bytes, so the
 #: least, 1 MB, refuses a forgotten unit (256) rather than crawl through one-probe blocks; 1 TB

@@ -10,7 +10,15 @@ from gaittrain.losses.cross_entropy import LogitCrossEntropyLoss, PartCrossEntro
 from gaittrain.losses.ranked_list import RankedListLoss
 from gaittrain.losses.triplet import TripletLoss
 
+#: The metric losses, by ``loss.name``: the one list. Each class owns its config section
+#: (``Loss.Config``: keys, defaults, ranges) and builds itself from it (``Loss.from_config``).
+#: The first is the default loss. Adding a loss: a module here, and its class in this list.
+METRIC_LOSSES: dict[str, type] = {
+    cls.Config.name: cls for cls in (CenterRankedLoss, TripletLoss, RankedListLoss)
+}
+
 __all__ = [
+    "METRIC_LOSSES",
     "CenterRankedLoss",
     "LogitCrossEntropyLoss",
     "PartCrossEntropyLoss",

@@ -9,6 +9,9 @@ runs in float32 (or float64 when given float64), outside any autocast region.
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +31,16 @@ class PartLoss(nn.Module):
     never waits for the device. :attr:`stats` converts them to Python floats when it is read, with
     one device synchronization, at most once per call.
     """
+
+    #: The config section of a metric loss (``loss: {name: ..., ...}``), whose fields and
+    #: defaults are the constructor's keyword arguments.
+    Config: ClassVar[type]
+
+    @classmethod
+    def from_config(cls, section, **context) -> PartLoss:
+        """The loss of a config section: its keys are the constructor's arguments. ``context``
+        (the training classes, parts and dimension) is for a loss that needs it."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(section) if f.init})
 
     def __init__(self) -> None:
         super().__init__()

@@ -81,6 +81,7 @@ center on that sample, so its positive distance is 0 and never active.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +89,39 @@ from torch import Tensor
 
 from gaittrain.losses._common import masked_mean, pairwise_distance
 from gaittrain.losses.cross_entropy import check_class_indices
-from gaittrain.losses.ranked_list import RankedLossBase
+from gaittrain.losses.ranked_list import RankedListLossConfig, RankedLossBase
+from gaittrain.schema import ConfigError, float_field, show
 
 ANCHORS = ("center", "sample", "both")
 CENTERS = ("batch", "memory")
+
+
+@dataclass
+class CenterRankedLossConfig(RankedListLossConfig):
+    """``loss: {name: center_ranked, ...}``: :class:`CenterRankedLoss` (the ranked-list keys,
+    ranked around class centers; docs/losses.md, "The center-ranked design space")."""
+
+    name: str = field(default="center_ranked", init=False)
+    anchor: str = "center"  # center | sample | both (the mean of the two)
+    detach_center: bool = False  # no gradient through the class centers
+    centers: str = "batch"  # batch | memory (+ a moving average of every training class's center)
+    # in [0, 1): the weight of the old center (memory only)
+    memory_momentum: float = float_field(0.9, 0.0)
+    normalize: bool = True  # false: raw features and distances; alpha, margin on their scale
+
+    def check(self) -> None:
+        """What the ranges alone do not check (ConfigError naming the keys)."""
+        for key, allowed in (("anchor", ANCHORS), ("centers", CENTERS)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"loss.{key} is {show(value)}; use one of {', '.join(allowed)}")
+        if not self.memory_momentum < 1:
+            raise ConfigError(
+                f"loss.memory_momentum must be less than 1 (got {self.memory_momentum:g})"
+                "; it is in [0, 1): 1 would never let a center move"
+            )
+        super().check()
+
 
 # The norm of a memory center is rescaled by a ratio of norms: this floor keeps it finite.
 _NORM_EPS = 1e-12
@@ -120,18 +150,34 @@ class CenterRankedLoss(RankedLossBase):
             ``centers="memory"`` only.
     """
 
+    Config = CenterRankedLossConfig
+
+    @classmethod
+    def from_config(cls, section, num_classes=None, parts=None, dim=None) -> CenterRankedLoss:
+        """The loss of a config section; ``centers: memory`` keeps a center per training class,
+        so it is sized by ``num_classes``, ``parts`` and ``dim`` (the Objective passes them)."""
+        kwargs = {f.name: getattr(section, f.name) for f in fields(section) if f.init}
+        if section.centers == "memory":
+            if num_classes is None or parts is None or dim is None:
+                raise ValueError(
+                    "loss.centers: memory keeps a center per training class: build the loss with "
+                    "metric_loss(cfg, num_classes=..., parts=...) (Objective passes them)"
+                )
+            kwargs.update(num_classes=num_classes, parts=parts, dim=dim)
+        return cls(**kwargs)
+
     def __init__(
         self,
-        alpha: float = 1.2,
-        margin: float = 0.4,
-        t_n: float = 10.0,
-        t_p: float = 0.0,
-        lam: float = 1.0,
-        anchor: str = "center",
-        detach_center: bool = False,
-        centers: str = "batch",
-        memory_momentum: float = 0.9,
-        normalize: bool = True,
+        alpha: float = Config.alpha,
+        margin: float = Config.margin,
+        t_n: float = Config.t_n,
+        t_p: float = Config.t_p,
+        lam: float = Config.lam,
+        anchor: str = Config.anchor,
+        detach_center: bool = Config.detach_center,
+        centers: str = Config.centers,
+        memory_momentum: float = Config.memory_momentum,
+        normalize: bool = Config.normalize,
         num_classes: int | None = None,
         parts: int | None = None,
         dim: int | None = None,

@@ -28,6 +28,7 @@ The same boundary terms, with class centers as queries or candidates, give the c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,27 @@ from gaittrain.losses._common import (
     pair_masks,
     pairwise_distance,
 )
+from gaittrain.schema import ConfigError, float_field
+
+
+@dataclass
+class RankedListLossConfig:
+    """``loss: {name: ranked_list, ...}``: :class:`RankedListLoss`."""
+
+    name: str = field(default="ranked_list", init=False)
+    alpha: float = float_field(1.2, above=0.0)
+    margin: float = float_field(0.4, 0.0)  # must be < alpha
+    t_n: float = float_field(10.0, 0.0)
+    t_p: float = float_field(0.0, 0.0)
+    lam: float = float_field(1.0, 0.0)
+
+    def check(self) -> None:
+        """What the ranges alone do not check (ConfigError naming the keys)."""
+        if not self.margin < self.alpha:
+            raise ConfigError(
+                f"loss.margin must be less than loss.alpha (the positive boundary is "
+                f"alpha - margin); got margin {self.margin}, alpha {self.alpha}"
+            )
 
 
 @torch.no_grad()
@@ -64,11 +86,11 @@ class RankedLossBase(PartLoss):
 
     def __init__(
         self,
-        alpha: float = 1.2,
-        margin: float = 0.4,
-        t_n: float = 10.0,
-        t_p: float = 0.0,
-        lam: float = 1.0,
+        alpha: float = RankedListLossConfig.alpha,
+        margin: float = RankedListLossConfig.margin,
+        t_n: float = RankedListLossConfig.t_n,
+        t_p: float = RankedListLossConfig.t_p,
+        lam: float = RankedListLossConfig.lam,
     ) -> None:
         super().__init__()
         values = {"alpha": alpha, "margin": margin, "t_n": t_n, "t_p": t_p, "lam": lam}
@@ -133,6 +155,8 @@ class RankedListLoss(RankedLossBase):
     ``loss(features [parts, batch, dim], labels [batch]) -> scalar``; see the module docstring for
     the formulas and :meth:`RankedLossBase.ranked_terms` for the statistics left in ``stats``.
     """
+
+    Config = RankedListLossConfig
 
     def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         features = F.normalize(features, dim=-1)

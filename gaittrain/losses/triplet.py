@@ -13,11 +13,21 @@ satisfied. The loss is the mean over the parts.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from gaittrain.losses._common import PartLoss, distance_stats, pair_masks, pairwise_distance
+from gaittrain.schema import float_field
+
+
+@dataclass
+class TripletLossConfig:
+    """``loss: {name: triplet, margin}``: :class:`TripletLoss` (GaitSet's margin 0.2)."""
+
+    name: str = field(default="triplet", init=False)
+    margin: float = float_field(0.2, 0.0)
 
 
 class TripletLoss(PartLoss):
@@ -32,7 +42,9 @@ class TripletLoss(PartLoss):
         margin: the required gap between the positive and the negative distance.
     """
 
-    def __init__(self, margin: float = 0.2) -> None:
+    Config = TripletLossConfig
+
+    def __init__(self, margin: float = TripletLossConfig.margin) -> None:
         super().__init__()
         if not math.isfinite(margin) or margin < 0:
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")

@@ -8,7 +8,6 @@ embeddings [parts, batch, dim], the input of every loss in gaittrain.losses; it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -17,30 +16,14 @@ from gaittrain.models.gaitbase import GaitBase
 from gaittrain.models.gaitset import GaitSet
 from gaittrain.models.set_model import SetModel
 
+#: The models, by ``model.name``: the one list. Each class owns its config section
+#: (``Model.Config``: keys, defaults, ranges), builds itself from it (``Model.from_config``) and
+#: says whether it has a BNNeck (``Model.bnneck``). The first is the default model. Adding a
+#: model: a module here, and its class in this list.
+MODELS: dict[str, type[nn.Module]] = {cls.Config.name: cls for cls in (SetModel, GaitSet, GaitBase)}
 
-def _setnet(c: Any) -> nn.Module:
-    return SetModel(c.channels, c.bins, c.dim)
-
-
-def _gaitset(c: Any) -> nn.Module:
-    return GaitSet(c.channels, c.bins, c.dim)
-
-
-def _gaitbase(c: Any) -> nn.Module:
-    if c.classes < 1:
-        raise ValueError(
-            "model.classes is 0 (the number of training subjects, filled in by the trainer): "
-            "give the BNNeck's class count"
-        )
-    return GaitBase(c.channels, c.layers, c.strides, c.maxpool, c.bins, c.dim, c.classes)
-
-
-#: The model of each ``model.name``, built from that section (gaittrain.config).
-MODELS: dict[str, Callable[[Any], nn.Module]] = {
-    "setnet": _setnet,
-    "gaitset": _gaitset,
-    "gaitbase": _gaitbase,
-}
+#: Models whose training output carries BNNeck logits (the cross-entropy then uses those).
+BNNECK_MODELS = tuple(name for name, cls in MODELS.items() if cls.bnneck)
 
 
 def build_model(section: Any) -> nn.Module:
@@ -51,7 +34,7 @@ def build_model(section: Any) -> nn.Module:
         raise ValueError(
             f"model.name {section.name!r} is no model; use one of {', '.join(MODELS)}"
         ) from None
-    return make(section)
+    return make.from_config(section)
 
 
-__all__ = ["MODELS", "GaitBase", "GaitSet", "SetModel", "build_model"]
+__all__ = ["BNNECK_MODELS", "MODELS", "GaitBase", "GaitSet", "SetModel", "build_model"]

@@ -19,12 +19,46 @@ classes] for the cross-entropy. In training mode :meth:`GaitBase.forward` return
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gaittrain.models.pooling import horizontal_pooling, set_pool
+from gaittrain.schema import int_field, ints_field
+
+CHANNELS = (64, 128, 256, 512)  #: the four stages' widths
+LAYERS = (1, 1, 1, 1)  #: basic blocks per stage (0: the stage is skipped)
+STRIDES = (1, 2, 2, 1)  #: each stage's first stride
+BINS = (16,)  #: the horizontal pooling's strips
+DIM = 256  #: the embedding size per part
+
+
+@dataclass
+class GaitBaseConfig:
+    """``model: {name: gaitbase, ...}``: :class:`GaitBase`, OpenGait's Baseline: a ResNet-9-style
+    backbone, temporal max pooling, horizontal pooling, a BNNeck."""
+
+    name: str = field(default="gaitbase", init=False)
+    channels: list[int] = ints_field(list(CHANNELS), 1, 65536, (4, 4))
+    layers: list[int] = ints_field(list(LAYERS), 0, 64, (4, 4))
+    strides: list[int] = ints_field(list(STRIDES), 1, 8, (4, 4))
+    maxpool: bool = False  # a 3x3 max-pool of stride 2 after the first convolution
+    bins: list[int] = ints_field(list(BINS), 1, 1024, (1, 64))
+    dim: int = int_field(DIM, 1, 65536)
+    classes: int = int_field(0, 0, 10**7)  # the BNNeck's classes; 0: the training subjects' count
+
+    def steps(self) -> list[int]:
+        """The strides that reduce the height: the max-pool's 2, each stage's with blocks."""
+        steps = [2] if self.maxpool else []
+        return steps + [s for s, n in zip(self.strides, self.layers, strict=True) if n > 0]
+
+    def rows(self, height: int) -> int:
+        """Rows of the backbone's output for an input of ``height``: ceil(h / s) per step."""
+        for s in self.steps():
+            height = -(-height // s)
+        return height
 
 
 def _conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -121,14 +155,26 @@ class GaitBase(nn.Module):
         Classes of the BNNeck's classifiers (the training subjects).
     """
 
+    Config = GaitBaseConfig
+    bnneck = True  #: in training mode it returns (embeddings, BNNeck logits)
+
+    @classmethod
+    def from_config(cls, c: GaitBaseConfig) -> GaitBase:
+        if c.classes < 1:
+            raise ValueError(
+                "model.classes is 0 (the number of training subjects, filled in by the trainer): "
+                "give the BNNeck's class count"
+            )
+        return cls(c.channels, c.layers, c.strides, c.maxpool, c.bins, c.dim, c.classes)
+
     def __init__(
         self,
-        channels: Sequence[int] = (64, 128, 256, 512),
-        layers: Sequence[int] = (1, 1, 1, 1),
-        strides: Sequence[int] = (1, 2, 2, 1),
+        channels: Sequence[int] = CHANNELS,
+        layers: Sequence[int] = LAYERS,
+        strides: Sequence[int] = STRIDES,
         maxpool: bool = False,
-        bins: Sequence[int] = (16,),
-        dim: int = 256,
+        bins: Sequence[int] = BINS,
+        dim: int = DIM,
         classes: int = 74,
     ):
         super().__init__()

@@ -15,11 +15,21 @@ own linear map: embeddings [parts, batch, dim].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from gaittrain.models.pooling import horizontal_pooling, set_pool
+from gaittrain.models.set_model import BINS, CHANNELS, DIM, SetNetConfig
+
+
+@dataclass
+class GaitSetConfig(SetNetConfig):
+    """``model: {name: gaitset, ...}``: GaitSet as published (:class:`GaitSet`): the setnet
+    keys; horizontal pooling of both branches gives 2 x sum(bins) parts (62)."""
+
+    name: str = field(default="gaitset", init=False)
 
 
 def _stage(c_in: int, c_out: int, k: int, pool: bool) -> nn.Sequential:
@@ -48,11 +58,18 @@ class GaitSet(nn.Module):
         Embedding size per part.
     """
 
+    Config = GaitSetConfig
+    bnneck = False  #: its training output carries no BNNeck logits
+
+    @classmethod
+    def from_config(cls, c: GaitSetConfig) -> GaitSet:
+        return cls(c.channels, c.bins, c.dim)
+
     def __init__(
         self,
-        channels: Sequence[int] = (32, 64, 128),
-        bins: Sequence[int] = (16, 8, 4, 2, 1),
-        dim: int = 256,
+        channels: Sequence[int] = CHANNELS,
+        bins: Sequence[int] = BINS,
+        dim: int = DIM,
     ):
         super().__init__()
         c1, c2, c3 = channels

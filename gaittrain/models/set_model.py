@@ -14,9 +14,27 @@ vectorized segment max, :func:`segment_max`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from gaittrain.schema import int_field, ints_field
+
+CHANNELS = (32, 64, 128)  #: the three stages' widths (GaitSet's)
+BINS = (16, 8, 4, 2, 1)  #: the pyramid's strip counts (31 parts)
+DIM = 256  #: the embedding size per part
+
+
+@dataclass
+class SetNetConfig:
+    """``model: {name: setnet, ...}`` (the default, also for a model section without ``name``):
+    :class:`SetModel` (GaitSet without its global branch)."""
+
+    name: str = field(default="setnet", init=False)
+    channels: list[int] = ints_field(list(CHANNELS), 1, 65536, (3, 3))
+    bins: list[int] = ints_field(list(BINS), 1, 1024, (1, 64))
+    dim: int = int_field(DIM, 1, 65536)
 
 
 def segment_max(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -61,11 +79,18 @@ class SetModel(nn.Module):
         Embedding size per part.
     """
 
+    Config = SetNetConfig
+    bnneck = False  #: its training output carries no BNNeck logits
+
+    @classmethod
+    def from_config(cls, c: SetNetConfig) -> SetModel:
+        return cls(c.channels, c.bins, c.dim)
+
     def __init__(
         self,
-        channels: Sequence[int] = (32, 64, 128),
-        bins: Sequence[int] = (16, 8, 4, 2, 1),
-        dim: int = 256,
+        channels: Sequence[int] = CHANNELS,
+        bins: Sequence[int] = BINS,
+        dim: int = DIM,
     ):
         super().__init__()
         c1, c2, c3 = channels

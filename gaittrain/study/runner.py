@@ -30,7 +30,6 @@ best trial (:func:`resolve`); a run whose variant's trials are not all done cann
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -43,12 +42,13 @@ import torch
 from gaitprep.errors import GaitError, one_line
 from gaitprep.files import OutputLock
 from gaitprep.pack import Pack
-from gaittrain import checkpoint
+from gaittrain import checkpoint, run_folder
 from gaittrain.config import ConfigError, load_config
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.device import Runtime, setup, teardown
 from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
+from gaittrain.run_folder import RUN_ENTRIES, RunPaths
 from gaittrain.study import tune
 from gaittrain.study.cache import EvalCache, identity
 from gaittrain.study.spec import (
@@ -60,7 +60,7 @@ from gaittrain.study.spec import (
     resolve_subjects,
     with_values,
 )
-from gaittrain.trainer import RUN_ENTRIES, RunPaths, train
+from gaittrain.trainer import train
 
 METRIC = "euclidean"  # gait eval's default, and the protocol's identical-view rule
 
@@ -114,6 +114,12 @@ class Context:
             "metric": METRIC,
         }
 
+    @property
+    def data_record(self) -> dict:
+        """The data record (:func:`~gaittrain.run_folder.data_record`) of its runs."""
+        pack = {"path": str(self.pack), "fingerprint": self.pack_fingerprint}
+        return {"packs": [pack], "train_subjects": list(self.subjects.train)}
+
 
 def study_context(study: Study, pack: Path) -> Context:
     """Resolve the study's subjects in ``pack`` and fingerprint it."""
@@ -163,49 +169,25 @@ def last_iteration(run_dir: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _span(subjects: list[str]) -> str:
-    return f"{len(subjects)} ({subjects[0]}..{subjects[-1]})" if subjects else "none"
-
-
 def what_changed(spec: RunSpec | Trial, run_dir: Path, ctx: Context) -> str | None:
     """What differs between the run (or trial) folder and what the study now gives it, or
     None."""
     paths = RunPaths(run_dir)
     if paths.config.is_file():
         try:
-            saved = _flat(load_config(paths.config).to_dict())
+            saved = load_config(paths.config).to_dict()
         except ConfigError as e:
             return f"its config.yaml no longer loads ({e})"
-        now = _flat(spec.config.to_dict())
-        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-        if diff:
-            k = diff[0]
-            more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
-            return (
-                f"{k} was {saved.get(k)!r} when it was trained, the study now gives "
-                f"{now.get(k)!r}{more}"
-            )
+        changed = run_folder.config_difference(saved, spec.config.to_dict())
+        if changed is not None:
+            k, before, now, n = changed
+            more = f" (and {n - 1} more keys)" if n > 1 else ""
+            return f"{k} was {before!r} when it was trained, the study now gives {now!r}{more}"
     if paths.data.is_file():
-        try:
-            record = json.loads(paths.data.read_text(encoding="utf-8"))
-            trained_on = list(record["train_subjects"])
-            prints = [p["fingerprint"] for p in record["packs"]]
-        except (OSError, ValueError, KeyError, TypeError):
+        record = run_folder.read_data_record(run_dir)
+        if not run_folder.is_data_record(record):
             return "its data.json is unreadable"
-        if trained_on != ctx.subjects.train:
-            return (
-                f"it trained on subjects {_span(trained_on)}, the study now gives "
-                f"{_span(ctx.subjects.train)}"
-            )
-        if prints != [ctx.pack_fingerprint]:
-            return f"it trained on another pack than {ctx.pack} (the content differs)"
+        return run_folder.data_difference(record, ctx.data_record)
     return None
 
 
