@@ -15,14 +15,9 @@ from gaittrain.data.splits import select
 from gaittrain.device import resolve_device, setup, teardown
 from gaittrain.evaluation.embed import embed_pack, load_model
 from gaittrain.evaluation.identify import gallery_embeddings, identify, valid_threshold
-from gaittrain.evaluation.run_eval import (
-    default_embeddings,
-    evaluate_run,
-    memory_size,
-    render_report,
-    run_folder,
-)
+from gaittrain.evaluation.run_eval import evaluate_run, memory_size, render_report
 from gaittrain.evaluation.store import DEFAULT_STORAGE, STORAGES
+from gaittrain.run_folder import default_embeddings, run_folder
 
 
 def _memory(ctx, param, text: str) -> int:

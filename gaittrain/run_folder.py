@@ -149,6 +149,37 @@ def data_difference(saved: dict, now: dict) -> str | None:
     return None
 
 
+def trained_test_subjects(run: Path, attrs: dict, test: list[str]) -> tuple[list[str], bool]:
+    """Test subjects among the run's training subjects, and whether the run trained on this very
+    pack (same content fingerprint) rather than on another pack of the same dataset (the same
+    people, re-prepared, merged or normalized otherwise, or another synthetic population).
+    ``attrs`` are the embeddings file's (``gaittrain.evaluation.embed.provenance``)."""
+    record = read_data_record(run)
+    if not is_data_record(record):
+        return [], False
+    same_pack = any(e["fingerprint"] == attrs.get("pack_fingerprint") for e in record["packs"])
+    same_dataset = any(e.get("dataset") == attrs.get("pack_dataset") for e in record["packs"])
+    if not (same_pack or same_dataset):
+        return [], False
+    trained = set(record["train_subjects"])
+    return [s for s in test if s in trained], same_pack
+
+
+def imported_note(run: Path) -> str | None:
+    """For a run imported from another toolkit (``gait import-checkpoint``), a warning that its
+    training subjects are not recorded; None for a run gait trained."""
+    record = read_data_record(run)
+    source = record.get("imported") if isinstance(record, dict) else None
+    if not isinstance(source, dict):
+        return None
+    return (
+        f"this run was imported from {source.get('from', 'another toolkit')} "
+        f"({source.get('checkpoint', 'a checkpoint')}): the subjects it trained on are not "
+        "recorded, so gait cannot check them against the test subjects; make sure they were "
+        "not among them (OpenGait's CASIA-B split trains on 001-074)"
+    )
+
+
 # --- the config --------------------------------------------------------------------------------
 
 

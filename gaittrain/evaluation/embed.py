@@ -43,6 +43,7 @@ from gaittrain.evaluation.store import (
     to_stored,
 )
 from gaittrain.models import BNNECK_MODELS, build_model
+from gaittrain.run_folder import resolve_checkpoint
 
 
 class EmbeddingsError(GaitError):
@@ -51,19 +52,6 @@ class EmbeddingsError(GaitError):
 
 #: The pack attributes that shape a frame; a probe must be normalized with the gallery's.
 NORMALIZATION = ("size", "min_sum", "binarize", "largest_blob")
-
-
-def resolve_checkpoint(ckpt: Path) -> Path:
-    """A checkpoint file as given, or a run folder's latest checkpoint."""
-    path = Path(ckpt)
-    if not path.is_dir():
-        return path
-    found = checkpoint.latest(path)
-    if found is None:
-        raise CheckpointError(
-            f"{path} holds no checkpoint (checkpoints/iter-*.pt); train it first or give a .pt file"
-        )
-    return found
 
 
 @dataclass

@@ -24,7 +24,7 @@ from gaittrain.evaluation.embed import (
     read_embeddings,
 )
 from gaittrain.evaluation.metrics import distance_blocks
-from gaittrain.evaluation.run_eval import run_folder
+from gaittrain.run_folder import run_folder
 
 
 class IdentifyError(GaitError):

@@ -11,7 +11,6 @@ JSON, CSV or the HTML page. :func:`memory_size` reads ``--max-memory``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -26,7 +25,14 @@ from gaittrain.evaluation.embed import ensure_embeddings
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
 from gaittrain.evaluation.store import DEFAULT_STORAGE
-from gaittrain.run_folder import RunPaths, is_data_record, read_log
+from gaittrain.run_folder import (
+    RunPaths,
+    default_embeddings,
+    imported_note,
+    read_log,
+    run_folder,
+    trained_test_subjects,
+)
 
 #: The memory caps ``gait eval --max-memory`` accepts. A size without a unit is in bytes, so the
 #: least, 1 MB, refuses a forgotten unit (256) rather than crawl through one-probe blocks; 1 TB
@@ -58,57 +64,6 @@ def memory_size(text: str) -> int:
     if size < MIN_MEMORY:
         raise ValueError(f"{text!r} is less than 1MB, the least memory an evaluation can work in")
     return int(size)
-
-
-def run_folder(run: Path) -> Path:
-    """The run folder of a run folder or of one of its checkpoint files."""
-    run = Path(run)
-    if run.is_dir():
-        return run
-    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
-
-
-def default_embeddings(run: Path, pack: Path) -> Path:
-    """Where a run keeps its embeddings of a pack: RUN/embeddings-PACKNAME.h5."""
-    return run_folder(run) / f"embeddings-{Path(pack).stem}.h5"
-
-
-def trained_test_subjects(run: Path, attrs: dict, test: list[str]) -> tuple[list[str], bool]:
-    """Test subjects among the run's training subjects, and whether the run trained on this very
-    pack (same content fingerprint) rather than on another pack of the same dataset (the same
-    people, re-prepared, merged or normalized otherwise, or another synthetic population).
-    ``attrs`` are the embeddings file's (:func:`~gaittrain.evaluation.embed.provenance`)."""
-    path = RunPaths(run_folder(run)).data
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return [], False
-    if not is_data_record(record):
-        return [], False
-    same_pack = any(e["fingerprint"] == attrs.get("pack_fingerprint") for e in record["packs"])
-    same_dataset = any(e.get("dataset") == attrs.get("pack_dataset") for e in record["packs"])
-    if not (same_pack or same_dataset):
-        return [], False
-    trained = set(record["train_subjects"])
-    return [s for s in test if s in trained], same_pack
-
-
-def imported_note(run: Path) -> str | None:
-    """For a run imported from another toolkit (``gait import-checkpoint``), a warning that its
-    training subjects are not recorded; None for a run gait trained."""
-    try:
-        record = json.loads(RunPaths(run_folder(run)).data.read_text())
-    except (OSError, ValueError):
-        return None
-    source = record.get("imported") if isinstance(record, dict) else None
-    if not isinstance(source, dict):
-        return None
-    return (
-        f"this run was imported from {source.get('from', 'another toolkit')} "
-        f"({source.get('checkpoint', 'a checkpoint')}): the subjects it trained on are not "
-        "recorded, so gait cannot check them against the test subjects; make sure they were "
-        "not among them (OpenGait's CASIA-B split trains on 001-074)"
-    )
 
 
 def evaluate_run(
