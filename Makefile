@@ -8,11 +8,16 @@ WORKERS ?= 2
 
 .PHONY: install test lint format demo pipeline bench clean
 
+# The native int8 kernels are built by this one explicit step (a second or so when they are up
+# to date; "not built" where the CPU or the compiler cannot: the PyTorch path then runs).
 install: $(STAMP)
+	@$(BIN)/gait build-kernels
 
-# Re-install only when the package metadata or the pins change.
+# Re-install only when the package metadata or the pins change. (The distribution was called
+# `gait` before it became `gait-toolkit`: an old editable install of that name is removed.)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip uninstall -q -y gait 2>/dev/null || true
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

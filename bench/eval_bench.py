@@ -152,7 +152,7 @@ def ou_cell_case(max_memory: int, device: str, precision: str, storage: str) -> 
 
 def make_ou_file(storage: str) -> None:
     """build/bench/ou-embeddings-STORAGE.h5, unless made already by this generator."""
-    from gaittrain.evaluation.embed import WRITE_ROWS, write_embeddings_file
+    from gaittrain.evaluation.embeddings_file import WRITE_ROWS, write_embeddings_file
 
     version, path = "ou-like-1", ou_file(storage)
     if path.exists():
@@ -176,8 +176,8 @@ def make_ou_file(storage: str) -> None:
 def ou_full_case(max_memory: int, device: str, precision: str, storage: str) -> dict:
     """The whole ou-mvlp protocol on 5,154 test subjects x 14 views x 2 sequences, read from
     the embeddings file a gallery view and a block of probes at a time."""
+    from gaittrain.evaluation.embeddings_file import EmbeddingStore, open_embeddings
     from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-    from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
 
     f, keys, _ = open_embeddings(ou_file(storage))
     t0 = time.perf_counter()

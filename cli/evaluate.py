@@ -13,11 +13,12 @@ from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
 from gaittrain.device import resolve_device, setup, teardown
-from gaittrain.evaluation.embed import embed_pack, load_model
-from gaittrain.evaluation.identify import gallery_embeddings, identify, valid_threshold
+from gaittrain.evaluation.embed import embed_pack
+from gaittrain.evaluation.embeddings_file import DEFAULT_STORAGE, STORAGES
 from gaittrain.evaluation.run_eval import evaluate_run, memory_size, render_report
-from gaittrain.evaluation.store import DEFAULT_STORAGE, STORAGES
+from gaittrain.inference.identify import gallery_embeddings, identify, valid_threshold
 from gaittrain.run_folder import default_embeddings, run_folder
+from gaittrain.trained_model import load_model
 
 
 def _memory(ctx, param, text: str) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gaittrain.export import TOLERANCE, export_onnx
+from gaittrain.inference.export import TOLERANCE, export_onnx
 
 
 @click.command("export")

@@ -9,8 +9,8 @@ import click
 
 from gaitprep.pack import Pack
 from gaittrain.device import resolve_device
-from gaittrain.evaluation import gallery as galleries
-from gaittrain.evaluation.embed import load_model, pack_normalization, params_from
+from gaittrain.inference import gallery as galleries
+from gaittrain.trained_model import load_model, pack_normalization, params_from
 
 GALLERY = click.argument("gallery", type=click.Path(path_type=Path, dir_okay=False))
 

@@ -14,10 +14,12 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import click  # noqa: E402
 
+from gaitcli.configs import configs_group
 from gaitcli.evaluate import embed_cmd, eval_cmd, identify_cmd
 from gaitcli.export import export_cmd
 from gaitcli.gallery import gallery_group
 from gaitcli.import_checkpoint import import_checkpoint_cmd
+from gaitcli.kernels import build_kernels_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
 from gaitcli.segment import segment_cmd
@@ -66,7 +68,7 @@ class GaitGroup(click.Group):
     cls=GaitGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(package_name="gait")
+@click.version_option(package_name="gait-toolkit", prog_name="gait")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -82,10 +84,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
+      gait build-kernels  the native int8 kernels of gait eval (make install runs it)
       gait identify rank the gallery subjects for one raw sequence folder
       gait gallery  enrol named people for identify (add, list, remove)
       gait import-checkpoint  an OpenGait GaitSet / GaitBase checkpoint as a gait run folder
       gait study    a grid of runs from YAML: train, evaluate, compare across seeds
+      gait configs  the shipped configs and studies by name (list, show)
       gait export   a trained model as ONNX, checked against PyTorch
     Run `gait COMMAND --help` for each command's options.
     """
@@ -99,9 +103,11 @@ cli.add_command(pack_group)
 cli.add_command(train_cmd)
 cli.add_command(embed_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(build_kernels_cmd)
 cli.add_command(identify_cmd)
 cli.add_command(import_checkpoint_cmd)
 cli.add_command(study_cmd)
+cli.add_command(configs_group)
 cli.add_command(export_cmd)
 cli.add_command(gallery_group)
 cli.add_command(segment_cmd)

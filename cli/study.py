@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
+from gaitcli.configs import shipped_argument
 from gaittrain.study.runner import commands, run_study
 from gaittrain.study.spec import load_study
 from gaittrain.study.summary import summary_lines, write_summary
 
 
 @click.command("study")
-@click.argument("study_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("study_file", metavar="STUDY", callback=shipped_argument("study"))
 @click.option(
     "--pack",
     required=True,
@@ -52,7 +53,9 @@ from gaittrain.study.summary import summary_lines, write_summary
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def study_cmd(study_file, pack, out, as_list, only, trial, summarize, overwrite, device) -> None:
-    """Train, evaluate and compare a grid of runs declared in STUDY_FILE (docs/study.md).
+    """Train, evaluate and compare a grid of runs declared in STUDY (docs/study.md): a YAML
+    file, or a shipped study's name (`gait configs list`: loss-demo or studies/loss-demo, ...; a
+    file of that name wins).
 
     Every run is an ordinary run folder (OUT/runs/NAME) trained on the training subjects less
     the validation split, evaluated on the validation subjects at every eval_every-th

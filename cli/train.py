@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
+from gaitcli.configs import shipped_argument
 from gaittrain.config import load_config
 from gaittrain.device import setup, teardown
 from gaittrain.trainer import train
 
 
 @click.command("train")
-@click.argument("config", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("config", callback=shipped_argument("config"))
 @click.option(
     "--pack",
     "packs",
@@ -58,10 +59,11 @@ def train_cmd(
     resume,
     overrides,
 ) -> None:
-    """Train on PACKs with the YAML CONFIG (see configs/ and docs/losses.md).
+    """Train on PACKs with CONFIG: a YAML file, or the name of a shipped config (`gait configs
+    list`: tiny, casia-b, ...; a file of that name wins). See docs/training.md, docs/losses.md.
 
     Runs on CPU, one GPU (AMP) or, started by torchrun, on many processes (DDP: NCCL on CUDA,
-    gloo on CPU). Example: gait train configs/tiny.yaml --pack build/demo/casia-b.h5 --out runs/tiny
+    gloo on CPU). Example: gait train tiny --pack build/demo/casia-b.h5 --out runs/tiny
     """
     extra = list(overrides)
     if iterations is not None:

@@ -17,15 +17,35 @@ from gaittrain.evaluation.metrics import _match_table, retrieve
 from gaittrain.evaluation.ranking import match_ranks, score_ranks
 from tests.cli import subprocess_env
 
-NATIVE = native.kernels() is not None
+
+@pytest.fixture(scope="module", autouse=True)
+def built(tmp_path_factory):
+    """The native kernels built into a cache of this module's own, as `gait build-kernels`
+    does (loading never compiles, and no test reads ~/.cache/gait): ``(library, "built")``, or
+    ``(None, why)`` where this machine cannot build them."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("GAIT_CACHE", str(tmp_path_factory.mktemp("kernels")))
+        yield native.build()
+    native._load.cache_clear()
+
+
+@pytest.fixture
+def kernels(built):
+    """The loaded native kernels; the test skipped where this machine cannot build them."""
+    library, why = built
+    if library is None:
+        pytest.skip(f"no native kernels on this machine ({why})")
+    lib = native.kernels()
+    assert lib is not None, native.unavailable()
+    return lib
 
 
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Each test runs through the native kernels (where this CPU can build them) and through
     PyTorch (:func:`torch._int_mm` and tensor operations)."""
-    if request.param == "native" and not NATIVE:
-        pytest.skip("no native kernels on this machine (needs a C compiler and AVX-512 VNNI)")
+    if request.param == "native":
+        request.getfixturevalue("kernels")
     if request.param == "torch":
         monkeypatch.setattr(native, "kernels", lambda: None)
     return request.param
@@ -132,8 +152,7 @@ def test_bound_holds_for_every_pair(levels, path):
     assert float((tau / approx.clamp_min(1e-6))[10:].median()) < useful  # and is useful
 
 
-@pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")
-def test_native_pieces_equal_their_pytorch_versions():
+def test_native_pieces_equal_their_pytorch_versions(kernels):
     """The native re-check is exact_distances' float64 sums (float16 and float32 rows), the
     native selection of candidates is the PyTorch one, pair for pair, and the native list of
     a mask's pairs is ``nonzero``'s."""
@@ -160,19 +179,19 @@ def test_native_pieces_equal_their_pytorch_versions():
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(not NATIVE, reason="no native kernels on this machine")
-def test_native_build_is_cached_by_source(tmp_path, monkeypatch):
+def test_native_build_is_cached_by_source(kernels, tmp_path, monkeypatch):
     """The kernels are compiled once into the cache, under the source's hash: a changed
     source is a new library, never the old one reused."""
     monkeypatch.setenv("GAIT_CACHE", str(tmp_path))
-    first = native._build("cc")
-    assert first.parent == tmp_path and first.exists()
+    first, outcome = native.build()
+    assert outcome == "built" and first.parent == tmp_path and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert native._build("cc") == first and first.stat().st_mtime_ns == stamp
+    assert native.build() == (first, "up to date") and first.stat().st_mtime_ns == stamp
     changed = tmp_path / "changed.c"
     changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
     monkeypatch.setattr(native, "SOURCE", changed)
-    assert native._build("cc") != first
+    second, outcome = native.build()
+    assert outcome == "built" and second not in (None, first)
 
 
 def test_auto_takes_int8_only_where_it_pays():
@@ -201,7 +220,7 @@ MEASURE = textwrap.dedent(
     gallery = means + 0.5 * torch.randn(3000, 4, 64, generator=g)
     probe = means[:2000] + 0.5 * torch.randn(2000, 4, 64, generator=g)
     ids = np.arange(3000)
-    retrieve(probe, ids[:2000], gallery, ids, precision=precision, max_memory=cap)  # compiles
+    retrieve(probe, ids[:2000], gallery, ids, precision=precision, max_memory=cap)  # warm-up
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current size
     start = hwm()
     r = retrieve(probe, ids[:2000], gallery, ids, precision=precision, max_memory=cap)
@@ -211,12 +230,14 @@ MEASURE = textwrap.dedent(
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int8-torch"])
-def test_distance_stage_stays_under_its_cap(precision):
+def test_distance_stage_stays_under_its_cap(precision, request):
     """Measured: the peak resident size while ranking 2,000 probes against 3,000 sequences
     grows by less than --max-memory plus a small constant (the full float64 matrix alone
     would take 48 MB). A fixed malloc mmap threshold returns freed blocks at once, so that the
     peak counts live buffers, not what the allocator kept from earlier calls."""
     cap = 8 << 20
+    if precision == "int8":  # through the kernels of the module's cache ($GAIT_CACHE)
+        request.getfixturevalue("kernels")
     native_kernels = "0" if precision == "int8-torch" else "1"
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, str(cap), precision.split("-")[0]],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaittrain.evaluation.embed import read_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from tests.cli import gait, make_pack, subprocess_env, train_tiny
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gaittrain.evaluation.embed import read_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from tests.cli import FAST, SAMPLE, TINY, assert_one_line_error, gait, make_pack
 
 RAW = SAMPLE

@@ -12,10 +12,11 @@ import torch
 
 from gaitprep.pack import PackWriter
 from gaittrain.data.dataset import PackDataset, to_model_input
-from gaittrain.evaluation.embed import embed_dataset, even_frames, load_model
+from gaittrain.evaluation.embed import embed_dataset, even_frames
 from gaittrain.evaluation.metrics import METRICS, _block_rows, distance_blocks, retrieve
 from gaittrain.models import SetModel
 from gaittrain.models.set_model import segment_max
+from gaittrain.trained_model import load_model
 from tests.cli import make_pack, train_tiny
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]

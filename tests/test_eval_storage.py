@@ -22,9 +22,13 @@ import torch
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
 from gaittrain.evaluation import native
-from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack, write_embeddings_file
+from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack
+from gaittrain.evaluation.embeddings_file import (
+    EmbeddingStore,
+    open_embeddings,
+    write_embeddings_file,
+)
 from gaittrain.evaluation.protocol import EvalProtocol, evaluate, load_eval_protocol
-from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
 from tests.cli import gait, make_pack, train_tiny
 
 TEST = "001-006"  # every subject of the sample: the most probes (three are training subjects)

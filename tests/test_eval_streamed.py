@@ -10,10 +10,27 @@ import h5py
 import numpy as np
 import pytest
 
-from gaittrain.evaluation.embed import read_embeddings, stale_reason, write_embeddings_file
+from gaittrain.evaluation import native
+from gaittrain.evaluation.embed import stale_reason
+from gaittrain.evaluation.embeddings_file import (
+    EmbeddingStore,
+    open_embeddings,
+    read_embeddings,
+    write_embeddings_file,
+)
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-from gaittrain.evaluation.store import EmbeddingStore, open_embeddings
 from tests.cli import gait, make_pack, train_tiny
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built(tmp_path_factory):
+    """The native kernels built into a cache of this module's own, as `gait build-kernels`
+    does (`gait eval` never compiles, and no test reads ~/.cache/gait): ``(library, "built")``,
+    or ``(None, why)`` where this machine cannot build them."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("GAIT_CACHE", str(tmp_path_factory.mktemp("kernels")))
+        yield native.build()
+    native._load.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +94,7 @@ def test_a_float32_file_of_an_older_gait_is_embedded_again_for_float16(run, tmp_
 
 def test_an_embedding_out_of_float16_range_is_refused(tmp_path: Path) -> None:
     """In float16 storage only: float32 stores the model's value."""
-    from gaittrain.evaluation.embed import EmbeddingsError
+    from gaittrain.evaluation.embeddings_file import EmbeddingsError
 
     keys = [("001", "nm", "01", "000"), ("002", "nm", "01", "000")]
     emb = np.ones((2, 3, 4), np.float32)
@@ -105,7 +122,10 @@ def test_a_store_evaluates_as_the_dict_it_holds(run) -> None:
 
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
-def test_precisions_give_the_same_report(run, storage) -> None:
+def test_precisions_give_the_same_report(run, storage, built, monkeypatch) -> None:
+    """int8 through the native kernels where this machine builds them, else through PyTorch."""
+    bounds, calls = native.bounds, []
+    monkeypatch.setattr(native, "bounds", lambda *args: calls.append(1) or bounds(*args))
     stored = ("--storage", storage)
     a = report(run["run"], run["pack"], run["run"] / "fp32.json", "--precision", "fp32", *stored)
     b = report(run["run"], run["pack"], run["run"] / "int8.json", "--precision", "int8", *stored)
@@ -115,6 +135,7 @@ def test_precisions_give_the_same_report(run, storage) -> None:
         assert x["cells"] == y["cells"] and x["cmc"] == y["cmc"]
         assert x["mAP"] == pytest.approx(y["mAP"], abs=1e-6)  # float32 vs float64 rounding
     assert a["failures"] == b["failures"]
+    assert bool(calls) == (built[0] is not None)
 
 
 def test_int8_with_a_cosine_metric_is_refused(run) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
-from gaittrain.evaluation.embed import read_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.evaluation.metrics import distance_blocks
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from tests.cli import gait, train_tiny

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gaittrain.data.dataset import PackDataset
-from gaittrain.evaluation.embed import load_model
+from gaittrain.trained_model import load_model
 from tests.cli import assert_one_line_error, gait, make_pack, train_tiny
 
 onnx = pytest.importorskip("onnx")

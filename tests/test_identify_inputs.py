@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaittrain.evaluation.embed import read_embeddings, write_embeddings_file
+from gaittrain.evaluation.embeddings_file import read_embeddings, write_embeddings_file
 from tests.cli import SAMPLE, assert_one_line_error, gait, make_pack, train_tiny
 
-MAX_NAME = 64  # gaittrain.evaluation.identify.MAX_NAME
+MAX_NAME = 64  # gaittrain.inference.identify.MAX_NAME
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_a_name_that_is_not_plain_printable_text_is_refused(setup, tmp_path, nam
 
 
 def test_printable_names_of_any_script_are_enrolled(setup, tmp_path: Path) -> None:
-    from gaittrain.evaluation import identify
+    from gaittrain.inference import identify
 
     assert identify.MAX_NAME == MAX_NAME
     g = tmp_path / "people.h5"

@@ -14,10 +14,11 @@ import yaml
 
 from gaitprep.pack import PackWriter
 from gaittrain.config import ConfigError, config_from_dict, dump_config, load_config
-from gaittrain.evaluation.embed import load_model, read_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.losses import TripletLoss
 from gaittrain.models import MODELS, GaitBase, GaitSet, SetModel, build_model
 from gaittrain.objective import Objective
+from gaittrain.trained_model import load_model
 from gaittrain.trainer import with_classes
 from tests.cli import FAST, ROOT, assert_one_line_error, gait, make_pack
 

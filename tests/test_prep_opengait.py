@@ -113,8 +113,9 @@ def test_a_pack_from_pickles_works_for_evaluation(fixture_pack: Path) -> None:
     import torch
 
     from gaittrain.data.dataset import PackDataset
-    from gaittrain.evaluation.embed import embed_dataset, pack_normalization, params_from
+    from gaittrain.evaluation.embed import embed_dataset
     from gaittrain.models import SetModel
+    from gaittrain.trained_model import pack_normalization, params_from
 
     data = PackDataset([fixture_pack], frames=None, height=32, cut=True)
     try:

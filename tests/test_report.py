@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
-from gaittrain.evaluation.embed import read_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from tests.cli import chromium, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]

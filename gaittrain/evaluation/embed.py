@@ -1,108 +1,44 @@
 """Embeddings of every test sequence of a pack, batched by length, to an HDF5 file.
 
-The file holds ``/embeddings`` [N, parts, dim] in its storage (float32, the model's values, unless
-float16 was chosen: :mod:`gaittrain.evaluation.store`) and ``/sequences/{subject, condition, seq,
-view}`` keyed like the pack. Its attributes record everything that made it (:func:`provenance`):
-the checkpoint's path and fingerprint, the pack's path and fingerprint, ``max_frames``, the
-storage and the pack's normalization parameters. ``gait eval`` reuses a file only when all of
-them and the exact sequence list match (:func:`ensure_embeddings`); ``gait identify``
-preprocesses a probe with the recorded normalization parameters, never with defaults.
+The file (:mod:`gaittrain.evaluation.embeddings_file`, its format's one owner) holds
+``/embeddings`` [N, parts, dim] in its storage (float32, the model's values, unless float16 was
+chosen) and ``/sequences/{subject, condition, seq, view}`` keyed like the pack. Its attributes
+record everything that made it (:func:`provenance`): the checkpoint's path and fingerprint, the
+pack's path and fingerprint, ``max_frames``, the storage and the pack's normalization
+parameters. ``gait eval`` reuses a file only when all of them and the exact sequence list match
+(:func:`ensure_embeddings`); ``gait identify`` preprocesses a probe with the recorded
+normalization parameters, never with defaults.
 """
 
 from __future__ import annotations
 
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gaitprep.errors import GaitError, first_line
+from gaitprep.errors import first_line
 from gaitprep.files import OutputLock, atomic_output
 from gaitprep.pack import Pack
-from gaitprep.process import Params
-from gaittrain import checkpoint
-from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import Config, config_from_dict
 from gaittrain.data.dataset import PackDataset, to_model_input
-from gaittrain.device import Runtime, memory_format
-from gaittrain.evaluation.store import (
+from gaittrain.device import Runtime
+from gaittrain.evaluation.embeddings_file import (
     DEFAULT_STORAGE,
-    KEY_COLUMNS,
     STORAGES,
+    WRITE_ROWS,
+    EmbeddingsError,
     EmbeddingStore,
     open_embeddings,
-    squared_norms64,
-    to_stored,
+    read_embeddings,
+    write_embeddings_file,
 )
-from gaittrain.models import BNNECK_MODELS, build_model
-from gaittrain.run_folder import resolve_checkpoint
-
-
-class EmbeddingsError(GaitError):
-    """A file that is not a readable embeddings file."""
-
-
-#: The pack attributes that shape a frame; a probe must be normalized with the gallery's.
-NORMALIZATION = ("size", "min_sum", "binarize", "largest_blob")
-
-
-@dataclass
-class TrainedModel:
-    """A checkpoint's model in eval mode, its config, the file it came from and the SHA-256 of
-    the bytes the weights were read from."""
-
-    model: nn.Module
-    cfg: Config
-    path: Path
-    fingerprint: str
-
-
-def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
-    """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
-    path = resolve_checkpoint(ckpt)
-    state, fingerprint = checkpoint.load_with_fingerprint(path)
-    cfg = config_from_dict(state["config"])
-    try:
-        model = build_model(_with_classes(cfg, state["model"]).model)
-        model.load_state_dict(state["model"])
-        model = model.to(device, memory_format=memory_format(cfg, torch.device(device)))
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: the weights do not fit its own config ({first_line(e)})"
-        ) from None
-    model.eval()
-    return TrainedModel(model, cfg, path, fingerprint)
-
-
-def _with_classes(cfg: Config, weights) -> Config:
-    """A BNNeck model's ``model.classes`` 0 (the training subjects' count) resolved from the
-    classifier's shape in the weights."""
-    if cfg.model.name not in BNNECK_MODELS or cfg.model.classes > 0:
-        return cfg
-    classifier = weights.get("classifier") if isinstance(weights, dict) else None
-    if not isinstance(classifier, torch.Tensor) or classifier.dim() != 3:
-        raise ValueError("no BNNeck classifier [parts, dim, classes] among the weights")
-    return replace(cfg, model=replace(cfg.model, classes=int(classifier.shape[-1])))
-
-
-def pack_normalization(pack: Pack) -> dict:
-    """The normalization parameters a pack's frames were made with."""
-    return {k: pack.attrs[k] for k in NORMALIZATION}
-
-
-def params_from(norm: dict) -> Params:
-    """:class:`gaitprep.process.Params` from recorded normalization attributes."""
-    return Params(
-        int(norm["size"]), int(norm["min_sum"]), bool(norm["binarize"]), bool(norm["largest_blob"])
-    )
+from gaittrain.trained_model import TrainedModel, load_model, pack_normalization
 
 
 def provenance(
@@ -110,7 +46,7 @@ def provenance(
 ) -> dict:
     """Everything that determines an embeddings file, as flat HDF5 attributes: taken from the
     loaded model and from the open pack the frames are read through, and the ``storage`` asked
-    for (:data:`~gaittrain.evaluation.store.STORAGES`)."""
+    for (:data:`~gaittrain.evaluation.embeddings_file.STORAGES`)."""
     if storage not in STORAGES:
         raise EmbeddingsError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
     return {
@@ -175,7 +111,7 @@ def ensure_embeddings(
     storage: str = DEFAULT_STORAGE,
 ) -> tuple[dict | EmbeddingStore, dict, str | None]:
     """The embeddings of ``subjects`` (None: all) in ``pack`` by ``ckpt``, kept in ``out`` in
-    ``storage`` (:data:`~gaittrain.evaluation.store.STORAGES`).
+    ``storage`` (:data:`~gaittrain.evaluation.embeddings_file.STORAGES`).
 
     The file is reused when everything that made it, its storage included, is unchanged,
     otherwise embedded again
@@ -437,53 +373,3 @@ def write_embeddings(path: Path, data: PackDataset, emb: np.ndarray, attrs: dict
     keys = [data.key(j) for j in range(len(data))]
     blocks = (emb[s : s + WRITE_ROWS] for s in range(0, len(emb), WRITE_ROWS))
     write_embeddings_file(path, keys, emb.shape[1:], blocks, attrs)
-
-
-#: Sequences converted and written at once.
-WRITE_ROWS = 4096
-
-
-def write_embeddings_file(path: Path, keys: list, shape: tuple, blocks, attrs: dict) -> None:
-    """Write embeddings [len(keys), *shape] given as consecutive row ``blocks``: in the storage
-    ``attrs["storage"]`` names (float32 where it names none; the attribute is written either
-    way) with every part's squared length in float32 (:mod:`gaittrain.evaluation.store`), the
-    keys and ``attrs`` (temporary name, fsync, then rename). EmbeddingsError where a value is not
-    finite in the storage."""
-    storage = attrs.get("storage", DEFAULT_STORAGE)
-    if storage not in STORAGES:
-        raise EmbeddingsError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
-    attrs = {**attrs, "storage": storage}
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        out = f.create_dataset("embeddings", (len(keys), *shape), STORAGES[storage])
-        norms = f.create_dataset("sq_norms", (len(keys), shape[0]), np.float32)
-        start = 0
-        for block in blocks:
-            try:
-                stored = to_stored(block, storage)
-            except ValueError as e:
-                raise EmbeddingsError(f"{path}: {e}") from None
-            out[start : start + len(block)] = stored
-            norms[start : start + len(block)] = squared_norms64(stored)
-            start += len(block)
-        if start != len(keys):
-            raise ValueError(f"{start} embeddings for {len(keys)} keys")
-        text = h5py.string_dtype("utf-8")
-        for c, col in enumerate(KEY_COLUMNS):
-            f.create_dataset(
-                f"sequences/{col}", data=np.array([k[c] for k in keys], object), dtype=text
-            )
-        f.attrs.update(attrs)
-
-
-def read_embeddings(path: Path) -> tuple[dict, dict]:
-    """``({key: [parts, dim]}, attrs)`` from an embeddings file; EmbeddingsError if it is not
-    one."""
-    try:
-        f, keys, attrs = open_embeddings(path)
-        with f:
-            emb = f["embeddings"][()].astype(np.float32, copy=False)
-        return {key: emb[i] for i, key in enumerate(keys)}, attrs
-    except (OSError, KeyError, ValueError, AttributeError) as e:
-        raise EmbeddingsError(
-            f"{path} is not a readable embeddings file ({first_line(e)}); make it with `gait embed`"
-        ) from None

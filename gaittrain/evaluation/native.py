@@ -1,19 +1,24 @@
-"""The fused int8 distance kernels (``int8_distances.c``), built once per machine and loaded.
+"""The fused int8 distance kernels (``int8_distances.c``): built once per machine by an
+explicit step, ``gait build-kernels`` (:func:`build`; ``make install`` runs it), then loaded.
 
 PyTorch computes an int8 product fast (oneDNN, VNNI) but writes every product to memory, and
 the square roots over 62 parts then read them back: on a 2-core CPU that traffic cost more than
 the products. The C kernels keep a tile's products in registers and re-check pairs without
-temporaries. They are compiled with the C compiler already at hand for ``torch.compile``
-(``$CC``, else ``cc``; given :data:`BUILD_TIMEOUT` seconds), into ``$GAIT_CACHE`` (default
-``~/.cache/gait``) under the source's hash, so a changed source is rebuilt, never reused.
+temporaries. :func:`build` compiles them with the C compiler already at hand for
+``torch.compile`` (``$CC``, else ``cc``; given :data:`BUILD_TIMEOUT` seconds) into
+``$GAIT_CACHE`` (default ``~/.cache/gait``) under the hash of the source, compiler and flags, so
+a changed source is a new library, never the old one reused. It is the only function here that
+runs the compiler.
 
 Beside each library a record (``.json``: its size and SHA-256) is written, each file whole or
 not at all. Before loading, the library must match its record; once loaded, it must export
 every kernel and report this module's :data:`INTERFACE` and tile (:data:`ROW_TILE` x
-:data:`COL_TILE`). A cached library that fails is compiled once more; one that still fails is
-not used. Where there is no compiler, no AVX-512 VNNI, or a library that fails, :func:`kernels`
-returns None, :func:`unavailable` says why, and :mod:`gaittrain.evaluation.certified` uses
-PyTorch: the same figures, more slowly.
+:data:`COL_TILE`). Loading never compiles: :func:`kernels` (and everything that asks whether
+int8 can run) loads the library already built for this source, or returns None, with
+:func:`unavailable` saying why: turned off (``GAIT_NATIVE=0``), no AVX-512 VNNI, not built
+(:data:`NOT_BUILT`), or a library that fails its checks (skipped with a warning;
+:func:`build` compiles it again). :mod:`gaittrain.evaluation.certified` then uses PyTorch: the
+same figures, more slowly.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from gaitprep.errors import OutputError
+from gaitprep.errors import GaitError
 from gaitprep.files import atomic_output
 
 SOURCE = Path(__file__).with_name("int8_distances.c")
@@ -51,6 +56,14 @@ ROW_TILE, COL_TILE = 8, 48
 KERNELS = ("bounds", "candidates", "pairs", "quantize_f16", "quantize_f32")
 KERNELS += ("exact_f16", "exact_f32")
 CHECKS = ("gait_native_interface", "gait_native_row_tile", "gait_native_col_tile")
+#: Why the kernels do not run on a machine that can run them but where none is built.
+NOT_BUILT = "not built: run `gait build-kernels`"
+
+
+class KernelError(GaitError):
+    """Kernels just compiled here that fail their own checks (a broken toolchain, or a C
+    source and ``native.py`` of different interfaces): a problem to report, not a limit of the
+    machine."""
 
 
 def cache_dir() -> Path:
@@ -63,6 +76,19 @@ def _cpu_has_vnni() -> bool:
     except OSError:
         return False
     return {"avx512f", "avx512bw", "avx512dq", "avx512_vnni", "f16c"} <= flags
+
+
+def _machine() -> str | None:
+    """Why this process cannot run the kernels whatever is built (None: it can)."""
+    if os.environ.get("GAIT_NATIVE", "1") == "0":
+        return "turned off by GAIT_NATIVE=0"
+    if not _cpu_has_vnni():
+        return "no AVX-512 VNNI on this CPU"
+    return None
+
+
+def _compiler() -> str:
+    return os.environ.get("CC") or "cc"
 
 
 def _library(compiler: str) -> Path:
@@ -81,22 +107,20 @@ def _digest(data: bytes) -> dict:
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _build(compiler: str, again: bool = False) -> Path:
-    """The shared library for this source and these flags, compiled unless cached (or
-    ``again``), then its record."""
-    target = _library(compiler)
-    if target.exists() and not again:
-        return target
-    if shutil.which(compiler) is None:
-        raise subprocess.SubprocessError(f"no C compiler {compiler} found")
-    # whole or not at all; temporary names of their own, so that racing builds do not collide
+def _compile(compiler: str, target: Path) -> None:
+    """Compile the source into ``target``, then write its record (each whole or not at all;
+    temporary names of their own, so that racing builds do not collide)."""
     with atomic_output(target, f".{os.getpid()}.partial") as built:
         command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        try:
+            subprocess.run(
+                command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT
+            )
+        except OSError as e:  # the compiler itself, not the output, failed
+            raise subprocess.SubprocessError(f"cannot run {compiler}: {e.strerror or e}") from e
         record = _digest(built.read_bytes())
     with atomic_output(_record(target), f".{os.getpid()}.partial") as written:
         written.write_text(json.dumps(record))
-    return target
 
 
 def _damage(library: Path) -> str | None:
@@ -135,8 +159,52 @@ def _open(library: Path) -> tuple[ctypes.CDLL | None, str | None]:
             )
     if reason is None:
         return lib, None
-    _ctypes.dlclose(lib._handle)  # unloaded, so that a rebuilt file of that name is read anew
+    _close(lib)
     return None, reason
+
+
+def _close(lib: ctypes.CDLL) -> None:
+    """Unload ``lib`` (once per load), so that a rebuilt file of that name is read anew."""
+    _ctypes.dlclose(lib._handle)
+
+
+def build() -> tuple[Path | None, str]:
+    """Build the kernels into the cache, or verify the build already there (``gait
+    build-kernels``): ``(library, "built")`` or ``(library, "up to date")``; ``(None, why)``
+    where this machine cannot: ``GAIT_NATIVE=0``, no AVX-512 VNNI, no C compiler, or one that
+    fails on the source or takes over :data:`BUILD_TIMEOUT` s. A library that fails its checks
+    (truncated, foreign, of another interface) is compiled again. Raises
+    :class:`~gaitprep.errors.OutputError` where the cache cannot be written and
+    :class:`KernelError` where a library just compiled fails its checks: problems to fix, not
+    limits of the machine. The next :func:`kernels` looks afresh."""
+    try:
+        return _build()
+    finally:
+        _load.cache_clear()
+
+
+def _build() -> tuple[Path | None, str]:
+    reason = _machine()
+    if reason is not None:
+        return None, reason
+    compiler = _compiler()
+    target = _library(compiler)
+    if target.exists():
+        lib, _ = _open(target)
+        if lib is not None:
+            _close(lib)
+            return target, "up to date"
+    if shutil.which(compiler) is None:
+        return None, f"no C compiler {compiler} found (set CC to one)"
+    try:
+        _compile(compiler, target)
+    except subprocess.SubprocessError as e:
+        return None, _build_error(e, compiler)
+    lib, reason = _open(target)
+    if lib is None:
+        raise KernelError(f"the native kernels just built in {target.parent} fail: {reason}")
+    _close(lib)
+    return target, "built"
 
 
 def _build_error(e: Exception, compiler: str) -> str:
@@ -152,21 +220,20 @@ def _build_error(e: Exception, compiler: str) -> str:
 
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    """The kernels loaded and declared, or None and why not (a warning where they should have
-    run: a failed build, a library that fails its checks even rebuilt)."""
-    if os.environ.get("GAIT_NATIVE", "1") == "0":
-        return None, "turned off by GAIT_NATIVE=0"
-    if not _cpu_has_vnni():
-        return None, "no AVX-512 VNNI on this CPU"
-    compiler = os.environ.get("CC", "cc")
+    """The kernels already built for this source, loaded and declared, or None and why not
+    (with a warning where a library was found but fails its checks). Never compiles."""
+    reason = _machine()
+    if reason is not None:
+        return None, reason
     try:
-        cached = _library(compiler).exists()
-        lib, reason = _open(_build(compiler))
-        if lib is None and cached:  # truncated, replaced or stale: compiled once more
-            lib, reason = _open(_build(compiler, again=True))
-    except (OSError, OutputError, subprocess.SubprocessError) as e:
-        lib, reason = None, _build_error(e, compiler)
+        library = _library(_compiler())
+    except OSError as e:
+        return None, f"cannot read the kernels' source: {e.strerror or e}"
+    if not library.exists():
+        return None, NOT_BUILT
+    lib, reason = _open(library)
     if lib is None:
+        reason = f"{reason}; `gait build-kernels` builds it again"
         warnings.warn(f"int8 distances: no native kernels ({reason})", stacklevel=3)
         return None, reason
     return _declare(lib), None
@@ -195,8 +262,8 @@ def kernels() -> ctypes.CDLL | None:
 
 
 def unavailable() -> str | None:
-    """Why the kernels do not run here, in a few words (None: they do); built or loaded once
-    per process, then answered at once."""
+    """Why the kernels do not run here, in a few words (None: they do); loaded (never built)
+    once per process, then answered at once."""
     return None if kernels() is not None else _load()[1] or "turned off"
 
 

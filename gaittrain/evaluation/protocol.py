@@ -23,8 +23,8 @@ import torch
 
 from gaittrain.data.splits import SplitError, load_protocol, select
 from gaittrain.evaluation import certified
+from gaittrain.evaluation.embeddings_file import EmbeddingStore
 from gaittrain.evaluation.metrics import Retrieval, resolve_precision, retrieve, squared_norms
-from gaittrain.evaluation.store import EmbeddingStore
 
 Key = tuple[str, str, str, str]
 
@@ -111,8 +111,8 @@ def evaluate(
     ----------
     embeddings : dict or EmbeddingStore
         Sequence keys (subject, condition, seq, view) to [parts, dim] arrays, or a store that
-        reads them on request (:mod:`gaittrain.evaluation.store`): one gallery view and one
-        block of probes are held at a time.
+        reads them on request (:mod:`gaittrain.evaluation.embeddings_file`): one gallery view and
+        one block of probes are held at a time.
     protocol : EvalProtocol
         Gallery, probe groups, identical-view rule and gallery views.
     test_subjects : list of str, optional

@@ -22,9 +22,9 @@ from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation import native
 from gaittrain.evaluation.embed import ensure_embeddings
+from gaittrain.evaluation.embeddings_file import DEFAULT_STORAGE
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
 from gaittrain.evaluation.report import to_csv, to_html, to_json
-from gaittrain.evaluation.store import DEFAULT_STORAGE
 from gaittrain.run_folder import (
     RunPaths,
     default_embeddings,

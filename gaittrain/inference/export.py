@@ -26,7 +26,7 @@ from gaitprep.errors import GaitError
 from gaitprep.files import OutputLock, atomic_output
 from gaitprep.pack import Pack
 from gaittrain.data.dataset import PackDataset, cut_width
-from gaittrain.evaluation.embed import load_model, pack_normalization
+from gaittrain.trained_model import load_model, pack_normalization
 
 #: Largest difference between onnxruntime's and PyTorch's embeddings an export may show.
 TOLERANCE = 1e-4

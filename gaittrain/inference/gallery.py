@@ -5,7 +5,7 @@ sequence, keyed (NAME, "gallery", N, "-"), and attributes recording the model th
 (checkpoint path and fingerprint), the normalization every frame was made with and the storage
 (float32 for a new gallery; a gallery keeps the storage it was made with). Adding with another
 model is refused: distances between two models mean nothing. A name is 1 to 64 printable
-characters (:func:`~gaittrain.evaluation.identify.valid_name`), checked when enrolling and again
+characters (:func:`~gaittrain.inference.identify.valid_name`), checked when enrolling and again
 when reading a gallery, which someone else may have made. Every change rewrites the file
 atomically under its lock.
 """
@@ -18,15 +18,13 @@ import numpy as np
 
 from gaitprep.files import OutputLock
 from gaitprep.process import Params
-from gaittrain.evaluation.embed import (
-    NORMALIZATION,
-    TrainedModel,
-    params_from,
+from gaittrain.evaluation.embeddings_file import (
+    DEFAULT_STORAGE,
     read_embeddings,
     write_embeddings_file,
 )
-from gaittrain.evaluation.identify import IdentifyError, check_keys, embed_folder, valid_name
-from gaittrain.evaluation.store import DEFAULT_STORAGE
+from gaittrain.inference.identify import IdentifyError, check_keys, embed_folder, valid_name
+from gaittrain.trained_model import NORMALIZATION, TrainedModel, params_from
 
 
 def _read(gallery: Path) -> tuple[dict, dict]:

@@ -16,15 +16,11 @@ from gaitprep.normalize import normalize_frame
 from gaitprep.process import Params, process_sequence
 from gaitprep.segment import segment
 from gaittrain.data.dataset import shape_frames, to_model_input
-from gaittrain.evaluation.embed import (
-    NORMALIZATION,
-    TrainedModel,
-    ensure_embeddings,
-    params_from,
-    read_embeddings,
-)
+from gaittrain.evaluation.embed import ensure_embeddings
+from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.evaluation.metrics import distance_blocks
 from gaittrain.run_folder import run_folder
+from gaittrain.trained_model import NORMALIZATION, TrainedModel, params_from
 
 
 class IdentifyError(GaitError):

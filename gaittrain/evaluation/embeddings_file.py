@@ -1,4 +1,10 @@
-"""Embeddings held in memory or read from an embeddings file a few rows at a time.
+"""The embeddings file (``gait embed``, ``gait eval``, galleries): its one writer and its readers.
+
+A file holds ``/embeddings`` [N, parts, dim] in its storage (:data:`STORAGES`), ``/sq_norms``
+float32 [N, parts], ``/sequences/{subject, condition, seq, view}`` (the keys) and, as attributes,
+everything that made it (``gaittrain.evaluation.embed.provenance``). :func:`write_embeddings_file`
+writes one atomically; :func:`read_embeddings` reads a whole (small) file; :func:`open_embeddings`
+and :class:`EmbeddingStore` read a large one a few rows at a time.
 
 An evaluation needs one gallery view and one block of probes at a time, never the whole set:
 :class:`EmbeddingStore` gives the sequence keys up front and the embeddings of any rows on
@@ -16,6 +22,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+from gaitprep.errors import GaitError, first_line
+from gaitprep.files import atomic_output
 
 Key = tuple[str, str, str, str]
 KEY_COLUMNS = ("subject", "condition", "seq", "view")
@@ -177,3 +186,57 @@ def open_embeddings(path: Path) -> tuple[h5py.File, list[Key], dict]:
         f.close()
         raise
     return f, list(zip(*cols, strict=True)), attrs
+
+
+class EmbeddingsError(GaitError):
+    """A file that is not a readable embeddings file."""
+
+
+#: Sequences converted and written at once.
+WRITE_ROWS = 4096
+
+
+def write_embeddings_file(path: Path, keys: list, shape: tuple, blocks, attrs: dict) -> None:
+    """Write embeddings [len(keys), *shape] given as consecutive row ``blocks``: in the storage
+    ``attrs["storage"]`` names (float32 where it names none; the attribute is written either
+    way) with every part's squared length in float32 (:func:`squared_norms64`), the
+    keys and ``attrs`` (temporary name, fsync, then rename). EmbeddingsError where a value is not
+    finite in the storage."""
+    storage = attrs.get("storage", DEFAULT_STORAGE)
+    if storage not in STORAGES:
+        raise EmbeddingsError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    attrs = {**attrs, "storage": storage}
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        out = f.create_dataset("embeddings", (len(keys), *shape), STORAGES[storage])
+        norms = f.create_dataset("sq_norms", (len(keys), shape[0]), np.float32)
+        start = 0
+        for block in blocks:
+            try:
+                stored = to_stored(block, storage)
+            except ValueError as e:
+                raise EmbeddingsError(f"{path}: {e}") from None
+            out[start : start + len(block)] = stored
+            norms[start : start + len(block)] = squared_norms64(stored)
+            start += len(block)
+        if start != len(keys):
+            raise ValueError(f"{start} embeddings for {len(keys)} keys")
+        text = h5py.string_dtype("utf-8")
+        for c, col in enumerate(KEY_COLUMNS):
+            f.create_dataset(
+                f"sequences/{col}", data=np.array([k[c] for k in keys], object), dtype=text
+            )
+        f.attrs.update(attrs)
+
+
+def read_embeddings(path: Path) -> tuple[dict, dict]:
+    """``({key: [parts, dim]}, attrs)`` from an embeddings file; EmbeddingsError if it is not
+    one."""
+    try:
+        f, keys, attrs = open_embeddings(path)
+        with f:
+            emb = f["embeddings"][()].astype(np.float32, copy=False)
+        return {key: emb[i] for i, key in enumerate(keys)}, attrs
+    except (OSError, KeyError, ValueError, AttributeError) as e:
+        raise EmbeddingsError(
+            f"{path} is not a readable embeddings file ({first_line(e)}); make it with `gait embed`"
+        ) from None
