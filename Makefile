@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SEED   ?= 0
 WORKERS ?= 2
 
-.PHONY: install test lint format demo pipeline bench clean
+.PHONY: install test test-fast lint format demo pipeline bench clean
 
 # The native int8 kernels are built by this one explicit step (a second or so when they are up
 # to date; "not built" where the CPU or the compiler cannot: the PyTorch path then runs).
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the slow, multi-process and browser tests (about a minute).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not ddp and not browser"
 
 lint: install
 	$(BIN)/ruff check .

@@ -25,7 +25,15 @@ import yaml
 from gaittrain.losses import METRIC_LOSSES
 from gaittrain.models import MODELS as MODEL_CLASSES
 from gaittrain.models.gaitbase import GaitBaseConfig
-from gaittrain.schema import ConfigError, build, float_field, int_field, ints_field, show
+from gaittrain.schema import (
+    ConfigError,
+    build,
+    float_field,
+    int_field,
+    ints_field,
+    set_dotted,
+    show,
+)
 from gaittrain.yaml_strict import load_yaml, load_yaml_file
 
 INT_MAX = 10**9  # iteration counts and the like
@@ -254,16 +262,10 @@ def _check_gaitbase_height(height: int, model: GaitBaseConfig) -> None:
 
 def _set(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    node = data
-    for i, k in enumerate(keys[:-1]):
-        if k not in node:
-            node[k] = {}
-        node = node[k]
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section")
-    if keys[-1:] == ["name"] and len(keys) == 2 and keys[0] in UNIONS:
-        _check_union_switch(keys[0], node, value)
-    node[keys[-1]] = value
+    section = data.get(keys[0])
+    if keys[1:] == ["name"] and keys[0] in UNIONS and isinstance(section, dict):
+        _check_union_switch(keys[0], section, value)
+    set_dotted(data, dotted, value, f"--set {dotted}")
 
 
 def _check_union_switch(where: str, section: dict, name: Any) -> None:

@@ -90,15 +90,37 @@ def build(cls: type, data: Any, where: str = "", tag: str | None = None, sibling
 
 
 def _unknown(path: str, key: Any, known: dict, where: str, tag: str | None, siblings: dict) -> str:
-    text = f"unknown key {path!r}"
     if tag is not None:
-        text += f" for {where} {tag!r}"
         owners = [name for name, c in siblings.items() if key in {f.name for f in fields(c)}]
         if owners:
-            return f"{text} ({key} belongs to {', '.join(owners)}); known: {', '.join(known)}"
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+            return (
+                f"unknown key {path!r} for {where} {tag!r} ({key} belongs to "
+                f"{', '.join(owners)}); known: {', '.join(known)}"
+            )
+        return unknown_key(path, known, str(key), f" for {where} {tag!r}")
+    return unknown_key(path, known, str(key))
+
+
+def unknown_key(path: str, known, key: str | None = None, context: str = "") -> str:
+    """``unknown key 'PATH' (did you mean 'K'?); known: ...``: the closest of ``known`` to
+    ``key`` (the last part of ``path`` by default)."""
+    close = difflib.get_close_matches(key or path, [str(k) for k in known], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{text}{hint}; known: {', '.join(known)}"
+    return f"unknown key {path!r}{context}{hint}; known: {', '.join(map(str, known))}"
+
+
+def set_dotted(data: dict, dotted: str, value: Any, where: str) -> dict:
+    """Set ``data[a][b] = value`` for ``dotted`` ``a.b``, creating sections; returns the section
+    that received the key. A part of the path that holds a value, not a section, is a one-line
+    :class:`ConfigError` beginning with ``where``."""
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {'.'.join(keys[: i + 1])} is not a section")
+    node[keys[-1]] = value
+    return node
 
 
 def _tagged(options: tuple[type, ...], data: Any, path: str) -> Any:
@@ -122,6 +144,14 @@ def _value(hint: Any, value: Any, path: str, meta: Any = None) -> Any:
         if all(is_dataclass(o) for o in options):
             return _tagged(options, value, path)
         raise ConfigError(f"{path}: unsupported type")  # not used by the schema
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {show(value)}")
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{path}: its keys must be names, got {show(k)}")
+        return {k: _value(item, v, f"{path}.{k}", meta) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):

@@ -64,6 +64,12 @@ def train_tiny(pack: Path, out: Path, *extra) -> object:
     return gait("train", TINY, "--pack", pack, "--out", out, *FAST, *extra)
 
 
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a run folder (its config, data record, log and checkpoints) at ``to``."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("tensorboard", "embeddings-*"))
+    return to
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

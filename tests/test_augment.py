@@ -108,6 +108,7 @@ def test_augment_sequence_order_and_cut() -> None:
     assert not load_config(None).data.augment.active()  # off by default
 
 
+@pytest.mark.slow
 def test_dataset_augments_reproducibly_from_the_item_seed(tmp_path: Path) -> None:
     pack = make_pack(tmp_path / "sample.h5")
     cfg = load_config(

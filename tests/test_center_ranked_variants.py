@@ -116,6 +116,7 @@ def reference_kwargs(kwargs: dict) -> dict:
 # Values, gradients, statistics and memory updates against the loop references
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("kwargs", "centers"), CASES)
 def test_variant_matches_reference(seed: int, kwargs: dict, centers: str):

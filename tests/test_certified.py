@@ -18,28 +18,6 @@ from gaittrain.evaluation.ranking import match_ranks, score_ranks
 from tests.cli import subprocess_env
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built(tmp_path_factory):
-    """The native kernels built into a cache of this module's own, as `gait build-kernels`
-    does (loading never compiles, and no test reads ~/.cache/gait): ``(library, "built")``, or
-    ``(None, why)`` where this machine cannot build them."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("GAIT_CACHE", str(tmp_path_factory.mktemp("kernels")))
-        yield native.build()
-    native._load.cache_clear()
-
-
-@pytest.fixture
-def kernels(built):
-    """The loaded native kernels; the test skipped where this machine cannot build them."""
-    library, why = built
-    if library is None:
-        pytest.skip(f"no native kernels on this machine ({why})")
-    lib = native.kernels()
-    assert lib is not None, native.unavailable()
-    return lib
-
-
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Each test runs through the native kernels (where this CPU can build them) and through
@@ -76,6 +54,7 @@ def same(a, b):
     np.testing.assert_allclose(a.inp, b.inp, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.5, 1.0, 3.0])
 def test_int8_equals_fp32_and_float64(noise, path):
     """Easy to hopeless (the last: rank-1 near chance, most pairs open, blocks computed whole
@@ -95,6 +74,7 @@ def test_int8_equals_fp32_and_float64(noise, path):
         assert fast.cmc(1)[0] < 0.1
 
 
+@pytest.mark.slow
 def test_near_ties_and_duplicates(path):
     """Adversarial galleries: each probe's nearest sequence has near-twins of other subjects
     whose distances differ by 1e-6 .. 1e-3 relative (far inside the int8 error, beyond float32
@@ -179,6 +159,7 @@ def test_native_pieces_equal_their_pytorch_versions(kernels):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_native_build_is_cached_by_source(kernels, tmp_path, monkeypatch):
     """The kernels are compiled once into the cache, under the source's hash: a changed
     source is a new library, never the old one reused."""
@@ -229,6 +210,7 @@ MEASURE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int8-torch"])
 def test_distance_stage_stays_under_its_cap(precision, request):
     """Measured: the peak resident size while ranking 2,000 probes against 3,000 sequences
@@ -254,7 +236,7 @@ def test_distance_stage_stays_under_its_cap(precision, request):
     assert grown <= cap + (4 << 20), f"grew {grown / 2**20:.1f} MB over a cap of 8 MB"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_int8_on_cuda_equals_float64() -> None:
     """int8 tensor-core products (torch._int_mm on CUDA), re-checked: the float64 figures."""
     gallery, g_ids = structured(300, 2, 8, 64, 1.0, seed=0)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from gaittrain.evaluation.embeddings_file import read_embeddings
-from tests.cli import gait, make_pack, subprocess_env, train_tiny
+from tests.cli import gait, subprocess_env, train_tiny
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
+def run(tmp_path_factory, sample_pack) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("embed-ddp")
-    pack = make_pack(base / "sample.h5")
+    pack = sample_pack
     r = train_tiny(pack, base / "run", "--iterations", "2")
     assert r.exit_code == 0, r.output
     return pack, base / "run"
@@ -32,6 +32,8 @@ def torchrun_embed(*args, nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_two_processes_write_what_one_writes(run, tmp_path) -> None:
     pack, folder = run
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"

@@ -57,6 +57,7 @@ def rank1(report: dict) -> dict:
 # Item 1 ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_other_test_subjects_are_embedded_again(setup, tmp_path: Path) -> None:
     run = fresh_copy(setup["runs"][0], tmp_path / "run")
     first = evaluate(run, setup["a"], "--test-subjects", "004-005")
@@ -73,6 +74,7 @@ def test_other_test_subjects_are_embedded_again(setup, tmp_path: Path) -> None:
     assert all(v is not None for v in rank1(other).values())
 
 
+@pytest.mark.slow
 def test_an_unchanged_evaluation_reuses_its_embeddings(setup, tmp_path: Path) -> None:
     run = fresh_copy(setup["runs"][0], tmp_path / "run")
     evaluate(run, setup["a"], "--test-subjects", "004-006")
@@ -88,6 +90,7 @@ def test_an_unchanged_evaluation_reuses_its_embeddings(setup, tmp_path: Path) ->
 # Item 2 ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_another_pack_under_the_same_name_is_embedded_again(setup, tmp_path: Path) -> None:
     run = fresh_copy(setup["runs"][0], tmp_path / "run")
     evaluate(run, setup["a"], "--test-subjects", "004-006")
@@ -103,6 +106,7 @@ def test_another_pack_under_the_same_name_is_embedded_again(setup, tmp_path: Pat
     assert attrs["pack"] == str(setup["b"]) and attrs["normalization.binarize"]
 
 
+@pytest.mark.slow
 def test_a_new_checkpoint_is_embedded_again(setup, tmp_path: Path) -> None:
     run = fresh_copy(setup["runs"][0], tmp_path / "run")
     evaluate(run, setup["a"], "--test-subjects", "004-006")
@@ -221,6 +225,7 @@ def test_a_malformed_protocol_file_is_one_line(setup, tmp_path: Path, text, need
     assert_one_line_error(r, needle)
 
 
+@pytest.mark.slow
 def test_evaluating_on_training_subjects_is_flagged(setup, tmp_path: Path) -> None:
     """The runs trained on 001-004 of pack a: 004 as a test subject is not an unseen person."""
     run = fresh_copy(setup["runs"][0], tmp_path / "run")

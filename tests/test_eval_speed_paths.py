@@ -134,6 +134,7 @@ def varied_pack(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("max_frames", [0, 12])
 def test_embed_dataset_workers_and_a_per_sequence_loop_agree(
@@ -171,6 +172,7 @@ def test_embed_dataset_workers_and_a_per_sequence_loop_agree(
     np.testing.assert_allclose(runs[0], loop, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_the_cpu_embeds_in_channels_last_as_the_default_layout_does(varied_pack, tmp_path) -> None:
     """load_model puts a CPU model in channels_last (train.memory_format auto, as in training):
     the same embeddings as PyTorch's default layout, to float rounding, in batches of any size."""

@@ -29,18 +29,18 @@ from gaittrain.evaluation.embeddings_file import (
     write_embeddings_file,
 )
 from gaittrain.evaluation.protocol import EvalProtocol, evaluate, load_eval_protocol
-from tests.cli import gait, make_pack, train_tiny
+from tests.cli import gait, train_tiny
 
 TEST = "001-006"  # every subject of the sample: the most probes (three are training subjects)
 GROUPS = ("NM", "BG", "CL")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
+def run(tmp_path_factory, sample_pack) -> dict:
     """A tiny run trained 4 iterations on the sample's first three subjects, and the model's own
     float32 embeddings of the test sequences, computed here as `gait eval` embeds them."""
     base = tmp_path_factory.mktemp("storage")
-    pack = make_pack(base / "sample.h5")
+    pack = sample_pack
     out = base / "run"
     r = train_tiny(
         pack, out, "--train-subjects", "first:3", "--iterations", "4", "--set", "data.batch.p=3"
@@ -104,6 +104,7 @@ def plain_reference(emb: dict, gallery: list[str], probes: dict[str, list[str]])
     return out
 
 
+@pytest.mark.slow
 def test_eval_figures_are_those_of_the_models_float32_embeddings(run) -> None:
     """The issue's test: by default the file holds the model's float32 values, bit for bit, and
     `gait eval`'s NM/BG/CL rank-1 and mAP equal, exactly, gait's evaluator run on the model's
@@ -127,6 +128,7 @@ def test_eval_figures_are_those_of_the_models_float32_embeddings(run) -> None:
     np.testing.assert_array_equal(stored, np.stack([run["model"][k] for k in keys]))
 
 
+@pytest.mark.slow
 def test_float16_is_an_explicit_choice_embedded_again_either_way(run) -> None:
     """--storage float16 stores the model's values rounded to float16 and scores those, saying
     so; switching storage embeds again, saying why; the same storage again reuses the file."""
@@ -155,6 +157,7 @@ def test_float16_is_an_explicit_choice_embedded_again_either_way(run) -> None:
         assert f.attrs["storage"] == "float16" and f["embeddings"].dtype == np.float16
 
 
+@pytest.mark.slow
 def test_every_report_format_names_the_storage(run) -> None:
     r = gait("eval", run["run"], "--pack", run["pack"], "--test-subjects", TEST, "--device",
              "cpu", "--report", "csv", "--out", "-", "--storage", "float16")  # fmt: skip
@@ -173,8 +176,8 @@ def test_every_report_format_names_the_storage(run) -> None:
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Through the native kernels (where this CPU can build them) and through PyTorch."""
-    if request.param == "native" and native.kernels() is None:
-        pytest.skip("no native kernels on this machine (needs a C compiler and AVX-512 VNNI)")
+    if request.param == "native":
+        request.getfixturevalue("kernels")  # built into the session's cache, or skipped
     if request.param == "torch":
         monkeypatch.setattr(native, "kernels", lambda: None)
     return request.param

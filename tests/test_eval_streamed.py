@@ -19,28 +19,16 @@ from gaittrain.evaluation.embeddings_file import (
     write_embeddings_file,
 )
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-from tests.cli import gait, make_pack, train_tiny
+from tests.cli import copy_run, gait
 
-
-@pytest.fixture(scope="module", autouse=True)
-def built(tmp_path_factory):
-    """The native kernels built into a cache of this module's own, as `gait build-kernels`
-    does (`gait eval` never compiles, and no test reads ~/.cache/gait): ``(library, "built")``,
-    or ``(None, why)`` where this machine cannot build them."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("GAIT_CACHE", str(tmp_path_factory.mktemp("kernels")))
-        yield native.build()
-    native._load.cache_clear()
+#: every test here evaluates the session's 1,500-iteration tiny run (trained once, ~30 s)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("streamed")
-    pack = make_pack(base / "sample.h5")
-    out = base / "run"
-    r = train_tiny(pack, out, "--train-subjects", "first:4")
-    assert r.exit_code == 0, r.output
-    return {"pack": pack, "run": out}
+def run(tmp_path_factory, sample_pack, trained_run) -> dict:
+    out = copy_run(trained_run, tmp_path_factory.mktemp("streamed") / "run")
+    return {"pack": sample_pack, "run": out}
 
 
 TEST = ("--test-subjects", "last:4")

@@ -399,6 +399,7 @@ class FailTable(HTMLParser):
         return [dict(zip(header, r, strict=True)) for r in body]
 
 
+@pytest.mark.slow
 def test_html_report_shows_the_failures_of_the_table(trained, tmp_path: Path) -> None:
     run, pack, emb = trained
     flags = ("--test-subjects", "004-006", "--include-identical", "--metric", "cosine")

@@ -11,22 +11,22 @@ import torch
 
 from gaittrain.data.dataset import PackDataset
 from gaittrain.trained_model import load_model
-from tests.cli import assert_one_line_error, gait, make_pack, train_tiny
+from tests.cli import assert_one_line_error, copy_run, gait
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+#: every test here evaluates the session's 1,500-iteration tiny run (trained once, ~30 s)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
+def run(tmp_path_factory, sample_pack, trained_run) -> dict:
     base = tmp_path_factory.mktemp("export")
-    pack = make_pack(base / "sample.h5")
-    out = base / "run"
-    r = train_tiny(pack, out, "--train-subjects", "first:4")
-    assert r.exit_code == 0, r.output
-    return {"pack": pack, "run": out, "base": base}
+    return {"pack": sample_pack, "run": copy_run(trained_run, base / "run"), "base": base}
 
 
+@pytest.mark.slow
 def test_export_equals_pytorch_on_every_sample_sequence(run) -> None:
     model = run["base"] / "model.onnx"
     r = gait("export", run["run"], model, "--pack", run["pack"])

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import SAMPLE, assert_one_line_error, gait, make_pack, train_tiny
+from tests.cli import SAMPLE, assert_one_line_error, gait, train_tiny
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(tmp_path_factory, sample_pack) -> dict:
     base = tmp_path_factory.mktemp("gallery")
-    pack = make_pack(base / "sample.h5")
+    pack = sample_pack
     out = []
     for seed in (0, 1):
         run = base / f"run{seed}"

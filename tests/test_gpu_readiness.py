@@ -51,6 +51,8 @@ def parameters(run: Path, iteration: int) -> dict[str, torch.Tensor]:
 # Item 5/6 and the DDP gradient: 2 processes equal 1 in parameters, head included --------------
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_with_sgd_and_cross_entropy_equals_one_process(pack: Path, tmp_path: Path) -> None:
     """SGD (not Adam, whose normalization would hide a gradient off by a factor of the world
     size) with the cross-entropy head on: after 3 steps every parameter matches."""
@@ -68,6 +70,8 @@ def test_ddp_with_sgd_and_cross_entropy_equals_one_process(pack: Path, tmp_path:
     assert start["iteration"] == 3
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_a_refusal_on_rank_0_reaches_every_rank(pack: Path, tmp_path: Path) -> None:
     """An existing run without --resume: every process stops with the one line (none hangs
     waiting for rank 0 until torchrun kills it)."""
@@ -246,7 +250,7 @@ def test_the_batch_is_gathered_in_float32_with_its_gradient(tmp_path: Path) -> N
 # Item 9: exact resume is a CPU promise; on CUDA with deterministic settings ---------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_resume_with_deterministic_settings_repeats_the_losses(pack, tmp_path) -> None:
     args = [*FAST, "--train-subjects", "first:4", "--device", "cuda"]
     args += ["--set", "train.deterministic=true", "--set", "train.amp=none"]

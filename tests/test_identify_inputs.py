@@ -17,19 +17,15 @@ import numpy as np
 import pytest
 
 from gaittrain.evaluation.embeddings_file import read_embeddings, write_embeddings_file
-from tests.cli import SAMPLE, assert_one_line_error, gait, make_pack, train_tiny
+from tests.cli import SAMPLE, assert_one_line_error, copy_run, gait
 
 MAX_NAME = 64  # gaittrain.inference.identify.MAX_NAME
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("inputs")
-    pack = make_pack(base / "sample.h5")
-    run = base / "run"
-    r = train_tiny(pack, run, "--train-subjects", "first:4", "--iterations", "4")
-    assert r.exit_code == 0, r.output
-    return {"pack": pack, "run": run}
+def setup(tmp_path_factory, sample_pack, quick_run) -> dict:
+    run = copy_run(quick_run, tmp_path_factory.mktemp("inputs") / "run")
+    return {"pack": sample_pack, "run": run}
 
 
 def seq(subject: str, recording: str, view: str = "090") -> Path:

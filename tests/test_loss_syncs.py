@@ -427,7 +427,7 @@ def test_counter_sees_the_syncs_it_is_for(syncs: Syncs):
 # CUDA: PyTorch's own detector of synchronizing calls
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", [*LOSSES, *(f"objective:{n}" for n in OBJECTIVES)])
 def test_cuda_sync_debug_mode_sees_no_sync(name: str):
     def build() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

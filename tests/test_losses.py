@@ -411,7 +411,7 @@ def test_half_precision_and_autocast_compute_in_float32(loss: torch.nn.Module):
     assert loss(low.half(), labels).dtype == torch.float32
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize(("cls", "reference", "kwargs"), METRIC_CASES)
 def test_cuda_matches_cpu(cls: type, reference: Callable, kwargs: dict):
     features, labels = make_batch(7, dtype=torch.float32)

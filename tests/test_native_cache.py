@@ -22,7 +22,7 @@ import torch
 
 from gaittrain.evaluation import native
 from gaittrain.evaluation.metrics import AUTO_PAIRS, fast_int8, resolve_precision
-from tests.cli import assert_one_line_error, gait, make_pack, subprocess_env, train_tiny
+from tests.cli import assert_one_line_error, copy_run, gait, subprocess_env
 
 COMPILER = os.environ.get("CC") or "cc"
 CAN_BUILD = (
@@ -105,6 +105,7 @@ def load_in_a_process(cache: Path) -> subprocess.CompletedProcess:
 # --- gait build-kernels ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_build_kernels_builds_then_finds_the_build_up_to_date(cache: Path) -> None:
     """One line each time; the second run compiles nothing (the library is the same file)."""
@@ -174,6 +175,7 @@ def test_asking_whether_int8_can_run_never_compiles(cache: Path, monkeypatch) ->
 # --- the cache: records, checks, damaged libraries ---------------------------------------------
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_a_build_records_the_library_size_and_checksum(cache: Path) -> None:
     library, outcome = native.build()
@@ -184,6 +186,7 @@ def test_a_build_records_the_library_size_and_checksum(cache: Path) -> None:
     ]  # no temporary left
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_a_build_is_kept_by_source(cache: Path, tmp_path: Path, monkeypatch) -> None:
     """Built once under the source's hash: a changed source is a new library (not built until
@@ -198,6 +201,7 @@ def test_a_build_is_kept_by_source(cache: Path, tmp_path: Path, monkeypatch) -> 
     assert outcome == "built" and second not in (None, first) and native.kernels() is not None
 
 
+@pytest.mark.slow
 @needs_kernels
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
 def test_a_damaged_library_is_skipped_at_load_and_built_again_by_build_kernels(
@@ -225,6 +229,7 @@ def test_a_damaged_library_is_skipped_at_load_and_built_again_by_build_kernels(
     assert out.stdout.strip() == "True", out.stderr
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_a_library_of_another_interface_is_skipped_even_with_a_matching_record(
     cache: Path, tmp_path: Path
@@ -256,6 +261,7 @@ def test_a_library_of_another_interface_is_skipped_even_with_a_matching_record(
     "name, value, says",
     [("INTERFACE", 2, "interface 1"), ("ROW_TILE", 16, "8 x 48"), ("COL_TILE", 32, "8 x 48")],
 )
+@pytest.mark.slow
 def test_kernels_of_another_interface_or_tile_are_refused_at_load(
     cache: Path, monkeypatch, name: str, value: int, says: str
 ) -> None:
@@ -273,6 +279,7 @@ def test_kernels_of_another_interface_or_tile_are_refused_at_load(
     assert_one_line_error(gait("build-kernels"), "just built", says)
 
 
+@pytest.mark.slow
 def test_a_hanging_compiler_is_given_up_after_the_timeout(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -293,13 +300,10 @@ def test_a_hanging_compiler_is_given_up_after_the_timeout(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("native")
-    pack = make_pack(base / "sample.h5")
+def run(tmp_path_factory, sample_pack, quick_run) -> dict:
     # a few steps: any weights will do, the figures are not what is tested
-    r = train_tiny(pack, base / "run", "--train-subjects", "first:4", "--set", "train.iterations=4")
-    assert r.exit_code == 0, r.output
-    return {"pack": pack, "run": base / "run"}
+    run = copy_run(quick_run, tmp_path_factory.mktemp("native") / "run")
+    return {"pack": sample_pack, "run": run}
 
 
 def eval_notes(run: dict, out: Path, precision: str) -> list[str]:
@@ -332,6 +336,7 @@ def eval_notes(run: dict, out: Path, precision: str) -> list[str]:
         ("not built", "not built: run `gait build-kernels`"),
     ],
 )
+@pytest.mark.slow
 def test_explicit_int8_without_the_kernels_says_so_in_one_line(
     run: dict, cache: Path, tmp_path: Path, monkeypatch, cause: str, reason: str
 ) -> None:
@@ -353,6 +358,7 @@ def test_explicit_int8_without_the_kernels_says_so_in_one_line(
     assert eval_notes(run, tmp_path / "fp32.json", "fp32") == []
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_int8_with_the_kernels_says_nothing(run: dict, cache: Path, tmp_path: Path) -> None:
     build()

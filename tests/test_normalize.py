@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gaitprep.normalize import TOO_SMALL, largest_component, normalize_frame
 
@@ -56,6 +57,7 @@ def test_binarize() -> None:
     assert set(np.unique(out)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_equals_the_literal_steps_on_every_sample_frame() -> None:
     from pathlib import Path
 

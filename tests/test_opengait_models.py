@@ -215,6 +215,7 @@ def import_run(name: str, out: Path, *extra) -> object:
     )
 
 
+@pytest.mark.slow
 @needs_fixtures
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
@@ -255,6 +256,7 @@ def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
     assert attrs["max_frames"] == 0  # every frame of every sequence
 
 
+@pytest.mark.slow
 @needs_fixtures
 def test_imported_run_records_its_source_and_is_not_resumed(tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -330,6 +332,7 @@ def test_a_model_that_cannot_be_mapped_is_refused(edit: dict, needle: str, tmp_p
     assert_one_line_error(r, needle)
 
 
+@pytest.mark.slow
 @needs_fixtures
 def test_imported_run_works_with_gait_eval(tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -345,6 +348,7 @@ def test_imported_run_works_with_gait_eval(tmp_path: Path) -> None:
     assert any("imported from OpenGait" in w for w in report["warnings"])
 
 
+@pytest.mark.slow
 def test_gaitbase_trains_and_evaluates(tmp_path: Path) -> None:
     """A few iterations of tiny-gaitbase (augmentation on), then `gait eval` of the run."""
     pack = make_pack(tmp_path / "sample.h5")

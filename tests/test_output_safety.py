@@ -174,6 +174,7 @@ def _one_line_failure(p: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_synth_video_on_a_full_disk_fails_and_leaves_nothing(tmp_path: Path) -> None:
     # 20 kB: every mask PNG fits, the mp4 (about 90 kB) does not
     p = _gait_limited(20_000, "synth", "video", "walk.mp4", "--frames", "20", cwd=tmp_path)
@@ -197,6 +198,7 @@ def test_synth_video_again_replaces_the_old_masks(tmp_path: Path) -> None:
     assert len(list(Path(f"{video}.masks").iterdir())) == 8  # no stale mask of the longer one
 
 
+@pytest.mark.slow
 def test_segment_on_a_full_disk_fails_and_leaves_nothing(tmp_path: Path) -> None:
     video = _video(tmp_path)
     before = sorted(x.name for x in tmp_path.iterdir())
@@ -257,6 +259,7 @@ def test_two_segment_runs_into_one_folder_never_mix(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == names
 
 
+@pytest.mark.slow
 def test_segment_of_a_broken_video_prints_gaits_line_only(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\0" * 1000)
@@ -291,6 +294,7 @@ axes:
 """
 
 
+@pytest.mark.slow
 def test_study_list_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     pack = make_pack(tmp_path / "p.h5")
     study = tmp_path / "s.yaml"
@@ -299,3 +303,38 @@ def test_study_list_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     ran = gait("study", study, "--pack", pack, "--out", tmp_path / "out", "--run", "0")
     line = assert_one_line_error(ran, "900")
     assert_one_line_error(listed, line[len("Error: ") :])
+
+
+@pytest.mark.slow
+def test_pytorchs_advice_to_developers_is_not_printed(tmp_path: Path, sample_pack) -> None:
+    # more DataLoader workers than cores: PyTorch's UserWarning about it is noise to a user of
+    # the command (printed before gait's own lines before); `gait --debug` still shows it
+    args = [sys.executable, "-m", "gaitcli", "train", "tiny", "--pack", str(sample_pack)]
+    args += ["--iterations", "1", "--set", "data.workers=4", "--set", "data.batch.k=2"]
+    quiet = subprocess.run(
+        [*args, "--out", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Warning" not in quiet.stdout + quiet.stderr, quiet.stderr
+    debug = [args[0], "-m", "gaitcli", "--debug", *args[3:], "--out", str(tmp_path / "b")]
+    loud = subprocess.run(debug, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "UserWarning" in loud.stderr, loud.stderr
+
+
+def test_a_linked_gallery_is_written_through(tmp_path: Path, quick_run) -> None:
+    real = tmp_path / "store" / "people.h5"
+    real.parent.mkdir()
+    link = tmp_path / "people.h5"
+    link.symlink_to(real)
+    sequence = ROOT / "sample_data" / "casia-b" / "001" / "nm-01" / "090"
+    for name in ("ann", "bob"):
+        r = gait("gallery", "add", link, quick_run, name, sequence)
+        assert r.exit_code == 0, r.output
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    listed = gait("gallery", "list", real)
+    assert listed.exit_code == 0 and "ann" in listed.output and "bob" in listed.output

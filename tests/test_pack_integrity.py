@@ -182,6 +182,7 @@ def test_montage_of_a_damaged_pack_is_one_line(packs, tmp_path: Path) -> None:
         assert not png.exists()
 
 
+@pytest.mark.slow
 def test_an_intact_pack_verifies_clean_and_carries_its_checksums(packs, tmp_path: Path) -> None:
     for compression, path in packs.items():
         r = gait("inspect", path, "--verify")
@@ -203,6 +204,7 @@ def test_an_intact_pack_verifies_clean_and_carries_its_checksums(packs, tmp_path
     assert r.exit_code == 1 and "version 1" in r.output and "re-run `gait prep`" in r.output
 
 
+@pytest.mark.slow
 def test_merge_keeps_the_checksums_and_refuses_a_damaged_shard(packs, tmp_path: Path) -> None:
     shards = [tmp_path / f"part{k}.h5" for k in (1, 2)]
     for k, s in enumerate(shards, start=1):
@@ -227,6 +229,7 @@ FAST = ["--iterations", "2", "--train-subjects", "first:4", "--device", "cpu"]
 FAST += ["--set", "data.batch.p=4", "--set", "data.batch.k=2", "--set", "data.frames=8"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 @pytest.mark.parametrize("workers", [0, 1])
 def test_train_on_a_damaged_pack_is_one_line(
@@ -256,6 +259,7 @@ def test_train_on_a_damaged_pack_is_one_line(
     assert len(errors) == 1 and f"{path}: sequence " in errors[0] and "is damaged" in errors[0]
 
 
+@pytest.mark.slow
 def test_eval_on_a_damaged_pack_is_one_line(packs, tmp_path: Path) -> None:
     run = tmp_path / "run"
     r = gait("train", TINY, "--pack", packs["none"], "--out", run, *FAST, "--set", "data.workers=0")

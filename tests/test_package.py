@@ -177,6 +177,7 @@ def test_the_wheel_holds_the_packages_the_configs_and_the_data_files(wheel: Path
     assert f"Name: {DIST}" in meta.decode()
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_the_readme_in_miniature(wheel: Path, tmp_path: Path) -> None:
     """Installed with --target, run from a folder outside the checkout with only the install on
     PYTHONPATH (the dependencies come from this venv): imports resolve to the install, every data

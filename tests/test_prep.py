@@ -47,6 +47,7 @@ def sample_pack(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pack_equals_the_literal_standard_steps(sample_pack: Path) -> None:
     manifest = json.loads(sample_pack.with_name("sample.h5.manifest.json").read_text())
     dropped = {d["file"] for d in manifest["dropped_frames"]}
@@ -83,6 +84,7 @@ def test_reader_by_key_and_string(sample_pack: Path) -> None:
             pack.index(("999", "nm", "01", "000"))
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_pack(sample_pack: Path, tmp_path: Path) -> None:
     out = tmp_path / "one.h5"
     assert run("prep", "casia-b", SAMPLE, out, "--workers", "1").exit_code == 0
@@ -125,6 +127,7 @@ def test_existing_pack_needs_overwrite(sample_pack: Path) -> None:
     assert sample_pack.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_full_pack(sample_pack: Path, tmp_path: Path) -> None:
     shards = [tmp_path / f"part{k}.h5" for k in (1, 2, 3)]
     for k, s in enumerate(shards, start=1):
@@ -176,6 +179,7 @@ def test_ou_mvlp_layout_is_read_directly(tmp_path: Path) -> None:
         assert p.meta(0)["source"] == "Silhouette_000-00/00001"
 
 
+@pytest.mark.slow
 def test_size_128_and_options_are_recorded(tmp_path: Path) -> None:
     out = tmp_path / "big.h5"
     r = run(
@@ -213,6 +217,7 @@ prep.run_prep(job, workers=1)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(sample_pack: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(SAMPLE, raw)
@@ -247,6 +252,7 @@ def test_kill_9_then_resume_equals_uninterrupted(sample_pack: Path, tmp_path: Pa
     assert not journal.exists() and not (tmp_path / "killed.h5.partial").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_commits_and_resume_skips_finished_sequences(sample_pack, tmp_path, monkeypatch):
     from gaitprep import prep
 
@@ -274,6 +280,7 @@ def test_ctrl_c_commits_and_resume_skips_finished_sequences(sample_pack, tmp_pat
     assert pack_contents(out) == pack_contents(sample_pack)
 
 
+@pytest.mark.slow
 def test_a_damaged_partial_pack_is_redone(sample_pack: Path, tmp_path: Path) -> None:
     out = tmp_path / "d.h5"
     job = PrepJob(raw=SAMPLE, out=out, dataset="casia-b", layout=CASIA_B)

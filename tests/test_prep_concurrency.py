@@ -115,6 +115,7 @@ def held(lock: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_two_prep_runs_on_one_output(raw, reference, tmp_path: Path) -> None:
     out = tmp_path / "p.h5"
     args = ["prep", "casia-b", str(raw), str(out), "--workers", "1"]
@@ -184,6 +185,7 @@ def assert_one_line(proc, out: Path, cause: str) -> None:
     assert "free" in errors[0]  # the way out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("compression", "room"), [("none", "1m"), ("gzip", "128k")])
 def test_a_full_disk_ends_prep_in_one_line_and_the_same_command_resumes(
     raw, reference, tmp_path: Path, compression: str, room: str
@@ -212,6 +214,7 @@ def test_a_full_disk_ends_prep_in_one_line_and_the_same_command_resumes(
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_file_size_limit_ends_prep_in_one_line_and_the_same_command_resumes(
     raw, reference, tmp_path: Path, workers: int

@@ -193,6 +193,7 @@ def test_stored_chunks_are_the_declared_filter_applied_frame_by_frame(
         assert [d for _, d, _ in direct] == [d for _, d, _ in h5]
 
 
+@pytest.mark.slow
 def test_a_worker_that_compresses_otherwise_fails_the_check(tmp_path: Path, monkeypatch) -> None:
     """A worker deflating at level 6 while /frames declares level 1 writes a pack that reads
     back (inflate takes any level) but is not the declared filter: the check must say so."""
@@ -262,6 +263,7 @@ def test_only_filters_that_can_be_reproduced_are_written_directly(tmp_path: Path
 # --- the same chunks, whatever the run ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chunk_bytes_do_not_depend_on_workers_interruptions_or_merging(
     tmp_path: Path, monkeypatch
 ) -> None:

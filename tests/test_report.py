@@ -80,6 +80,7 @@ def test_json_and_csv_reports(trained, tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.browser
 def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> None:
     run, pack = trained
     page = tmp_path / "report.html"
@@ -104,6 +105,7 @@ def test_html_report_renders_in_headless_chromium(trained, tmp_path: Path) -> No
     assert (img < 128).mean() > 0.01  # text and figures, not a blank page
 
 
+@pytest.mark.slow
 def test_identify_finds_a_sequence_of_the_gallery(trained, tmp_path: Path) -> None:
     run, pack = trained
     emb = tmp_path / "gallery.h5"

@@ -43,6 +43,7 @@ def train(pack: Path, out: Path, *extra) -> object:
 # Item 3 ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_training_subjects(packs, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
@@ -52,6 +53,7 @@ def test_resume_refuses_other_training_subjects(packs, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_pack_even_under_the_same_name(packs, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(packs[0], run, "--iterations", "2", "--train-subjects", "first:4").exit_code == 0
@@ -102,6 +104,7 @@ def test_the_run_records_what_it_trained_on(packs, tmp_path: Path) -> None:
 # Item 6: a run that died before its first checkpoint does not lock its folder ---------------------
 
 
+@pytest.mark.slow
 def test_a_run_that_died_before_its_first_checkpoint_can_start_again(packs, tmp_path) -> None:
     run = tmp_path / "run"
     diverge = ("--set", "optim.lr=1e30", "--set", "schedule.warmup=0")
@@ -218,6 +221,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_training_is_one_line_and_resumable(packs, tmp_path: Path) -> None:
     """A run with a checkpoint at 2 is resumed to 4 under a file size limit: the checkpoint at 4
     cannot be written, one line names it and no partial file stays; with room again, --resume
@@ -279,6 +283,7 @@ def test_the_current_folder_can_be_the_run_folder(packs, tmp_path: Path, monkeyp
     assert (run / "checkpoints" / "iter-000002.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_tensorboard_is_one_line_without_a_thread_traceback(
     packs, tmp_path: Path
 ) -> None:

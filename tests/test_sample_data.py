@@ -7,12 +7,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from gaitprep.synth import CASIA_B, Artifacts, SequenceSpec, render_sequence
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_data" / "casia-b"
 
 
+@pytest.mark.slow
 def test_sample_data_matches_its_command() -> None:
     job = json.loads((ROOT / ".gait-synth.json").read_text())["job"]
     assert job["dataset"] == "casia-b" and job["seed"] == 0

@@ -112,6 +112,7 @@ def test_the_walker_is_tracked_past_a_bigger_distractor() -> None:
     assert blob[50, 20] == 255 and blob[50, 140] == 0
 
 
+@pytest.mark.slow
 def test_identify_names_the_walker_of_a_video(tmp_path: Path) -> None:
     """video -> gait segment -> gait identify against a gallery of named people."""
     from tests.cli import make_pack, train_tiny
@@ -136,6 +137,7 @@ def test_identify_names_the_walker_of_a_video(tmp_path: Path) -> None:
         assert r.stdout.strip().splitlines()[1].split()[1] == name
 
 
+@pytest.mark.slow
 def test_gait_synth_video_is_segmented_to_its_true_masks(tmp_path: Path) -> None:
     """The default scene of `gait synth video` (lighting drift, camera noise, a swaying shrub):
     mean IoU >= 0.85 against the masks written beside it."""
@@ -150,6 +152,7 @@ def test_gait_synth_video_is_segmented_to_its_true_masks(tmp_path: Path) -> None
         assert iou >= 0.85
 
 
+@pytest.mark.slow
 def test_gallery_and_identify_take_a_video(tmp_path: Path) -> None:
     """`gait gallery add` and `gait identify` segment a video themselves: the same ranking as
     through `gait segment`'s folder."""

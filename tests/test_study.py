@@ -243,6 +243,7 @@ def test_the_grid_is_the_product_of_the_axes(tmp_path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_an_axis_of_several_keys_sets_them_together(tmp_path, pack) -> None:
     """P x K with the iterations that keep the sequences seen equal: a run whose iterations
     eval_every does not divide is evaluated at every eval_every and at its end."""
@@ -483,6 +484,7 @@ def test_study_json_holds_curves_finals_and_statistics(done) -> None:
     assert t["n"] == 2 and set(t["per_seed"]) == {"0", "1"}
 
 
+@pytest.mark.slow
 def test_running_again_changes_nothing(done, pack) -> None:
     out = done["out"]
     before = mtimes(out / "runs")
@@ -510,6 +512,7 @@ def test_a_run_that_stopped_midway_is_resumed(copied) -> None:
     assert log == [0, 1]  # the trainer's own resume: no iteration twice
 
 
+@pytest.mark.slow
 def test_a_changed_study_is_refused_naming_the_run(copied, tmp_path) -> None:
     out = copied["out"]
     changed = write_study(
@@ -544,6 +547,7 @@ def test_a_run_in_progress_elsewhere_is_refused(copied) -> None:
     assert_one_line_error(r, "is being written by another gait process")
 
 
+@pytest.mark.slow
 def test_summarize_reports_what_is_there(copied) -> None:
     out = copied["out"]
     shutil.rmtree(out / "runs" / RUNS[3])
@@ -628,6 +632,7 @@ def test_summary_statistics_by_hand(tmp_path) -> None:
     assert "| center_ranked | 1 | 4 | 3 / 3 |" in md  # the mean curve: 62.5 % at 1 (P x K 2x2)
 
 
+@pytest.mark.browser
 def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:
     page = done["out"] / "study.html"
     html = page.read_text()

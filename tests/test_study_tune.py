@@ -389,6 +389,7 @@ def fake(monkeypatch) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_the_best_trial_is_chosen_by_validation_score_only(tmp_path, pack, fake) -> None:
     fake["scores"] = {"center_ranked": [0.5, 0.75, 0.75], "triplet": [0.5, 0.25, 0.5]}
     study = write_study(tmp_path / "s.yaml", {"trials": 3})
@@ -451,6 +452,7 @@ def test_the_best_trial_is_chosen_by_validation_score_only(tmp_path, pack, fake)
     assert "the defaults (trial 0): optim.lr=0.001, loss.margin=0.2" in html
 
 
+@pytest.mark.slow
 def test_resuming_skips_finished_trials_and_a_changed_space_is_refused(
     tmp_path, pack, fake
 ) -> None:
@@ -510,6 +512,7 @@ def test_build_summary_chooses_from_validation_results(tmp_path) -> None:
 # -- a tiny tuned study, end to end -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_tuned_study_with_a_tune_axis_end_to_end(tmp_path, pack) -> None:
     """2 losses x (default, tuned) x 1 seed: 4 trials of 1 iteration, then 4 runs of 2."""
     axes = [STUDY["axes"][0], TUNE_AXIS, STUDY["axes"][1]]

@@ -79,6 +79,7 @@ def test_train_on_cpu_writes_logs_checkpoints_and_tensorboard(pack: Path, tmp_pa
     assert again.exit_code == 1 and "--resume" in again.output
 
 
+@pytest.mark.slow
 def test_the_loss_falls(pack: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     r = train_tiny(
@@ -99,6 +100,7 @@ def test_the_loss_falls(pack: Path, tmp_path: Path) -> None:
 KILLABLE = [sys.executable, "-m", "gaitcli", "train", str(TINY)]
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_logs_the_same_losses(pack: Path, tmp_path: Path) -> None:
     # exact equality is a CPU promise (cuDNN picks kernels per run unless train.deterministic;
     # tests/test_gpu_readiness.py has the CUDA variant with deterministic settings)
@@ -128,6 +130,8 @@ def test_kill_9_and_resume_logs_the_same_losses(pack: Path, tmp_path: Path) -> N
     assert losses(run) == losses(ref)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_two_process_ddp_with_gloo_matches_one_process(pack: Path, tmp_path: Path) -> None:
     args = ["--pack", str(pack), "--iterations", "3", "--device", "cpu", *FAST]
     single = tmp_path / "single"

@@ -37,6 +37,7 @@ def test_auto_is_channels_last_on_the_cpu_and_the_choice_is_checked(
     assert_one_line_error(r, "train.memory_format", "channels_last", "contiguous")
 
 
+@pytest.mark.slow
 def test_channels_last_learns_what_contiguous_learns(pack: Path, tmp_path: Path) -> None:
     runs = {}
     for fmt in ("contiguous", "channels_last"):
@@ -54,6 +55,7 @@ def test_channels_last_learns_what_contiguous_learns(pack: Path, tmp_path: Path)
         torch.testing.assert_close(wb["model"][name], value, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_matches_eager_and_resumes(pack: Path, tmp_path: Path) -> None:
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert train_tiny(pack, eager, "--set", "train.iterations=6").exit_code == 0

@@ -272,6 +272,7 @@ def test_a_malformed_checkpoint_is_one_line_in_every_command(run, tmp_path: Path
         assert_one_line_error(r, str(ckpt), "damaged or not a gait checkpoint", needle)
 
 
+@pytest.mark.slow
 def test_the_gait_command_prints_one_line_for_a_malformed_checkpoint(run, tmp_path: Path) -> None:
     ckpt = _malformed(run, "model-key", tmp_path / "run")
     done = subprocess.run(

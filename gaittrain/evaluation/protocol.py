@@ -25,6 +25,7 @@ from gaittrain.data.splits import SplitError, load_protocol, select
 from gaittrain.evaluation import certified
 from gaittrain.evaluation.embeddings_file import EmbeddingStore
 from gaittrain.evaluation.metrics import Retrieval, resolve_precision, retrieve, squared_norms
+from gaittrain.schema import ConfigError, build
 
 Key = tuple[str, str, str, str]
 
@@ -41,52 +42,46 @@ class EvalProtocol:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class EvaluationSection:
+    """A protocol file's ``evaluation:`` section, validated strictly (:mod:`gaittrain.schema`):
+    the gallery's recordings, the probe groups' recordings, and the rules of the cells."""
+
+    gallery: list[str] = field(default_factory=list)  # recordings like nm-01
+    probes: dict[str, list[str]] = field(default_factory=dict)  # group name -> recordings
+    exclude_identical_views: bool = True
+    gallery_views: str = "same"  # same | others
+    report_unmatched_removed: bool = False
+
+
 def load_eval_protocol(name: str) -> EvalProtocol:
+    """The evaluation protocol of a protocol file (a name or a path); a one-line SplitError names
+    the file's problem."""
     data = load_protocol(name)
-    ev = data.get("evaluation")
-    if not isinstance(ev, dict):
+    if not isinstance(data.get("evaluation"), dict):
         raise SplitError(f"protocol {name!r} has no evaluation section")
-    known = {
-        "gallery",
-        "probes",
-        "exclude_identical_views",
-        "gallery_views",
-        "report_unmatched_removed",
-    }
-    unknown = set(ev) - known
-    if unknown:
-        raise SplitError(f"protocol {name!r}: unknown evaluation key {sorted(unknown)[0]!r}")
-    _check_evaluation(name, ev)
+    try:
+        ev = build(EvaluationSection, data["evaluation"], "evaluation")
+    except ConfigError as e:
+        raise SplitError(f"protocol {name!r}: {e}") from None
+    problems = []
+    if not ev.gallery:
+        problems.append("gallery must list recordings like nm-01")
+    if not ev.probes or not all(ev.probes.values()):
+        problems.append("probes must map group names to lists of recordings")
+    if ev.gallery_views not in ("same", "others"):
+        problems.append("gallery_views must be same or others")
+    if problems:
+        raise SplitError(f"protocol {name!r}: evaluation.{problems[0]}")
     return EvalProtocol(
         name=data["name"],
         test=str(data["test"]),
-        gallery=list(ev["gallery"]),
-        probes={k: list(v) for k, v in ev["probes"].items()},
-        exclude_identical_views=ev.get("exclude_identical_views", True),
-        gallery_views=ev.get("gallery_views", "same"),
-        report_unmatched_removed=ev.get("report_unmatched_removed", False),
+        gallery=ev.gallery,
+        probes=ev.probes,
+        exclude_identical_views=ev.exclude_identical_views,
+        gallery_views=ev.gallery_views,
+        report_unmatched_removed=ev.report_unmatched_removed,
     )
-
-
-def _check_evaluation(name: str, ev: dict) -> None:
-    """Refuse, in one line, an evaluation section of the wrong shape."""
-
-    def strings(x) -> bool:
-        return isinstance(x, list) and bool(x) and all(isinstance(s, str) for s in x)
-
-    problems = []
-    if not strings(ev.get("gallery")):
-        problems.append("gallery must be a list of recordings like nm-01")
-    probes = ev.get("probes")
-    if not (isinstance(probes, dict) and probes and all(map(strings, probes.values()))):
-        problems.append("probes must map group names to lists of recordings")
-    if ev.get("gallery_views", "same") not in ("same", "others"):
-        problems.append("gallery_views must be same or others")
-    for flag in ("exclude_identical_views", "report_unmatched_removed"):
-        if not isinstance(ev.get(flag, False), bool):
-            problems.append(f"{flag} must be true or false")
-    if problems:
-        raise SplitError(f"protocol {name!r}: evaluation.{problems[0]}")
 
 
 def _recording(key: Key) -> str:

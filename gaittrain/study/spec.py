@@ -52,7 +52,6 @@ Examples
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, replace
@@ -63,6 +62,7 @@ from gaitprep.errors import GaitError
 from gaittrain.config import INT_MAX, SEED_MAX, Config, ConfigError, config_from_dict
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.protocol import load_eval_protocol
+from gaittrain.schema import set_dotted, show, unknown_key
 from gaittrain.study import tune
 from gaittrain.yaml_strict import load_yaml, load_yaml_file
 
@@ -300,7 +300,7 @@ class _Reader:
     def study(self, data: dict) -> Study:
         for key in data:
             if key not in KEYS:
-                raise self.fail(_unknown(str(key), KEYS))
+                raise self.fail(unknown_key(str(key), KEYS))
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise self.fail(f"missing key {missing[0]!r} (required: {', '.join(REQUIRED)})")
@@ -391,19 +391,19 @@ class _Reader:
 
     def text(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"{key} must be a non-empty string, got {_show(value)}")
+            raise self.fail(f"{key} must be a non-empty string, got {show(value)}")
         return value.strip()
 
     def integer(self, value: Any, key: str, lo: int, hi: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{key} must be a whole number, got {_show(value)}")
+            raise self.fail(f"{key} must be a whole number, got {show(value)}")
         if not lo <= value <= hi:
             raise self.fail(f"{key} must lie in [{lo}, {hi}], got {value}")
         return value
 
     def number(self, value: Any, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(f"{key} must be a number, got {_show(value)}")
+            raise self.fail(f"{key} must be a number, got {show(value)}")
         return float(value)
 
     def selector(self, value: Any, key: str) -> str:
@@ -436,7 +436,7 @@ class _Reader:
         if not isinstance(value, dict):
             raise self.fail(
                 f"overrides must map dotted config keys to values (optim.lr: 0.001), "
-                f"got {_show(value)}"
+                f"got {show(value)}"
             )
         for key in value:
             self.dotted(key, f"overrides key {key!r}")
@@ -464,7 +464,7 @@ class _Reader:
 
     def axes(self, value: Any) -> tuple[Axis, ...]:
         if not isinstance(value, list):
-            raise self.fail(f"axes must be a list of {{key, values}} mappings, got {_show(value)}")
+            raise self.fail(f"axes must be a list of {{key, values}} mappings, got {show(value)}")
         axes = [self.axis(item, f"axes[{i}]") for i, item in enumerate(value)]
         keys = [a.key for a in axes]
         for i, key in enumerate(keys):
@@ -479,10 +479,10 @@ class _Reader:
 
     def axis(self, item: Any, where: str) -> Axis:
         if not isinstance(item, dict):
-            raise self.fail(f"{where} must be a mapping with key and values, got {_show(item)}")
+            raise self.fail(f"{where} must be a mapping with key and values, got {show(item)}")
         for k in item:
             if k not in AXIS_KEYS:
-                raise self.fail(_unknown(f"{where}.{k}", AXIS_KEYS, str(k)))
+                raise self.fail(unknown_key(f"{where}.{k}", AXIS_KEYS, str(k)))
         for k in ("key", "values"):
             if k not in item:
                 raise self.fail(f"{where} lacks {k!r} (an axis is key, values and labels)")
@@ -490,19 +490,19 @@ class _Reader:
         key = "+".join(keys)
         values = item["values"]
         if not isinstance(values, list) or not values:
-            raise self.fail(f"{where}.values must be a non-empty list, got {_show(values)}")
+            raise self.fail(f"{where}.values must be a non-empty list, got {show(values)}")
         if len(keys) > 1:
             for i, v in enumerate(values):
                 if not isinstance(v, list) or len(v) != len(keys):
                     raise self.fail(
-                        f"{where}.values[{i}] is {_show(v)}: with {len(keys)} keys, every value "
+                        f"{where}.values[{i}] is {show(v)}: with {len(keys)} keys, every value "
                         f"is a list of {len(keys)} values, one per key in order"
                     )
         if key == TUNE:
             for i, v in enumerate(values):
                 if not isinstance(v, str) or v not in TUNE_VALUES:
                     raise self.fail(
-                        f"{where}.values[{i}] is {_show(v)}: the tune axis takes default (the "
+                        f"{where}.values[{i}] is {show(v)}: the tune axis takes default (the "
                         "config as it is) and tuned (the values the tuning chose)"
                     )
         labels = item.get("labels")
@@ -513,7 +513,7 @@ class _Reader:
         for i, label in enumerate(labels):
             if not isinstance(label, str) or not SAFE.fullmatch(label):
                 raise self.fail(
-                    f"{where}.labels[{i}] is {_show(label)}: labels name folders, so use letters, "
+                    f"{where}.labels[{i}] is {show(label)}: labels name folders, so use letters, "
                     "digits, '.', '_' and '-' (not first)"
                 )
             if label in labels[:i]:
@@ -606,10 +606,10 @@ class _Reader:
         """The tune: section checked, every trial's config built and validated, and the runs
         told whose tuned values they take."""
         if not isinstance(value, dict):
-            raise self.fail(f"tune must be a mapping (trials, space, ...), got {_show(value)}")
+            raise self.fail(f"tune must be a mapping (trials, space, ...), got {show(value)}")
         for k in value:
             if k not in TUNE_KEYS:
-                raise self.fail(_unknown(f"tune.{k}", TUNE_KEYS, str(k)))
+                raise self.fail(unknown_key(f"tune.{k}", TUNE_KEYS, str(k)))
         for k in TUNE_KEYS[:2]:
             if k not in value:
                 raise self.fail(f"tune lacks {k!r} (required: trials, space)")
@@ -671,7 +671,7 @@ class _Reader:
         if not isinstance(value, dict) or not value:
             raise self.fail(
                 f"tune.space must map {ALL!r} or a variant's label to dotted config keys and their "
-                f"ranges ({{all: {{optim.lr: {{log: [0.0003, 0.003]}}}}}}), got {_show(value)}"
+                f"ranges ({{all: {{optim.lr: {{log: [0.0003, 0.003]}}}}}}), got {show(value)}"
             )
         taken = [
             (f"axes[{i}].key {k!r}", k) for i, a in enumerate(study.axes) for k in a.config_keys
@@ -689,7 +689,7 @@ class _Reader:
             if not isinstance(keys, dict) or not keys:
                 raise self.fail(
                     f"{where} must map dotted config keys to ranges (loss.margin: [0.1, 0.4]), "
-                    f"got {_show(keys)}"
+                    f"got {show(keys)}"
                 )
             dims = {}
             for key, form in keys.items():
@@ -752,7 +752,7 @@ class _Reader:
         try:
             config = config_from_dict(data)
         except ConfigError as e:
-            shown = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
+            shown = ", ".join(f"{k}={show(v)}" for k, v in values.items())
             raise self.fail(f"{where} ({shown}): {e}; narrow tune.space") from None
         return Trial(name, index, values, config)
 
@@ -785,13 +785,10 @@ def _put(data: dict, dotted: str, value: Any, fail, where: str) -> None:
     string given for the whole ``loss`` section is its name (``loss: triplet``)."""
     if dotted == "loss" and isinstance(value, str):
         value = {"name": value}
-    keys = dotted.split(".")
-    node = data
-    for i, k in enumerate(keys[:-1]):
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise fail(f"{where}: {'.'.join(keys[: i + 1])} is not a section of the config")
-    node[keys[-1]] = copy.deepcopy(value)
+    try:
+        set_dotted(data, dotted, copy.deepcopy(value), where)
+    except ConfigError as e:
+        raise fail(str(e)) from None
 
 
 def _label(key: str, value: Any) -> str:
@@ -814,17 +811,6 @@ def _flat(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
-
-
-def _unknown(key: str, known, short: str | None = None) -> str:
-    close = difflib.get_close_matches(short or key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {key!r}{hint}; known: {', '.join(known)}"
-
-
-def _show(value: Any) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def resolve_subjects(study: Study, pack_subjects: list[str]) -> Subjects:

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from gaittrain.schema import show
+
 FORMS = ("log", "int", "choice")  #: the mapping forms; a plain [lo, hi] is uniform
 DIGITS = 4  #: significant digits of a drawn float
 
@@ -75,11 +77,6 @@ class Dimension:
         return {self.kind: [self.low, self.high]}
 
 
-def _show(value: Any) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _number(value: Any, whole: bool = False) -> bool:
     if isinstance(value, bool):
         return False
@@ -91,11 +88,11 @@ def _number(value: Any, whole: bool = False) -> bool:
 def _range(value: Any, form: str, whole: bool = False) -> tuple:
     what = "whole numbers" if whole else "finite numbers"
     if not (isinstance(value, list) and len(value) == 2 and all(_number(v, whole) for v in value)):
-        raise SpaceError(f"{form}[lo, hi] needs two {what}, got {_show(value)}")
+        raise SpaceError(f"{form}[lo, hi] needs two {what}, got {show(value)}")
     lo, hi = value
     if not lo < hi:
         raise SpaceError(
-            f"{form}[lo, hi] needs lo < hi, got {_show(value)} (a fixed value is an override, "
+            f"{form}[lo, hi] needs lo < hi, got {show(value)} (a fixed value is an override, "
             "not a tuned key)"
         )
     return (lo, hi) if whole else (float(lo), float(hi))
@@ -109,7 +106,7 @@ def parse(key: str, value: Any) -> Dimension:
     if not isinstance(value, dict) or len(value) != 1:
         raise SpaceError(
             "use [lo, hi], {log: [lo, hi]}, {int: [lo, hi]} or {choice: [a, b, ...]}, "
-            f"got {_show(value)}"
+            f"got {show(value)}"
         )
     form, arg = next(iter(value.items()))
     if form not in FORMS:
@@ -118,10 +115,10 @@ def parse(key: str, value: Any) -> Dimension:
         raise SpaceError(f"unknown form {form!r}{hint}; use log, int or choice, or [lo, hi]")
     if form == "choice":
         if not isinstance(arg, list) or len(arg) < 2:
-            raise SpaceError(f"choice: needs a list of at least 2 values, got {_show(arg)}")
+            raise SpaceError(f"choice: needs a list of at least 2 values, got {show(arg)}")
         for i, v in enumerate(arg):
             if v in arg[:i]:
-                raise SpaceError(f"choice: {_show(v)} is listed twice")
+                raise SpaceError(f"choice: {show(v)} is listed twice")
         return Dimension(key, "choice", choices=tuple(copy.deepcopy(arg)))
     lo, hi = _range(arg, f"{form}: ", whole=form == "int")
     if form == "log" and not lo > 0:
