@@ -28,7 +28,7 @@ import math
 import reprlib
 import types
 import typing
-from dataclasses import field, fields, is_dataclass
+from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any
 
 from gaitprep.errors import GaitError
@@ -78,6 +78,11 @@ def build(cls: type, data: Any, where: str = "", tag: str | None = None, sibling
         raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
+    required = [
+        f.name
+        for f in known.values()
+        if f.init and f.default is MISSING and f.default_factory is MISSING
+    ]
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -86,6 +91,10 @@ def build(cls: type, data: Any, where: str = "", tag: str | None = None, sibling
         if not known[key].init:  # the tag of a union member, checked by _tagged
             continue
         kwargs[key] = _value(hints[key], value, path, known[key].metadata)
+    missing = [k for k in required if k not in kwargs]
+    if missing:
+        path = f"{where}.{missing[0]}" if where else missing[0]
+        raise ConfigError(f"missing key {path!r} (required: {', '.join(required)})")
     return cls(**kwargs)
 
 
@@ -136,6 +145,8 @@ def _tagged(options: tuple[type, ...], data: Any, path: str) -> Any:
 
 def _value(hint: Any, value: Any, path: str, meta: Any = None) -> Any:
     meta = meta or {}
+    if hint is Any:  # any YAML value: its own reader checks it
+        return value
     if is_dataclass(hint):
         return build(hint, value, path)
     origin = typing.get_origin(hint)
@@ -143,6 +154,9 @@ def _value(hint: Any, value: Any, path: str, meta: Any = None) -> Any:
         options = typing.get_args(hint)
         if all(is_dataclass(o) for o in options):
             return _tagged(options, value, path)
+        others = [o for o in options if o is not type(None)]
+        if len(others) == 1 and len(options) == 2:  # X | None: None, or an X
+            return None if value is None else _value(others[0], value, path, meta)
         raise ConfigError(f"{path}: unsupported type")  # not used by the schema
     if origin is dict:
         _, item = typing.get_args(hint)

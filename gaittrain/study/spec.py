@@ -54,7 +54,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +62,12 @@ from gaitprep.errors import GaitError
 from gaittrain.config import INT_MAX, SEED_MAX, Config, ConfigError, config_from_dict
 from gaittrain.data.splits import SplitError, select
 from gaittrain.evaluation.protocol import load_eval_protocol
-from gaittrain.schema import set_dotted, show, unknown_key
+from gaittrain.schema import build, float_field, int_field, set_dotted, show
 from gaittrain.study import tune
 from gaittrain.yaml_strict import load_yaml, load_yaml_file
 
 #: The study file's keys; the first six are required.
-KEYS = (
-    "base",
-    "train",
-    "validation",
-    "test",
-    "eval_every",
-    "axes",
-    "name",
-    "overrides",
-    "protocol",
-    "target",
-    "reference",
-    "tune",
-)
-REQUIRED = KEYS[:6]
-AXIS_KEYS = ("key", "values", "labels")
 SEED = "seed"  #: the axis of replicates
-TUNE_KEYS = ("trials", "space", "seed", "iterations")  #: the tune section's; the first two required
 TUNE = "tune"  #: the axis whose values pick a variant's default or tuned hyper-parameters
 TUNE_VALUES = ("default", "tuned")
 ALL = "all"  #: the tune.space entry of every variant
@@ -97,6 +80,47 @@ SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  #: a label: part of a folder 
 
 class StudyError(GaitError, ValueError):
     """A study file that cannot be used, explained in one line."""
+
+
+@dataclass
+class StudyFile:
+    """The keys of a study file, validated by :mod:`gaittrain.schema` (unknown keys, missing
+    keys, the numbers' types and ranges); the values typed ``Any`` are checked by the reader,
+    which knows what each means (docs/study.md, "The study file")."""
+
+    base: Any
+    train: Any
+    validation: Any
+    test: Any
+    eval_every: int = field(metadata={"range": (1, INT_MAX)})
+    axes: Any
+    name: Any = None
+    overrides: Any = None
+    protocol: Any = "casia-b-lt"
+    target: float | None = float_field(None, hi=100.0, above=0.0)  # a rank-1 in percent
+    reference: Any = None
+    tune: Any = None
+
+
+@dataclass
+class AxisEntry:
+    """One entry of ``axes``: a dotted config key (or a list of them), its values, their
+    labels."""
+
+    key: Any
+    values: Any
+    labels: Any = None
+
+
+@dataclass
+class TuneSection:
+    """The ``tune:`` section: the trials per variant, the search space, the search's seed and
+    the trials' iterations (default: the runs')."""
+
+    trials: int = field(metadata={"range": (1, MAX_TRIALS)})
+    space: Any
+    seed: int = int_field(0, 0, SEED_MAX)
+    iterations: int | None = field(default=None, metadata={"range": (1, INT_MAX)})
 
 
 @dataclass(frozen=True)
@@ -297,42 +321,40 @@ class _Reader:
     def fail(self, message: str) -> StudyError:
         return StudyError(f"{self.path}: {message}")
 
+    def checked(self, cls: type, data: Any, where: str = "") -> Any:
+        """``data`` as dataclass ``cls`` (:func:`gaittrain.schema.build`), a one-line refusal
+        naming the file otherwise."""
+        try:
+            return build(cls, data, where)
+        except ConfigError as e:
+            raise self.fail(str(e)) from None
+
     def study(self, data: dict) -> Study:
-        for key in data:
-            if key not in KEYS:
-                raise self.fail(unknown_key(str(key), KEYS))
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise self.fail(f"missing key {missing[0]!r} (required: {', '.join(REQUIRED)})")
-        base, base_config = self.base(data["base"])
-        overrides = self.overrides(data.get("overrides", {}))
-        axes = self.axes(data["axes"])
+        given = {k: v for k, v in data.items() if v is not None}  # an empty key is left out
+        f = self.checked(StudyFile, given)
+        base, base_config = self.base(f.base)
+        overrides = self.overrides({} if f.overrides is None else f.overrides)
+        axes = self.axes(f.axes)
         self.no_overlap(overrides, axes)
-        eval_every = self.integer(data["eval_every"], "eval_every", 1, INT_MAX)
-        target = data.get("target")
-        if target is not None:
-            target = self.number(target, "target")
-            if not 0 < target <= 100:
-                raise self.fail(f"target is a rank-1 in percent, in (0, 100]; got {target:g}")
         study = Study(
             path=self.path,
-            name=self.text(data.get("name", self.path.stem), "name"),
+            name=self.text(self.path.stem if f.name is None else f.name, "name"),
             base=base,
             base_config=base_config,
             overrides=overrides,
-            train=self.selector(data["train"], "train"),
-            validation=self.selector(data["validation"], "validation"),
-            test=self.selector(data["test"], "test"),
-            protocol=self.protocol(data.get("protocol", "casia-b-lt")),
-            eval_every=eval_every,
-            target=target,
+            train=self.selector(f.train, "train"),
+            validation=self.selector(f.validation, "validation"),
+            test=self.selector(f.test, "test"),
+            protocol=self.protocol(f.protocol),
+            eval_every=f.eval_every,
+            target=f.target,
             reference="",
             axes=axes,
             runs=(),
         )
         runs = self.expand(study)
         variants = list(dict.fromkeys(r.variant for r in runs))
-        given = data.get("reference", variants[0])
+        given = variants[0] if f.reference is None else f.reference
         entries = given if isinstance(given, list) and given else [given]
         found, shown = [], []
         for i, entry in enumerate(entries):
@@ -393,18 +415,6 @@ class _Reader:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(f"{key} must be a non-empty string, got {show(value)}")
         return value.strip()
-
-    def integer(self, value: Any, key: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{key} must be a whole number, got {show(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(f"{key} must lie in [{lo}, {hi}], got {value}")
-        return value
-
-    def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(f"{key} must be a number, got {show(value)}")
-        return float(value)
 
     def selector(self, value: Any, key: str) -> str:
         whole = isinstance(value, int) and not isinstance(value, bool)
@@ -480,15 +490,10 @@ class _Reader:
     def axis(self, item: Any, where: str) -> Axis:
         if not isinstance(item, dict):
             raise self.fail(f"{where} must be a mapping with key and values, got {show(item)}")
-        for k in item:
-            if k not in AXIS_KEYS:
-                raise self.fail(unknown_key(f"{where}.{k}", AXIS_KEYS, str(k)))
-        for k in ("key", "values"):
-            if k not in item:
-                raise self.fail(f"{where} lacks {k!r} (an axis is key, values and labels)")
-        keys = self.axis_keys(item["key"], f"{where}.key")
+        entry = self.checked(AxisEntry, item, where)
+        keys = self.axis_keys(entry.key, f"{where}.key")
         key = "+".join(keys)
-        values = item["values"]
+        values = entry.values
         if not isinstance(values, list) or not values:
             raise self.fail(f"{where}.values must be a non-empty list, got {show(values)}")
         if len(keys) > 1:
@@ -505,7 +510,7 @@ class _Reader:
                         f"{where}.values[{i}] is {show(v)}: the tune axis takes default (the "
                         "config as it is) and tuned (the values the tuning chose)"
                     )
-        labels = item.get("labels")
+        labels = entry.labels
         if labels is None:
             labels = [_label(key, v) for v in values]
         elif not isinstance(labels, list) or len(labels) != len(values):
@@ -607,17 +612,9 @@ class _Reader:
         told whose tuned values they take."""
         if not isinstance(value, dict):
             raise self.fail(f"tune must be a mapping (trials, space, ...), got {show(value)}")
-        for k in value:
-            if k not in TUNE_KEYS:
-                raise self.fail(unknown_key(f"tune.{k}", TUNE_KEYS, str(k)))
-        for k in TUNE_KEYS[:2]:
-            if k not in value:
-                raise self.fail(f"tune lacks {k!r} (required: trials, space)")
-        trials = self.integer(value["trials"], "tune.trials", 1, MAX_TRIALS)
-        seed = self.integer(value.get("seed", 0), "tune.seed", 0, SEED_MAX)
-        iterations = value.get("iterations")
-        if iterations is not None:
-            iterations = self.integer(iterations, "tune.iterations", 1, INT_MAX)
+        value = {k: v for k, v in value.items() if v is not None}  # an empty key is left out
+        t = self.checked(TuneSection, value, "tune")
+        trials, seed, iterations = t.trials, t.seed, t.iterations
         # The tuned variants: the combinations of the axes other than seed and tune.
         found: dict[str, tuple[list[str], dict]] = {}
         for run in study.runs:
@@ -629,7 +626,7 @@ class _Reader:
                     f"two variants would both be tuned as {name!r}; give the axes distinct labels"
                 )
             found.setdefault(name, (labels, values))
-        space = self.space(value["space"], study, {lab for ls, _ in found.values() for lab in ls})
+        space = self.space(t.space, study, {lab for ls, _ in found.values() for lab in ls})
         if trials * len(found) > MAX_RUNS:
             raise self.fail(f"tune: {trials} trials x {len(found)} variants; at most {MAX_RUNS}")
         spaces, searches = {}, {}
@@ -657,7 +654,7 @@ class _Reader:
                 self.trial(name, i, defaults, data, seed, iterations, spaces[name])
                 for i in range(trials)
             )
-        tuning = Tuning(trials, seed, iterations, copy.deepcopy(value["space"]), spaces, searches)
+        tuning = Tuning(trials, seed, iterations, copy.deepcopy(t.space), spaces, searches)
         runs = tuple(
             replace(
                 r, tuned=tuned_name(r.labels) if r.values.get(TUNE, "tuned") == "tuned" else None
