@@ -190,3 +190,59 @@ def ref_memory_update(
                 memory[p, k] = c
         seen[k] = True
     return memory, seen
+
+
+def ref_center_ranked_reading(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    reading: str,
+    alpha: float = 1.2,
+    margin: float = 0.4,
+    t_n: float = 10.0,
+    t_p: float = 0.0,
+    lam: float = 1.0,
+    temperature: float = 10.0,
+    beta: float = 0.1,
+    detach_center: bool = False,
+    normalize: bool = True,
+    memory: torch.Tensor | None = None,
+    seen: list[bool] | None = None,
+) -> torch.Tensor:
+    """Readings r1, r2 and r3 of the center-ranked loss, a loop per part and per sample, written
+    from the formulas of gaittrain/losses/center_ranked.py's docstring."""
+    y = labels.tolist()
+    samples, centers = _centers(features, labels, normalize, detach_center, memory, seen)
+    total = 0.0
+    for x, part_centers in zip(samples, centers, strict=True):
+        losses = []
+        for i in range(len(x)):
+            own = part_centers[y[i]]
+            if reading == "r1":
+                pos = [dist(x[i], own) - (alpha - margin)]
+                neg = [alpha - dist(x[i], x[j]) for j in range(len(x)) if y[j] != y[i]]
+                losses.append(weighted_mean(pos, t_p) + lam * weighted_mean(neg, t_n))
+            elif reading == "r2":
+                # every distance enters the loss here, a sample's to its own center too, which is
+                # 0 for a class of one sample: the loss's squared distances are clamped at 1e-12
+                # (the square root's slope at 0), so 1e-6 then, here as there
+                def d(a, b):
+                    return ((a - b) ** 2).sum().clamp_min(1e-12).sqrt()
+
+                terms = [
+                    temperature * (d(x[i], own) - d(x[i], c) + margin)
+                    for k, c in part_centers.items()
+                    if k != y[i]
+                ]
+                inside = 1 + sum(torch.exp(t) for t in terms)
+                losses.append(torch.log(torch.as_tensor(inside)) / temperature)
+            else:  # r3
+                pos = [
+                    dist(x[i], x[j]) - (alpha - margin)
+                    for j in range(len(x))
+                    if y[j] == y[i] and j != i
+                ]
+                neg = [alpha - dist(x[i], x[j]) for j in range(len(x)) if y[j] != y[i]]
+                ranked = weighted_mean(pos, t_p) + lam * weighted_mean(neg, t_n)
+                losses.append(ranked + beta * 0.5 * ((x[i] - own) ** 2).sum())
+        total = total + sum(losses) / len(losses)
+    return torch.as_tensor(total / len(samples), dtype=features.dtype)

@@ -76,6 +76,47 @@ same update and the memories stay equal without communication.
 
 Distances between normalized features lie in [0, 2]. A class with one sample in the batch has its
 center on that sample, so its positive distance is 0 and never active.
+
+Readings
+--------
+The abstract says only that the loss "integrates all positive and negative samples information",
+unlike the triplet and quadruplet losses, which "only consider a small number of samples in the
+mini-batch". ``reading`` chooses among the plausible readings of that sentence; each is this
+implementation's, none is the paper's formula. With the same f̂, c_k, K and d as above:
+
+``reading="r0"`` (the default): the loss above (class centers rank the samples, or the samples
+rank the centers: ``anchor``).
+
+``reading="r1"``: every sample i is a query; its own class center is its one positive, and every
+sample j of another class is a ranked negative::
+
+    L(i) = max(0, d(f̂_i, c_{y_i}) − (α − m)) + λ Σ_j w⁻_j (α − d(f̂_i, f̂_j))   over j with y_j ≠ y_i
+                                                                             and d(f̂_i, f̂_j) < α
+
+with the ranked-list weights w⁻ (softmax of T_n (α − d) over the active negatives, constants in
+the backward pass); the loss is the mean of L(i) over the samples, then over the parts.
+
+``reading="r2"``: a soft triplet-center loss over every other center, with T = ``temperature``
+and the margin m in the distances' units::
+
+    L(i) = (1/T) log(1 + Σ_{k ∈ K, k ≠ y_i} exp(T (d(f̂_i, c_{y_i}) − d(f̂_i, c_k) + m)))
+
+the mean over the samples, then over the parts (α, T_n, T_p and λ are not used).
+
+``reading="r3"``: the Ranked List Loss over the samples (:mod:`gaittrain.losses.ranked_list`, on
+f̂) plus a pull of each sample toward its class center, center-loss style, of weight β = ``beta``::
+
+    L = L_RLL + β · mean over i of ½ ‖f̂_i − c_{y_i}‖²
+
+the pull's centers are the batch's, or the memory's with ``centers="memory"`` (a constant for a
+class absent from the batch: then it pulls toward the class's moving average).
+
+``anchor`` applies to r0 only. The statistics: r1 and r3 report their ranked pairs as r0 does
+("active", "active_pos", "active_neg", "pos_dist", "neg_dist": r1's positives are the
+sample-center pairs, its negatives the sample-sample pairs of different classes; r3's are the
+ranked list's pairs), r3 adds "pull" (the mean ½ ‖f̂_i − c_{y_i}‖²); r2 reports "active" (the
+fraction of sample-other-center terms with a positive exponent: the margin violated),
+"pos_dist" (sample to own center) and "neg_dist" (sample to the other centers).
 """
 
 from __future__ import annotations
@@ -87,13 +128,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gaittrain.losses._common import masked_mean, pairwise_distance
+from gaittrain.losses._common import distance_stats, masked_mean, pairwise_distance
 from gaittrain.losses.cross_entropy import check_class_indices
 from gaittrain.losses.ranked_list import RankedListLossConfig, RankedLossBase
 from gaittrain.schema import ConfigError, float_field, show
 
 ANCHORS = ("center", "sample", "both")
 CENTERS = ("batch", "memory")
+READINGS = ("r0", "r1", "r2", "r3")  #: the readings of the module docstring
 
 
 @dataclass
@@ -108,10 +150,18 @@ class CenterRankedLossConfig(RankedListLossConfig):
     # in [0, 1): the weight of the old center (memory only)
     memory_momentum: float = float_field(0.9, 0.0)
     normalize: bool = True  # false: raw features and distances; alpha, margin on their scale
+    reading: str = "r0"  # r0 | r1 | r2 | r3: the readings of the abstract (docs/losses.md)
+    temperature: float = float_field(10.0, hi=1000.0, above=0.0)  # r2's T
+    beta: float = float_field(0.1, 0.0)  # r3's weight of the pull toward the class center
 
     def check(self) -> None:
         """What the ranges alone do not check (ConfigError naming the keys)."""
-        for key, allowed in (("anchor", ANCHORS), ("centers", CENTERS)):
+        if self.reading != "r0" and self.anchor != "center":
+            raise ConfigError(
+                f"loss.anchor {self.anchor} applies to reading r0 only; reading {self.reading} "
+                "defines its own queries (leave anchor out)"
+            )
+        for key, allowed in (("anchor", ANCHORS), ("centers", CENTERS), ("reading", READINGS)):
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"loss.{key} is {show(value)}; use one of {', '.join(allowed)}")
@@ -178,6 +228,9 @@ class CenterRankedLoss(RankedLossBase):
         centers: str = Config.centers,
         memory_momentum: float = Config.memory_momentum,
         normalize: bool = Config.normalize,
+        reading: str = Config.reading,
+        temperature: float = Config.temperature,
+        beta: float = Config.beta,
         num_classes: int | None = None,
         parts: int | None = None,
         dim: int | None = None,
@@ -187,6 +240,14 @@ class CenterRankedLoss(RankedLossBase):
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         if centers not in CENTERS:
             raise ValueError(f"centers must be one of {CENTERS}, got {centers!r}")
+        if reading not in READINGS:
+            raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+        if reading != "r0" and anchor != "center":
+            raise ValueError(f"anchor applies to reading r0 only, got anchor={anchor!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         for name, flag in {"detach_center": detach_center, "normalize": normalize}.items():
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be a bool, got {flag!r}")
@@ -200,6 +261,9 @@ class CenterRankedLoss(RankedLossBase):
         self.centers = centers
         self.memory_momentum = float(memory_momentum)
         self.normalize = normalize
+        self.reading = reading
+        self.temperature = float(temperature)
+        self.beta = float(beta)
         self.num_classes = None
         if centers == "memory":
             sizes = {"num_classes": num_classes, "parts": parts, "dim": dim}
@@ -223,6 +287,12 @@ class CenterRankedLoss(RankedLossBase):
             )
         if not self.normalize:
             text += ", normalize=False"
+        if self.reading != "r0":
+            text += f", reading={self.reading!r}"
+        if self.reading == "r2":
+            text += f", temperature={self.temperature}"
+        if self.reading == "r3":
+            text += f", beta={self.beta}"
         return text
 
     def compute(self, features: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -238,7 +308,9 @@ class CenterRankedLoss(RankedLossBase):
             if self.detach_center:
                 centers = centers.detach()
         other = ~own & slot  # sample i and a class other than its own
-        if self.anchor == "center":
+        if self.reading != "r0":
+            loss, stats = self._reading(features, labels, own, other, centers)
+        elif self.anchor == "center":
             dist = pairwise_distance(centers, features)  # [parts, slots, batch]
             loss, stats = self.ranked_terms(dist, own.T, other.T)
             loss = masked_mean(loss, slot)  # mean over the classes, not the empty slots
@@ -257,6 +329,43 @@ class CenterRankedLoss(RankedLossBase):
         if self.centers == "memory" and self.training:
             self._update_memory(batch_centers.detach(), own.any(0))
         return loss, stats
+
+    def _reading(
+        self, features: Tensor, labels: Tensor, own: Tensor, other: Tensor, centers: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of readings r1, r2 and r3 (module docstring) from the (normalized) features
+        [parts, batch, dim], ``own`` / ``other`` [batch, slots] and the centers [parts, slots,
+        dim]."""
+        same = labels[:, None] == labels[None, :]
+        if self.reading == "r1":  # own center: the positive; other classes' samples: negatives
+            to_centers = pairwise_distance(features, centers)  # [parts, batch, slots]
+            to_samples = pairwise_distance(features, features)  # [parts, batch, batch]
+            dist = torch.cat([to_centers, to_samples], dim=-1)
+            pos = torch.cat([own, torch.zeros_like(same)], dim=-1)
+            neg = torch.cat([torch.zeros_like(own), ~same], dim=-1)
+            loss, stats = self.ranked_terms(dist, pos, neg)
+            return loss.mean(), stats
+        if self.reading == "r2":  # soft triplet-center over every other center
+            dist = pairwise_distance(features, centers)  # [parts, batch, slots]
+            to_own = (dist * own).sum(-1, keepdim=True)  # one own center per sample
+            gap = to_own - dist + self.margin
+            exponent = (self.temperature * gap).masked_fill(~other, float("-inf"))
+            one = torch.zeros_like(exponent[..., :1])  # log(1 + Σ exp) = logsumexp([0, ...])
+            loss = torch.logsumexp(torch.cat([one, exponent], dim=-1), dim=-1) / self.temperature
+            with torch.no_grad():
+                stats = {
+                    "active": masked_mean((gap > 0).to(dist.dtype), other),
+                    **distance_stats(dist, own, other),
+                }
+            return loss.mean(), stats
+        # r3: the ranked list over the samples, and a pull toward the class center
+        dist = pairwise_distance(features, features)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        loss, stats = self.ranked_terms(dist, same & ~eye, ~same)
+        own_center = own.to(features.dtype) @ centers  # [parts, batch, dim]
+        pull = 0.5 * (features - own_center).pow(2).sum(-1).mean()
+        stats["pull"] = pull.detach()
+        return loss.mean() + self.beta * pull, stats
 
     def _memory_centers(self, features: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
         """``own`` ``[batch, C]`` (sample i is of class k), ``valid`` ``[C]`` (k has a center),
