@@ -131,8 +131,12 @@ def assert_chunks_follow_the_filter(path: Path) -> None:
     for i, (mask, data, frames) in enumerate(stored_chunks(path)):
         assert mask == 0, f"chunk {i}: filter mask {mask}"
         decoded = data if level is None else zlib.decompress(data)
-        assert decoded == frames.tobytes(), f"chunk {i} does not decode to its frames"
-        assert data == reference_chunk(frames, level), f"chunk {i} is not the declared filter"
+        # compared first, asserted after: pytest would explain a failed `bytes == bytes` with a
+        # diff of both reprs, which takes minutes under CI (it does not truncate there)
+        same_frames = decoded == frames.tobytes()
+        assert same_frames, f"chunk {i} does not decode to its frames"
+        same_filter = data == reference_chunk(frames, level)
+        assert same_filter, f"chunk {i} is not the declared filter"
 
 
 # --- the same pack, read back -----------------------------------------------------------------
