@@ -171,11 +171,12 @@ def atomic_folder(path: Path, replace: bool = False) -> Iterator[Path]:
         raise
 
 
-def encode_png(image) -> bytes:
-    """A uint8 image encoded as PNG bytes (:class:`OutputError` when OpenCV cannot)."""
+def encode_png(image, params: tuple[int, ...] = ()) -> bytes:
+    """A uint8 image encoded as PNG bytes, with OpenCV's ``params`` (e.g. the compression
+    level); :class:`OutputError` when OpenCV cannot encode it."""
     import cv2
 
-    ok, buf = cv2.imencode(".png", image)
+    ok, buf = cv2.imencode(".png", image, list(params))
     if not ok:
         raise OutputError("OpenCV could not encode an image as PNG")
     return buf.tobytes()

@@ -223,16 +223,8 @@ def check_preview(out: Path) -> None:
     output_target(out)
 
 
-def write_silhouettes(found: Segmented, out: Path) -> int:
-    """Write the masks as ``OUT/NNNNNN.png`` (frame index) into a new or empty folder, all or
-    nothing (:func:`~gaitprep.files.atomic_folder`: a temporary folder, every file fsynced,
-    renamed at the end); returns how many."""
-    with atomic_folder(out) as tmp:
-        _write_masks(found, tmp)
-    return len(found.masks)
-
-
 def _write_masks(found: Segmented, folder: Path) -> None:
+    """The masks as ``FOLDER/NNNNNN.png``, named by frame index."""
     for index, mask in found.masks:
         (folder / f"{index:06d}.png").write_bytes(encode_png(mask))
 

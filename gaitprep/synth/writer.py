@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 from joblib import Parallel, delayed
 
 from gaitprep.errors import GaitError
-from gaitprep.files import OutputLock, atomic_write
+from gaitprep.files import OutputLock, atomic_write, encode_png
 from gaitprep.synth.artifacts import Artifacts
 from gaitprep.synth.layouts import Layout
 from gaitprep.synth.sequence import GENERATOR, SequenceSpec, render_sequence
@@ -79,14 +78,6 @@ class SynthJob:
         }
 
 
-def encode_png(img: np.ndarray) -> bytes:
-    """Encode one 8-bit single-channel frame as PNG bytes."""
-    ok, buf = cv2.imencode(".png", img, _PNG)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a PNG frame")
-    return buf.tobytes()
-
-
 def write_sequence(root: Path, layout: Layout, spec: SequenceSpec) -> dict:
     """Render ``spec`` and write its frames under ``root``; returns counts for the summary."""
     final = root / layout.sequence_dir(spec.subject, spec.condition, spec.seq, spec.view)
@@ -99,7 +90,7 @@ def write_sequence(root: Path, layout: Layout, spec: SequenceSpec) -> dict:
     tmp.mkdir()
     for i, img in enumerate(frames, start=1):
         name = layout.frame_name(spec.subject, spec.condition, spec.seq, spec.view, i)
-        (tmp / name).write_bytes(encode_png(img))
+        (tmp / name).write_bytes(encode_png(img, _PNG))
     os.replace(tmp, final)
     empty = int((~frames.reshape(len(frames), -1).any(1)).sum())
     return {"frames": len(frames), "empty": empty, "skipped": 0}

@@ -22,6 +22,11 @@ _HALF = (torch.float16, torch.bfloat16)
 _SQUARED_EPS = 1e-12
 
 
+def config_arguments(section) -> dict:
+    """A loss's config section as its constructor's keyword arguments (``name`` left out)."""
+    return {f.name: getattr(section, f.name) for f in fields(section) if f.init}
+
+
 class PartLoss(nn.Module):
     """Base of the part-wise losses: ``loss(features, labels) -> scalar``, statistics in ``stats``.
 
@@ -40,7 +45,7 @@ class PartLoss(nn.Module):
     def from_config(cls, section, **context) -> PartLoss:
         """The loss of a config section: its keys are the constructor's arguments. ``context``
         (the training classes, parts and dimension) is for a loss that needs it."""
-        return cls(**{f.name: getattr(section, f.name) for f in fields(section) if f.init})
+        return cls(**config_arguments(section))
 
     def __init__(self) -> None:
         super().__init__()

@@ -122,13 +122,18 @@ fraction of sample-other-center terms with a positive exponent: the margin viola
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gaittrain.losses._common import distance_stats, masked_mean, pairwise_distance
+from gaittrain.losses._common import (
+    config_arguments,
+    distance_stats,
+    masked_mean,
+    pairwise_distance,
+)
 from gaittrain.losses.cross_entropy import check_class_indices
 from gaittrain.losses.ranked_list import RankedListLossConfig, RankedLossBase
 from gaittrain.schema import ConfigError, float_field, show
@@ -206,7 +211,7 @@ class CenterRankedLoss(RankedLossBase):
     def from_config(cls, section, num_classes=None, parts=None, dim=None) -> CenterRankedLoss:
         """The loss of a config section; ``centers: memory`` keeps a center per training class,
         so it is sized by ``num_classes``, ``parts`` and ``dim`` (the Objective passes them)."""
-        kwargs = {f.name: getattr(section, f.name) for f in fields(section) if f.init}
+        kwargs = config_arguments(section)
         if section.centers == "memory":
             if num_classes is None or parts is None or dim is None:
                 raise ValueError(
