@@ -9,6 +9,7 @@ from torch import nn
 from gaittrain.config import Config
 from gaittrain.losses import METRIC_LOSSES, LogitCrossEntropyLoss, PartCrossEntropyLoss
 from gaittrain.losses._common import PartLoss, to_floats
+from gaittrain.losses.geometry import batch_geometry
 from gaittrain.models import BNNECK_MODELS
 
 
@@ -33,7 +34,9 @@ class Objective(nn.Module):
 
     A call makes no host synchronization. ``stats`` holds the statistics of the last call: each
     part's statistics and its loss value ("<name>/loss", "cross_entropy/loss"), prefixed by its
-    name, as Python floats converted when read (one device synchronization, at most once per call).
+    name, and the batch's geometry, the same for every loss ("geometry/own_center", ...:
+    :func:`~gaittrain.losses.geometry.batch_geometry`), as Python floats converted when read (one
+    device synchronization, at most once per call).
 
     Its ``state_dict`` holds the cross-entropy's classifiers and, with ``loss.centers: memory``,
     the center-ranked loss's memory of class centers (``metric.memory``, ``metric.seen``).
@@ -64,6 +67,7 @@ class Objective(nn.Module):
         total = metric
         stats = {f"{self.name}/{k}": v for k, v in self.metric.stat_tensors.items()}
         stats[f"{self.name}/loss"] = metric.detach()
+        stats.update({f"geometry/{k}": v for k, v in batch_geometry(features, labels).items()})
         if self.ce is not None:
             if self.uses_logits and logits is None:
                 raise ValueError(

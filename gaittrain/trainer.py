@@ -153,6 +153,16 @@ def train_step(
     return value, scaler.get_scale() >= scale  # a skipped step lowers the scale
 
 
+def gradient_norm(model: torch.nn.Module) -> float:
+    """The 2-norm of the gradient that reached the model's parameters in the last step (unscaled:
+    the grad scaler's step unscales them); nan when none has a gradient. Not the objective's own
+    classifiers: what the metric loss sends back to the network."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return math.nan
+    return float(torch.nn.utils.get_total_norm(grads))
+
+
 def train(
     cfg: Config,
     packs: list[Path],
@@ -407,7 +417,8 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
             bar.update(1)
             done = it + 1
             if main and (done % cfg.train.log_every == 0 or done == total):
-                stats = {k: v if math.isfinite(v) else None for k, v in objective.stats.items()}
+                stats = {**objective.stats, "grad_norm": gradient_norm(model)}
+                stats = {k: v if math.isfinite(v) else None for k, v in stats.items()}
                 record = {
                     "iteration": it,
                     "loss": value,

@@ -144,16 +144,24 @@ def ref_center_ranked_stats(
     normalize: bool = True,
     memory: torch.Tensor | None = None,
     seen: list[bool] | None = None,
+    anchor: str = "center",
 ) -> dict[str, float]:
-    """The statistics of the (sample, center) pairs: active fractions and mean distances."""
+    """The statistics of the (sample, center) pairs: active fractions and mean distances; the
+    queries (the classes, or with anchor "sample" the samples) and the fraction of them with a
+    violated boundary."""
     y = labels.tolist()
     features = features.detach()
     samples, centers = _centers(features, labels, normalize, True, memory, seen)
     pos, neg = [], []
-    for x, part_centers in zip(samples, centers, strict=True):
+    violated = {}  # (part, query): a boundary violated
+    for p, (x, part_centers) in enumerate(zip(samples, centers, strict=True)):
         for i in range(len(x)):
             for k, c in part_centers.items():
-                (pos if k == y[i] else neg).append(dist(x[i], c).item())
+                d = dist(x[i], c).item()
+                (pos if k == y[i] else neg).append(d)
+                bad = d > alpha - margin if k == y[i] else d < alpha
+                query = (p, i) if anchor == "sample" else (p, k)
+                violated[query] = violated.get(query, False) or bad
 
     def mean(values: list) -> float:
         return sum(float(v) for v in values) / len(values) if values else math.nan
@@ -162,6 +170,8 @@ def ref_center_ranked_stats(
         "active": mean([d > alpha - margin for d in pos] + [d < alpha for d in neg]),
         "active_pos": mean([d > alpha - margin for d in pos]),
         "active_neg": mean([d < alpha for d in neg]),
+        "queries": len(violated) / len(samples),
+        "active_queries": mean(list(violated.values())),
         "pos_dist": mean(pos),
         "neg_dist": mean(neg),
     }

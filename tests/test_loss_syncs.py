@@ -15,6 +15,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Callable
+from itertools import product
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gaittrain.config import load_config
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
+from gaittrain.losses.geometry import batch_geometry
 from gaittrain.objective import Objective
 from tests.reference import ref_center_ranked_variant
 
@@ -158,13 +160,20 @@ def fraction(flags: list[bool]) -> float:
     return mean([float(f) for f in flags])
 
 
-def ranked_stats(pos: list[float], neg: list[float], alpha: float, margin: float) -> dict:
+def ranked_stats(queries: list[list[tuple[float, bool, bool]]], parts: int) -> dict:
+    """The statistics of ranked pairs, from each query cell's (part, query) pairs ``(distance,
+    positive, violated)``."""
+    pairs = [pair for cell in queries for pair in cell]
+    pos = [(d, bad) for d, positive, bad in pairs if positive]
+    neg = [(d, bad) for d, positive, bad in pairs if not positive]
     return {
-        "active": fraction([d > alpha - margin for d in pos] + [d < alpha for d in neg]),
-        "active_pos": fraction([d > alpha - margin for d in pos]),
-        "active_neg": fraction([d < alpha for d in neg]),
-        "pos_dist": mean(pos),
-        "neg_dist": mean(neg),
+        "active": fraction([bad for _, _, bad in pairs]),
+        "active_pos": fraction([bad for _, bad in pos]),
+        "active_neg": fraction([bad for _, bad in neg]),
+        "queries": len(queries) / parts,
+        "active_queries": fraction([any(bad for _, _, bad in cell) for cell in queries]),
+        "pos_dist": mean([d for d, _ in pos]),
+        "neg_dist": mean([d for d, _ in neg]),
     }
 
 
@@ -179,23 +188,40 @@ def ref_stats(loss: torch.nn.Module, features: torch.Tensor, labels: torch.Tenso
         return {"accuracy": mean([float(logits[p, i].argmax() == y[i]) for p, i in cells])}
     if isinstance(loss, TripletLoss):
         d = torch.cdist(f, f).tolist()
-        pos = [d[p][i][j] for p, i in cells for j in range(n) if j != i and y[j] == y[i]]
-        neg = [d[p][i][j] for p, i in cells for j in range(n) if y[j] != y[i]]
-        triplets = [
-            loss.margin + d[p][a][q] - d[p][a][m]
-            for p, a in cells
-            for q in range(n)
-            if q != a and y[q] == y[a]
-            for m in range(n)
-            if y[m] != y[a]
-        ]
+        positives = {(p, a): [q for q in range(n) if q != a and y[q] == y[a]] for p, a in cells}
+        negatives = {(p, a): [m for m in range(n) if y[m] != y[a]] for p, a in cells}
+
+        def violated(p: int, a: int, q: int, m: int) -> bool:
+            return loss.margin + d[p][a][q] - d[p][a][m] > 0
+
+        pos = [(p, a, q) for p, a in cells for q in positives[p, a]]
+        neg = [(p, a, m) for p, a in cells for m in negatives[p, a]]
+        triplets = [(p, a, q, m) for p, a, q in pos for m in negatives[p, a]]
         return {
-            "active": fraction([t > 0 for t in triplets]),
-            "pos_dist": mean(pos),
-            "neg_dist": mean(neg),
+            "active": fraction([violated(*t) for t in triplets]),
+            "active_pos": fraction([any(violated(*t, m) for m in negatives[t[:2]]) for t in pos]),
+            "active_neg": fraction(
+                [any(violated(p, a, q, m) for q in positives[p, a]) for p, a, m in neg]
+            ),
+            "queries": n,
+            "active_queries": fraction(
+                [
+                    any(violated(p, a, q, m) for q, m in product(positives[p, a], negatives[p, a]))
+                    for p, a in cells
+                ]
+            ),
+            "pos_dist": mean([d[p][a][q] for p, a, q in pos]),
+            "neg_dist": mean([d[p][a][m] for p, a, m in neg]),
         }
     x = f / f.norm(dim=-1, keepdim=True) if getattr(loss, "normalize", True) else f
-    if isinstance(loss, CenterRankedLoss):  # (sample, center) pairs, whatever the anchor
+    lo, hi = loss.alpha - loss.margin, loss.alpha  # the positive and the negative boundary
+
+    def pair(distance: float, positive: bool) -> tuple[float, bool, bool]:
+        return distance, positive, distance > lo if positive else distance < hi
+
+    if isinstance(loss, CenterRankedLoss) and loss.reading != "r0":
+        return ref_reading_stats(loss, x, labels, pair)
+    if isinstance(loss, CenterRankedLoss):  # (sample, center) pairs
         centers = {k: x[:, labels == k].mean(1) for k in set(y)}
         memory = {}
         if loss.centers == "memory":  # remembered classes absent from the batch (kept as they were)
@@ -203,9 +229,15 @@ def ref_stats(loss: torch.nn.Module, features: torch.Tensor, labels: torch.Tenso
             seen = [k for k in range(loss.num_classes) if memory["seen"][k] and k not in centers]
             centers.update({k: memory["memory"][:, k] for k in seen})
         d = {k: (x - c[:, None]).norm(dim=-1).tolist() for k, c in centers.items()}
-        pos = [d[y[i]][p][i] for p, i in cells]
-        neg = [d[k][p][i] for p, i in cells for k in centers if k != y[i]]
-        stats = ranked_stats(pos, neg, loss.alpha, loss.margin)
+        if loss.anchor == "sample":  # each sample ranks the centers
+            queries = [[pair(d[k][p][i], k == y[i]) for k in centers] for p, i in cells]
+        else:  # each class ranks the samples
+            queries = [
+                [pair(d[k][p][i], k == y[i]) for i in range(n)]
+                for p in range(parts)
+                for k in centers
+            ]
+        stats = ranked_stats(queries, parts)
         if loss.anchor == "both":
             hyper = {k: getattr(loss, k) for k in ("alpha", "margin", "t_n", "t_p", "lam")}
             terms = ref_center_ranked_variant(
@@ -213,11 +245,81 @@ def ref_stats(loss: torch.nn.Module, features: torch.Tensor, labels: torch.Tenso
             )
             stats.update(center_loss=terms[0].item(), sample_loss=terms[1].item())
         return stats
-    else:  # ranked list: (sample, other sample) pairs
-        d = torch.cdist(x, x).tolist()
-        pos = [d[p][i][j] for p, i in cells for j in range(n) if j != i and y[j] == y[i]]
-        neg = [d[p][i][j] for p, i in cells for j in range(n) if y[j] != y[i]]
-    return ranked_stats(pos, neg, loss.alpha, loss.margin)
+    # ranked list: (sample, other sample) pairs
+    d = torch.cdist(x, x).tolist()
+    queries = [[pair(d[p][i][j], y[j] == y[i]) for j in range(n) if j != i] for p, i in cells]
+    return ranked_stats(queries, parts)
+
+
+def ref_reading_stats(loss: CenterRankedLoss, x: torch.Tensor, labels: torch.Tensor, pair) -> dict:
+    """The statistics of readings r1-r3 (batch centers) from the (normalized) features x."""
+    parts, n, _ = x.shape
+    y = labels.tolist()
+    cells = [(p, i) for p in range(parts) for i in range(n)]
+    centers = {k: x[:, labels == k].mean(1) for k in set(y)}
+    d = {k: (x - c[:, None]).norm(dim=-1).tolist() for k, c in centers.items()}
+    if loss.reading == "r1":  # own center positive, other classes' samples negative
+        xx = torch.cdist(x, x).tolist()
+        queries = [
+            [pair(d[y[i]][p][i], True)]
+            + [pair(xx[p][i][j], False) for j in range(n) if y[j] != y[i]]
+            for p, i in cells
+        ]
+        return ranked_stats(queries, parts)
+    if loss.reading == "r2":  # (sample, other center) terms, violated when the exponent is > 0
+        terms = [
+            [d[y[i]][p][i] - d[k][p][i] + loss.margin > 0 for k in centers if k != y[i]]
+            for p, i in cells
+        ]
+        flat = [t for cell in terms for t in cell]
+        return {
+            "active": fraction(flat),
+            "active_pos": fraction([any(cell) for cell in terms]),
+            "active_neg": fraction(flat),
+            "queries": n,
+            "active_queries": fraction([any(cell) for cell in terms]),
+            "pos_dist": mean([d[y[i]][p][i] for p, i in cells]),
+            "neg_dist": mean([d[k][p][i] for p, i in cells for k in centers if k != y[i]]),
+        }
+    xx = torch.cdist(x, x).tolist()  # r3: the ranked list, and the pull
+    queries = [[pair(xx[p][i][j], y[j] == y[i]) for j in range(n) if j != i] for p, i in cells]
+    pull = mean([0.5 * d[y[i]][p][i] ** 2 for p, i in cells])
+    return {**ranked_stats(queries, parts), "pull": pull}
+
+
+def ref_geometry(features: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The batch's geometry (gaittrain.losses.geometry), by its definitions, in float64 loops."""
+    f = features.double()
+    parts, n, _ = f.shape
+    y = labels.tolist()
+    x = f / f.norm(dim=-1, keepdim=True)
+    center = {k: x[:, labels == k].mean(1) for k in set(y)}  # [parts, dim] per class
+
+    def d(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (a - b).norm().item()
+
+    cells = [(p, i) for p in range(parts) for i in range(n)]
+    own = mean([d(x[p, i], center[y[i]][p]) for p, i in cells])
+    pos = mean([d(x[p, i], x[p, j]) for p, i in cells for j in range(n) if j != i and y[j] == y[i]])
+    return {
+        "own_center": own,
+        "other_center": mean(
+            [d(x[p, i], center[y[j]][p]) for p, i in cells for j in range(n) if y[j] != y[i]]
+        ),
+        "pos_pair": pos,
+        "neg_pair": mean([d(x[p, i], x[p, j]) for p, i in cells for j in range(n) if y[j] != y[i]]),
+        "center_to_pair": own / pos,
+        "norm": mean([f[p, i].norm().item() for p, i in cells]),
+    }
+
+
+def test_geometry_of_one_class_per_sample_has_no_positives():
+    """K = 1: no positive pair, every sample its own center: nan where a set is empty, not 0."""
+    features = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0))
+    stats = {k: v.item() for k, v in batch_geometry(features, torch.arange(4)).items()}
+    assert stats["own_center"] == pytest.approx(0, abs=1e-4)  # float32 cancellation
+    assert math.isnan(stats["pos_pair"]) and math.isnan(stats["center_to_pair"])
+    assert stats == pytest.approx(ref_geometry(features, torch.arange(4)), nan_ok=True, abs=1e-4)
 
 
 LOSSES: dict[str, Callable[[], torch.nn.Module]] = {
@@ -232,6 +334,10 @@ LOSSES: dict[str, Callable[[], torch.nn.Module]] = {
     "center_ranked-sample-memory": lambda: CenterRankedLoss(
         anchor="sample", centers="memory", num_classes=P, parts=PARTS, dim=DIM
     ),
+    "center_ranked-r1": lambda: CenterRankedLoss(reading="r1"),
+    "center_ranked-r2": lambda: CenterRankedLoss(reading="r2", margin=0.3),
+    "center_ranked-r2-raw": lambda: CenterRankedLoss(reading="r2", normalize=False, margin=0.5),
+    "center_ranked-r3": lambda: CenterRankedLoss(reading="r3", beta=0.5),
     "ranked_list": lambda: RankedListLoss(t_p=2.0),
     "triplet": lambda: TripletLoss(margin=0.5),
     "cross_entropy": lambda: PartCrossEntropyLoss(P, DIM, PARTS, label_smoothing=0.1),
@@ -361,17 +467,19 @@ def test_objective_makes_no_host_sync_and_reads_its_stats_once(name: str, syncs:
         assert obj.stats == stats
     assert calls == Counter()
 
-    # The keys of the log, in order: the metric's statistics and loss, then the cross-entropy's.
-    if name == "triplet":
-        metric_keys = ["active", "pos_dist", "neg_dist"]
-    else:
-        metric_keys = ["active", "active_pos", "active_neg", "pos_dist", "neg_dist"]
+    # The keys of the log, in order: the metric's statistics and loss, the batch's geometry,
+    # then the cross-entropy's.
+    metric_keys = ["active", "active_pos", "active_neg", "queries", "active_queries"]
+    metric_keys += ["pos_dist", "neg_dist", "loss"]
+    geometry = ref_geometry(features.detach(), labels)
     ce_keys = ["cross_entropy/accuracy", "cross_entropy/loss"]
     prefix = obj.name  # the loss's name in the config
-    assert list(stats) == [f"{prefix}/{k}" for k in [*metric_keys, "loss"]] + ce_keys
+    keys = [f"{prefix}/{k}" for k in metric_keys] + [f"geometry/{k}" for k in geometry] + ce_keys
+    assert list(stats) == keys
     assert all(type(v) is float and math.isfinite(v) for v in stats.values())
     features = features.detach()
     expected = {f"{prefix}/{k}": v for k, v in ref_stats(obj.metric, features, labels).items()}
+    expected.update({f"geometry/{k}": v for k, v in geometry.items()})
     with torch.no_grad():
         expected[f"{prefix}/loss"] = obj.metric(features, labels).item()
         expected["cross_entropy/accuracy"] = ref_stats(obj.ce, features, labels)["accuracy"]

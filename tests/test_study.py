@@ -16,7 +16,7 @@ import yaml
 from gaitprep.files import OutputLock
 from gaittrain.study import stats
 from gaittrain.study.report import to_html, to_markdown
-from gaittrain.study.runner import Context, StudyPaths
+from gaittrain.study.runner import TRAINING_STATISTICS, Context, StudyPaths
 from gaittrain.study.spec import StudyError, Subjects, load_study
 from gaittrain.study.summary import build_summary
 from tests.cli import TINY, assert_one_line_error, chromium, gait, make_pack
@@ -482,6 +482,24 @@ def test_study_json_holds_curves_finals_and_statistics(done) -> None:
         assert run["iterations_to_target"] == stats.iterations_to_reach([1, 2], curve, 0.4), name
     t = v["triplet"]["iterations_to_target"]
     assert t["n"] == 2 and set(t["per_seed"]) == {"0", "1"}
+    # What each loss saw during training: each run's logged statistics, and their seed means.
+    for name, run in runs.items():
+        log = [json.loads(line) for line in (done["out"] / "runs" / name / "log.jsonl").open()]
+        loss = run["values"]["loss"]
+        assert run["training"]["active_pos"] == [
+            [x["iteration"] + 1, x[f"{loss}/active_pos"]] for x in log
+        ]
+        assert run["training"]["grad_norm"] == [[x["iteration"] + 1, x["grad_norm"]] for x in log]
+        assert set(run["training"]) == set(TRAINING_STATISTICS), name
+    own = [
+        dict(map(tuple, runs[f"triplet-seed{i}"]["training"]["geometry/own_center"]))
+        for i in (0, 1)
+    ]
+    assert v["triplet"]["training"]["geometry/own_center"] == [
+        [it, pytest.approx((own[0][it] + own[1][it]) / 2)] for it in sorted(own[0])
+    ]
+    png = done["out"] / "figures" / "training.png"
+    assert cv2.imread(str(png)) is not None and "![training statistics](figures/training.png)" in md
 
 
 @pytest.mark.slow
@@ -637,7 +655,7 @@ def test_the_study_page_renders_in_headless_chromium(done, tmp_path) -> None:
     page = done["out"] / "study.html"
     html = page.read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
-    assert html.count("data:image/png;base64,") == 3  # the NM, BG and CL curves
+    assert html.count("data:image/png;base64,") == 4  # the NM, BG and CL curves, the training
     for table in ('id="final"', 'id="paired"', 'id="target"', 'id="runs"'):
         assert table in html
     dom = chromium(page, "--dump-dom")

@@ -74,7 +74,8 @@ def test_train_on_cpu_writes_logs_checkpoints_and_tensorboard(pack: Path, tmp_pa
     assert state["iteration"] == 6 and "model" in state and "rng" in state
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
-    assert {"loss", "lr", "center_ranked/loss"} <= set(record)
+    assert {"loss", "lr", "center_ranked/loss", "geometry/center_to_pair"} <= set(record)
+    assert record["grad_norm"] > 0  # the gradient that reached the model
     again = train_tiny(pack, run, "--iterations", "6")
     assert again.exit_code == 1 and "--resume" in again.output
 
@@ -202,3 +203,16 @@ def test_config_errors_are_one_line(pack: Path, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "unknown key 'optim.momentun'" in r.output
     r = gait("train", TINY, "--pack", pack, "--out", tmp_path / "r", "--train-subjects", "900-910")
     assert r.exit_code == 1 and "no subject of the pack matches" in r.output
+
+
+def test_gradient_norm_is_that_of_the_models_gradient() -> None:
+    from gaittrain.trainer import gradient_norm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    assert gradient_norm(model) != gradient_norm(model)  # nan before any backward
+    model[1].weight.requires_grad_(False)  # a frozen parameter has no gradient: left out
+    model(torch.randn(5, 3, generator=torch.Generator().manual_seed(0))).pow(2).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == 3
+    expected = sum(float(g.double().pow(2).sum()) for g in grads) ** 0.5
+    assert gradient_norm(model) == pytest.approx(expected, rel=1e-6)

@@ -137,6 +137,19 @@ def distance_stats(dist: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+def query_stats(active: Tensor, queries: Tensor | None = None) -> dict[str, Tensor]:
+    """ "queries" (per part) and "active_queries" (the fraction of them, over all parts, whose loss
+    is not zero) from ``active`` ``[parts, rows]`` and the boolean ``queries`` ``[rows]`` (the rows
+    that are queries; default: all)."""
+    if queries is None:
+        queries = torch.ones_like(active[0])
+    return {
+        "queries": queries.sum().to(torch.float32),
+        "active_queries": masked_mean(active.to(torch.float32), queries),
+    }
+
+
+@torch.no_grad()
 def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
     """Scalar tensors to Python floats, with a single device-to-host copy (none when empty)."""
     if not stats:

@@ -114,9 +114,12 @@ class absent from the batch: then it pulls toward the class's moving average).
 ``anchor`` applies to r0 only. The statistics: r1 and r3 report their ranked pairs as r0 does
 ("active", "active_pos", "active_neg", "pos_dist", "neg_dist": r1's positives are the
 sample-center pairs, its negatives the sample-sample pairs of different classes; r3's are the
-ranked list's pairs), r3 adds "pull" (the mean ½ ‖f̂_i − c_{y_i}‖²); r2 reports "active" (the
-fraction of sample-other-center terms with a positive exponent: the margin violated),
-"pos_dist" (sample to own center) and "neg_dist" (sample to the other centers).
+ranked list's pairs), r3 adds "pull" (the mean ½ ‖f̂_i − c_{y_i}‖²); r2 reports "active" and
+"active_neg" (the fraction of sample-other-center terms with a positive exponent: the margin
+violated), "active_pos" (the fraction of samples with such a term), "pos_dist" (sample to own
+center) and "neg_dist" (sample to the other centers). Every reading reports "queries" (per part:
+r0's classes, the others' samples) and "active_queries" (the fraction of them with a violated
+boundary; for r2, a margin violated).
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ from gaittrain.losses._common import (
     distance_stats,
     masked_mean,
     pairwise_distance,
+    query_stats,
 )
 from gaittrain.losses.cross_entropy import check_class_indices
 from gaittrain.losses.ranked_list import RankedListLossConfig, RankedLossBase
@@ -189,7 +193,9 @@ class CenterRankedLoss(RankedLossBase):
     the formulas. ``stats`` after a call: "active", "active_pos", "active_neg" (fractions of the
     sample-center pairs that violate their boundary: all pairs, positive pairs, negative pairs;
     the pairs are the same for every anchor), "pos_dist" (mean distance of a sample to its own
-    center), "neg_dist" (mean distance of a sample to the other centers); with
+    center), "neg_dist" (mean distance of a sample to the other centers), "queries" and
+    "active_queries" (the classes per part, and the fraction of them with a violated boundary;
+    with ``anchor="sample"`` the samples); with
     ``anchor="both"`` also "center_loss" and "sample_loss" (the two terms it averages).
 
     Args:
@@ -317,7 +323,7 @@ class CenterRankedLoss(RankedLossBase):
             loss, stats = self._reading(features, labels, own, other, centers)
         elif self.anchor == "center":
             dist = pairwise_distance(centers, features)  # [parts, slots, batch]
-            loss, stats = self.ranked_terms(dist, own.T, other.T)
+            loss, stats = self.ranked_terms(dist, own.T, other.T, queries=slot)
             loss = masked_mean(loss, slot)  # mean over the classes, not the empty slots
         elif self.anchor == "sample":
             dist = pairwise_distance(features, centers)  # [parts, batch, slots]
@@ -325,7 +331,7 @@ class CenterRankedLoss(RankedLossBase):
             loss = loss.mean()
         else:  # both: one table of distances, ranked from each side
             dist = pairwise_distance(centers, features)  # [parts, slots, batch]
-            center_loss, stats = self.ranked_terms(dist, own.T, other.T)
+            center_loss, stats = self.ranked_terms(dist, own.T, other.T, queries=slot)
             center_loss = masked_mean(center_loss, slot)
             sample_loss = self.ranked_terms(dist.transpose(-1, -2), own, other)[0].mean()
             stats["center_loss"] = center_loss.detach()
@@ -358,8 +364,12 @@ class CenterRankedLoss(RankedLossBase):
             one = torch.zeros_like(exponent[..., :1])  # log(1 + Σ exp) = logsumexp([0, ...])
             loss = torch.logsumexp(torch.cat([one, exponent], dim=-1), dim=-1) / self.temperature
             with torch.no_grad():
+                violated = (gap > 0) & other
                 stats = {
-                    "active": masked_mean((gap > 0).to(dist.dtype), other),
+                    "active": masked_mean(violated.to(dist.dtype), other),
+                    "active_pos": violated.any(-1).to(dist.dtype).mean(),
+                    "active_neg": masked_mean(violated.to(dist.dtype), other),
+                    **query_stats(violated.any(-1)),
                     **distance_stats(dist, own, other),
                 }
             return loss.mean(), stats

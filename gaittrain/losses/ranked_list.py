@@ -40,6 +40,7 @@ from gaittrain.losses._common import (
     masked_mean,
     pair_masks,
     pairwise_distance,
+    query_stats,
 )
 from gaittrain.schema import ConfigError, float_field
 
@@ -117,7 +118,7 @@ class RankedLossBase(PartLoss):
         )
 
     def ranked_terms(
-        self, dist: Tensor, pos: Tensor, neg: Tensor
+        self, dist: Tensor, pos: Tensor, neg: Tensor, queries: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """L(q) = L_P(q) + λ L_N(q) for each query q of each part, and the statistics.
 
@@ -125,13 +126,17 @@ class RankedLossBase(PartLoss):
             dist: distances ``[parts, queries, candidates]``.
             pos, neg: boolean ``[queries, candidates]`` masks of each query's positive and
                 negative candidates (disjoint).
+            queries: boolean ``[queries]``, the rows that are queries (default: all); it only
+                changes the query statistics.
 
         Returns:
             ``[parts, queries]`` losses, and the statistics: "active" (fraction of the
             query-candidate pairs, positive or negative, that violate their boundary, over all
             parts), "active_pos" and "active_neg" (the same fraction among positive pairs and among
             negative pairs), "pos_dist" and "neg_dist" (mean distance of the positive pairs and of
-            the negative pairs, active or not); nan where the set of pairs is empty.
+            the negative pairs, active or not), "queries" (queries per part) and "active_queries"
+            (the fraction of them whose loss is not zero, over all parts); nan where the set of
+            pairs is empty.
         """
         pos_gap = dist - (self.alpha - self.margin)
         neg_gap = self.alpha - dist
@@ -144,6 +149,7 @@ class RankedLossBase(PartLoss):
                 "active": masked_mean((pos_active | neg_active).to(dist.dtype), pos | neg),
                 "active_pos": masked_mean(pos_active.to(dist.dtype), pos),
                 "active_neg": masked_mean(neg_active.to(dist.dtype), neg),
+                **query_stats((pos_active | neg_active).any(-1), queries),
                 **distance_stats(dist, pos, neg),
             }
         return pos_loss + self.lam * neg_loss, stats

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gaittrain.losses._common import PartLoss, distance_stats, pair_masks, pairwise_distance
+from gaittrain.losses._common import (
+    PartLoss,
+    distance_stats,
+    masked_mean,
+    pair_masks,
+    pairwise_distance,
+    query_stats,
+)
 from gaittrain.schema import float_field
 
 
@@ -35,7 +42,10 @@ class TripletLoss(PartLoss):
 
     ``loss(features [parts, batch, dim], labels [batch]) -> scalar``; see the module docstring for
     the formula. ``stats`` after a call: "active" (fraction of all anchor-positive-negative
-    triplets, over all parts, whose term is non-zero), "pos_dist" and "neg_dist" (mean distance of
+    triplets, over all parts, whose term is non-zero), "active_pos" and "active_neg" (fraction of
+    the positive and of the negative pairs that are in a non-zero term), "queries" (anchors per
+    part) and "active_queries" (fraction of the anchors with a non-zero term), "pos_dist" and
+    "neg_dist" (mean distance of
     the positive pairs and of the negative pairs); nan where the batch has no such triplet or pair.
 
     Args:
@@ -67,8 +77,17 @@ class TripletLoss(PartLoss):
         loss = (total / nonzero.clamp_min(1)).mean().to(dist.dtype)
         with torch.no_grad():
             triplets = (pos.sum(1) * neg.sum(1)).sum()
+            # (a, p) is in an active triplet when a's nearest negative is inside its threshold,
+            # (a, n) when n is inside a's largest threshold (its farthest positive's)
+            nearest = dist.masked_fill(~neg, float("inf")).amin(-1, keepdim=True)
+            pos_active = pos & (threshold > nearest)
+            widest = threshold.masked_fill(~pos, float("-inf")).amax(-1, keepdim=True)
+            neg_active = neg & (dist < widest)
             stats = {
                 "active": nonzero.sum() / (triplets * parts),
+                "active_pos": masked_mean(pos_active.to(dist.dtype), pos),
+                "active_neg": masked_mean(neg_active.to(dist.dtype), neg),
+                **query_stats(pos_active.any(-1)),
                 **distance_stats(dist, pos, neg),
             }
         return loss, stats

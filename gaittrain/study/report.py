@@ -100,6 +100,75 @@ def curve_figures(summary: dict) -> dict[str, bytes]:
     return plots
 
 
+# The panels of the training figure: statistic (runner.TRAINING_STATISTICS) and its axis label.
+TRAINING_PANELS = {
+    "active_pos": "active positive pairs (fraction)",
+    "active_neg": "active negative pairs (fraction)",
+    "active_queries": "queries with a loss (fraction)",
+    "grad_norm": "gradient norm reaching the model",
+    "geometry/own_center": "sample to own center",
+    "geometry/pos_pair": "positive pair",
+    "geometry/neg_pair": "negative pair",
+    "geometry/center_to_pair": "own center / positive pair",
+}
+
+
+def training_figure(summary: dict) -> bytes | None:
+    """One PNG of what each variant's loss saw during training (mean across seeds): the active
+    fractions, the gradient that reached the model and the batch's distances on normalized
+    features (docs/losses.md, "Statistics"); None when no run logged them."""
+    panels = [
+        key
+        for key in TRAINING_PANELS
+        if any(key in v.get("training", {}) for v in summary["variants"])
+    ]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = {v["sequences_per_iteration"] for v in summary["variants"]}
+    by_sequences = len(sizes) > 1
+    columns = 4
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(13, 3.0 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes.flat, panels, strict=False):
+        for i, v in enumerate(summary["variants"]):
+            points = v.get("training", {}).get(key)
+            if points:
+                scale = v["sequences_per_iteration"] if by_sequences else 1
+                its, values = zip(*points, strict=True)
+                ax.plot(
+                    [it * scale for it in its],
+                    values,
+                    color=colors[i % len(colors)],
+                    lw=1.4,
+                    label=v["name"],
+                )
+        ax.set_title(TRAINING_PANELS[key], fontsize=9)
+        if key == "grad_norm":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
+    fig.supxlabel(
+        "training sequences seen (iteration × P × K)" if by_sequences else "iteration",
+        fontsize=9,
+        y=0.06,
+    )
+    fig.suptitle(
+        "training statistics, mean across seeds (distances on normalized features)", fontsize=10
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    return _png(fig)
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -169,7 +238,10 @@ def to_markdown(summary: dict, figures: dict[str, str] | None = None) -> str:
         "",
     ]
     if figures:
-        lines += [f"![{g} validation rank-1]({path})" for g, path in figures.items()] + [""]
+        lines += [
+            f"![{'training statistics' if g == 'training' else f'{g} validation rank-1'}]({path})"
+            for g, path in figures.items()
+        ] + [""]
     lines += ["**Final test rank-1 (%)**", ""]
     lines += _table(
         ["variant", *groups, "seeds"],
@@ -253,4 +325,9 @@ def to_html(summary: dict) -> str:
         default_flow_style=None,
         width=96,
     )
-    return env.get_template(TEMPLATE.name).render(s=summary, plots=curve_plots(summary), spec=spec)
+    training = training_figure(summary)
+    if training is not None:
+        training = "data:image/png;base64," + base64.b64encode(training).decode()
+    return env.get_template(TEMPLATE.name).render(
+        s=summary, plots=curve_plots(summary), training=training, spec=spec
+    )

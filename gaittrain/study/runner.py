@@ -30,6 +30,7 @@ best trial (:func:`resolve`); a run whose variant's trials are not all done cann
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -48,7 +49,7 @@ from gaittrain.data.dataset import pack_subjects
 from gaittrain.device import Runtime, setup, teardown
 from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack
 from gaittrain.evaluation.protocol import evaluate, load_eval_protocol
-from gaittrain.run_folder import RUN_ENTRIES, RunPaths
+from gaittrain.run_folder import RUN_ENTRIES, RunPaths, read_log
 from gaittrain.study import tune
 from gaittrain.study.cache import EvalCache, identity
 from gaittrain.study.spec import (
@@ -545,4 +546,35 @@ def run_results(study: Study, spec: RunSpec, ctx: Context, out: Path) -> dict:
     total = spec.config.train.iterations
     ckpt = checkpoint.path_for(run_dir, total)
     test = cache.lookup("test", total, ckpt, ctx.of("test", study.protocol))
-    return {"validation": curve, "test": test}
+    return {"validation": curve, "test": test, "training": training_statistics(spec, run_dir)}
+
+
+# The training statistics a study collects from each run's log (docs/losses.md, "Statistics"):
+# the metric loss's own (logged as "<loss name>/<key>"), the batch's geometry and the gradient.
+TRAINING_STATISTICS = (
+    "active_pos",
+    "active_neg",
+    "active_queries",
+    "geometry/own_center",
+    "geometry/pos_pair",
+    "geometry/neg_pair",
+    "geometry/center_to_pair",
+    "grad_norm",
+)
+
+
+def training_statistics(spec: RunSpec, run_dir: Path) -> dict[str, list[list[float]]]:
+    """The run's logged :data:`TRAINING_STATISTICS`, ``{key: [[iteration, value], ...]}`` (the
+    iteration counted from 1; a key the log lacks is left out): what ``log.jsonl`` holds, read
+    leniently (a run still training)."""
+    log = RunPaths(run_dir).log
+    if not log.is_file():
+        return {}
+    prefix = spec.config.loss.name + "/"
+    series: dict[str, list[list[float]]] = {}
+    for record in read_log(log, lenient=True):
+        for key in TRAINING_STATISTICS:
+            value = record.get(key if "/" in key or key == "grad_norm" else prefix + key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                series.setdefault(key, []).append([record["iteration"] + 1, float(value)])
+    return series

@@ -27,7 +27,7 @@ import numpy as np
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.evaluation.protocol import load_eval_protocol
 from gaittrain.study import stats, tune
-from gaittrain.study.report import curve_figures, to_html, to_markdown
+from gaittrain.study.report import curve_figures, to_html, to_markdown, training_figure
 from gaittrain.study.runner import (
     Context,
     StudyPaths,
@@ -108,6 +108,7 @@ def build_summary(
                 and len(curve) == len(checkpoints(spec, study.eval_every)),
                 "validation": {str(it): c for it, c in curve.items()},
                 "test": r["test"],
+                "training": r.get("training") or {},
                 "iterations_to_target": reach,
             }
         )
@@ -220,6 +221,7 @@ def _variant(study: Study, name: str, runs: list[dict], groups, first, target) -
     return {
         "name": name,
         "values": values,
+        "training": _training_means(mine),
         "runs": [r["name"] for r in mine],
         "seeds": [r["seed"] for r in mine],
         "sequences_per_iteration": mine[0]["sequences_per_iteration"],
@@ -227,6 +229,17 @@ def _variant(study: Study, name: str, runs: list[dict], groups, first, target) -
         "test": test,
         "iterations_to_target": reach,
     }
+
+
+def _training_means(runs: list[dict]) -> dict[str, list[list[float]]]:
+    """Each training statistic's mean across the runs (seeds) at every iteration that all the
+    runs with that statistic logged: ``{key: [[iteration, mean], ...]}``."""
+    means = {}
+    for key in {k for r in runs for k in r["training"]}:
+        series = [dict(map(tuple, r["training"][key])) for r in runs if key in r["training"]]
+        shared = sorted(set.intersection(*(set(s) for s in series)))
+        means[key] = [[it, float(np.mean([s[it] for s in series]))] for it in shared]
+    return dict(sorted(means.items()))
 
 
 def _compare(variant: str, reference: str, runs: list[dict], groups: list[str]) -> list[dict]:
@@ -335,6 +348,10 @@ def write_summary(
     with OutputLock(paths.json):
         for g, png in curve_figures(summary).items():
             atomic_write(figures[g], png)
+        training = training_figure(summary)
+        if training is not None:
+            figures["training"] = paths.root / "figures" / "training.png"
+            atomic_write(figures["training"], training)
         shown = {g: str(f.relative_to(paths.root)) for g, f in figures.items()}
         atomic_write(paths.markdown, to_markdown(summary, shown))
         atomic_write(paths.json, json.dumps(summary, indent=1, default=str) + "\n")
