@@ -22,6 +22,7 @@ from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.kernels import build_kernels_cmd
 from gaitcli.pack import inspect_cmd, pack_group
 from gaitcli.prep import prep
+from gaitcli.score import score_cmd
 from gaitcli.segment import segment_cmd
 from gaitcli.study import study_cmd
 from gaitcli.synth import synth
@@ -84,6 +85,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
       gait embed    embed the sequences of a pack with a trained model
       gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
+      gait score    Gait3D, GREW, CCPG, HID figures (and submissions) from saved embeddings
       gait build-kernels  the native int8 kernels of gait eval (make install runs it)
       gait identify rank the gallery subjects for one raw sequence folder
       gait gallery  enrol named people for identify (add, list, remove)
@@ -103,6 +105,7 @@ cli.add_command(pack_group)
 cli.add_command(train_cmd)
 cli.add_command(embed_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(score_cmd)
 cli.add_command(build_kernels_cmd)
 cli.add_command(identify_cmd)
 cli.add_command(import_checkpoint_cmd)

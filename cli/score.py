@@ -1,0 +1,77 @@
+"""``gait score``: the in-the-wild protocols (Gait3D, GREW, CCPG, HID) on saved embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gaittrain.evaluation.score import FORMATS, PROTOCOLS, score, summary
+from gaittrain.evaluation.wild import METRICS
+
+
+@click.command("score")
+@click.argument("inputs", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--protocol",
+    required=True,
+    type=click.Choice(PROTOCOLS),
+    help="gait3d: Rank-1/5/10, mAP, mINP. grew: GREW's labelled split (type 01 gallery, 02 "
+    "probes), Rank-1/5/10/20. grew-submission: GREW's test split (01 + 02 gallery, 03 probes), "
+    "the 20 nearest subjects per probe video. ccpg: CL, UP, DN, BG, re-identification and per "
+    "view pair. hid: the nearest gallery subject per probe video (probes labelled 'probe').",
+)
+@click.option(
+    "--partition",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="gait3d only, required: Gait3D's partition file (Gait3D.json), whose PROBE_SET names "
+    "the probes as subject-type-view.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(METRICS),
+    default="euclidean",
+    show_default=True,
+    help="Per part Euclidean distance or 1 - cosine, averaged over the parts (OpenGait's "
+    "euc, cos).",
+)
+@click.option(
+    "--rerank",
+    is_flag=True,
+    help="hid only: k-reciprocal re-ranking (k1 6, k2 6, lambda 0.3) before taking the nearest.",
+)
+@click.option(
+    "--report",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="json",
+    show_default=True,
+    help="json: every figure (and submission row); html: a self-contained page of them.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="The report file to write."
+)
+@click.option(
+    "--submission",
+    type=click.Path(path_type=Path),
+    help="grew-submission and hid: also write the submission CSV, as OpenGait writes it.",
+)
+def score_cmd(inputs, protocol, partition, metric, rerank, fmt, out, submission) -> None:
+    """Score INPUTS.npz by an in-the-wild protocol, with the figures of OpenGait's evaluator.
+
+    INPUTS.npz holds what OpenGait's evaluator receives: embeddings (float, [n, c, p]: channels,
+    then parts) and, per sequence, labels, types and views (strings). Figures are in percent,
+    unrounded; the report names the protocol, the metric and the inputs' sha256.
+
+    \b
+    Example:
+      gait score gait3d.npz --protocol gait3d --partition Gait3D.json \\
+          --metric cosine --report html --out gait3d.html
+      gait score hid.npz --protocol hid --rerank --out hid.json --submission hid.csv
+    """
+    report = score(inputs, protocol, out, fmt, metric, partition, rerank, submission)
+    for line in summary(report):
+        click.echo(line)
+    click.echo(f"report: {out}")
+    if submission is not None:
+        click.echo(f"submission: {submission}")
