@@ -9,10 +9,13 @@ import click
 from gaitcli.options import workers_option
 from gaitprep.layout import PRESETS
 from gaitprep.opengait import LAYOUTS as OPENGAIT_LAYOUTS
-from gaitprep.opengait import opengait_params
+from gaitprep.opengait import MIN_SUM, opengait_params
 from gaitprep.pack import COMPRESSIONS
 from gaitprep.prep import PrepJob, run_prep
 from gaitprep.process import Params
+from gaitprep.wild import DATASETS as WILD_DATASETS
+from gaitprep.wild import layout as wild_layout
+from gaitprep.wild_frames import MIN_SUM as WILD_MIN_SUM
 
 
 def _shard(ctx, param, text: str | None) -> tuple[int, int]:
@@ -87,6 +90,43 @@ def _options(f):
     return _apply(f, list(_option_table().values()))
 
 
+def _ccpg_options(f):
+    """The image commands' options, --min-sum 0 by default (OpenGait's CCPG script drops no frame
+    for too little foreground)."""
+    t = _option_table()
+    t["min_sum"] = click.option(
+        "--min-sum",
+        type=click.IntRange(0),
+        default=WILD_MIN_SUM["ccpg"],
+        show_default=True,
+        help="Drop frames whose grey-value sum is at most this (0: only empty frames).",
+    )
+    return _apply(f, list(t.values()))
+
+
+def _frames_size_option(help_text: str):
+    return click.option(
+        "--size",
+        type=click.Choice(["64", "128"]),
+        default="64",
+        show_default=True,
+        help=help_text,
+    )
+
+
+def _grew_options(f):
+    """The image commands' options less the normalization ones: GREW's frames are stored as they
+    are."""
+    t = _option_table()
+    for name in ("min_sum", "binarize", "largest_blob"):
+        del t[name]
+    t["size"] = _frames_size_option(
+        "Frame size S of GREW's frames (64 as GREW distributes them); a frame of another size "
+        "is listed in the manifest and not written."
+    )
+    return _apply(f, list(t.values()))
+
+
 def _opengait_options(f):
     """The image commands' options less the normalization ones, with --layout and --size as
     OpenGait's pickles need them."""
@@ -96,25 +136,27 @@ def _opengait_options(f):
     t["raw"] = click.argument(
         "raw", metavar="PKL_ROOT", type=click.Path(path_type=Path, file_okay=False)
     )
-    t["size"] = click.option(
-        "--size",
-        type=click.Choice(["64", "128"]),
-        default="64",
-        show_default=True,
-        help="Frame size S of the pickles (OpenGait's pretreatment.py --img_size); a pickle of "
-        "another size is listed in the manifest and not written.",
+    t["size"] = _frames_size_option(
+        "Frame size S of the pickles (OpenGait's pretreatment.py --img_size); a pickle of "
+        "another size is listed in the manifest and not written."
     )
     layout = click.option(
         "--layout",
-        default="casia-b",
-        show_default=True,
+        default=None,
         metavar="PRESET|PATTERN",
-        help="casia-b: {subject}/{condition}-{seq}/{view}/*.pkl; ou-mvlp: "
+        help="casia-b (the default): {subject}/{condition}-{seq}/{view}/*.pkl; ou-mvlp: "
         "{subject}/{seq}/{view}/*.pkl (OpenGait's rearranged OU-MVLP); or a pattern as for "
         "`gait prep folder` whose file glob picks one .pkl per sequence folder.",
     )
+    dataset = click.option(
+        "--dataset",
+        type=click.Choice(WILD_DATASETS),
+        default=None,
+        help="The pickles are OpenGait's of Gait3D, GREW or CCPG: their layout and keys "
+        "(docs/prep.md); not with --layout.",
+    )
     opts = list(t.values())
-    return _apply(f, [*opts[:2], layout, *opts[2:]])
+    return _apply(f, [*opts[:2], layout, dataset, *opts[2:]])
 
 
 def _run(
@@ -131,6 +173,7 @@ def _run(
     workers,
     shard,
     overwrite,
+    reader: str = "images",
 ) -> None:
     job = PrepJob(
         raw=raw,
@@ -141,6 +184,7 @@ def _run(
         min_frames=min_frames,
         compression=compression,
         shard=shard,
+        reader=reader,
     )
     _execute(job, workers, overwrite)
 
@@ -169,7 +213,8 @@ def prep() -> None:
     S x S; frames with too little foreground are dropped and listed in PACKED.manifest.json with
     the reason. Interrupted runs (Ctrl-C, kill, a full disk) resume when the same command is run
     again; one run at a time writes a PACKED, a second is refused naming the first.
-    `gait prep opengait` imports OpenGait's pickles, already normalized, as they are.
+    `gait prep opengait` imports OpenGait's pickles, already normalized, as they are; `gait prep
+    gait3d`, `grew` and `ccpg` make those datasets' frames as OpenGait's pretreatment of each does.
     """
 
 
@@ -191,6 +236,50 @@ def prep_ou_mvlp(**kw) -> None:
     Reads the downloaded layout directly: no symlink rearrangement needed.
     """
     _run("ou-mvlp", PRESETS["ou-mvlp"], **kw)
+
+
+@prep.command("gait3d")
+@_options
+def prep_gait3d(**kw) -> None:
+    """RAW in the Gait3D layout ({id}/{camid}_{videoid}/{seq}/*.png) -> PACKED.
+
+    RAW is Gait3D's 2D_Silhouettes folder. Frames are normalized as for CASIA-B (OpenGait's
+    pretreatment.py). Keys: subject = id, condition = videoid, seq = seq, view = camid
+    (docs/prep.md).
+
+    Example: gait prep gait3d Gait3D/2D_Silhouettes build/gait3d.h5
+    """
+    _run("gait3d", wild_layout("gait3d"), **kw)
+
+
+@prep.command("grew")
+@_grew_options
+def prep_grew(**kw) -> None:
+    """RAW in the GREW layout (train/, test/gallery/, test/probe/, distractor/) -> PACKED.
+
+    RAW is the folder GREW's archives unpack to. GREW's frames are already 64 x 64 and are
+    stored as they are, as OpenGait's pretreatment.py --dataset GREW keeps them. Test probes and
+    distractors have no known subject: the pack marks them (/sequences/labelled, pack version
+    3). Keys and OpenGait's labels: docs/prep.md.
+
+    Example: gait prep grew GREW build/grew.h5
+    """
+    frames = {"min_sum": WILD_MIN_SUM["grew"], "binarize": False, "largest_blob": False}
+    _run("grew", wild_layout("grew"), reader="as-they-are", **frames, **kw)
+
+
+@prep.command("ccpg")
+@_ccpg_options
+def prep_ccpg(**kw) -> None:
+    """RAW in the CCPG layout ({id}/{type}/{camera}_{n}/*.png) -> PACKED.
+
+    Frames are normalized as OpenGait's datasets/CCPG/organize_ccpg.py does: the standard steps,
+    resized by area, no frame dropped for too little foreground (--min-sum 0). Keys: subject =
+    id, condition = type (U0_D0_BG), seq = n, view = camera (docs/prep.md).
+
+    Example: gait prep ccpg CCPG/silhouettes build/ccpg.h5
+    """
+    _run("ccpg", wild_layout("ccpg"), reader="area", **kw)
 
 
 @prep.command("folder")
@@ -215,14 +304,16 @@ SHOW_REFUSED = 5
 @prep.command("opengait")
 @_opengait_options
 def prep_opengait(
-    layout, raw, packed, size, min_frames, compression, workers, shard, overwrite
+    layout, dataset, raw, packed, size, min_frames, compression, workers, shard, overwrite
 ) -> None:
     """OpenGait's pickles under PKL_ROOT -> PACKED, frames stored as they are.
 
     PKL_ROOT is the output of OpenGait's datasets/pretreatment.py: one pickle per sequence,
     {subject}/{type}-{seq}/{view}/{view}.pkl, each a uint8 array [frames, S, S] of silhouettes
     OpenGait has already normalized. Sequence keys are those `gait prep casia-b` (or, with
-    --layout ou-mvlp, `gait prep ou-mvlp`) gives, so protocols work unchanged.
+    --layout ou-mvlp, `gait prep ou-mvlp`) gives, so protocols work unchanged. With --dataset
+    gait3d, grew or ccpg, the pickles are OpenGait's of that dataset, keyed as `gait prep
+    gait3d` (grew, ccpg) keys them (docs/prep.md).
 
     Pickles are read by a restricted unpickler that builds numpy arrays and nothing else: a pickle
     that asks for anything else (a function, a class) is refused before any of it runs. Refused,
@@ -231,12 +322,18 @@ def prep_opengait(
 
     Example: gait prep opengait CASIA-B-pkl build/casia-b.h5
     """
+    if dataset is not None and layout is not None:
+        raise click.UsageError("--dataset sets the layout; give --dataset or --layout, not both")
+    if dataset is None:
+        layout = OPENGAIT_LAYOUTS.get(layout or "casia-b", layout)
+    else:
+        layout = wild_layout(dataset, pickles=True)
     job = PrepJob(
         raw=raw,
         out=packed,
-        dataset="opengait",
-        layout=OPENGAIT_LAYOUTS.get(layout, layout),
-        params=opengait_params(int(size)),
+        dataset=dataset or "opengait",
+        layout=layout,
+        params=opengait_params(int(size), WILD_MIN_SUM[dataset] if dataset else MIN_SUM),
         min_frames=min_frames,
         compression=compression,
         shard=shard,

@@ -6,10 +6,12 @@ sequence and whose last part is a glob for its frames::
     {subject}/{condition}-{seq}/{view}/*          CASIA-B
     Silhouette_{view}-{seq}/{subject}/*           OU-MVLP (condition is "nm")
 
-Fields are ``subject`` (required), ``condition``, ``seq`` and ``view``; a field the layout does not
-name gets a default. Frames are image files (png, jpg, jpeg, bmp) matching the glob, in natural
-order of their names (another kind of file, such as OpenGait's pickles, on request: see
-:func:`discover`). Hidden files and folders (names starting with ".") are ignored.
+Fields are ``subject``, ``condition``, ``seq`` and ``view``; a field the layout does not name gets
+a default (``subject`` must be named, or given a default by the caller). Frames are image files
+(png, jpg, jpeg, bmp) matching the glob, in natural order of their names (another kind of file,
+such as OpenGait's pickles, on request: see :func:`discover`). Hidden files and folders (names
+starting with ".") are ignored. A layout whose first folders are plain names
+(``test/probe/{seq}/*.png``) is looked for under those folders only.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class RawSequence:
     view: str
     folder: str
     files: tuple[str, ...]
+    labelled: bool = True  # False: nobody knows whose walk it is (GREW's test probes, distractors)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -54,8 +57,15 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def compile_layout(pattern: str) -> tuple[re.Pattern, str]:
-    """The regex that a sequence folder must match, and the glob its frames must match."""
+def natural_key(key: tuple[str, ...]) -> list:
+    """The sort key of a sequence key: its fields in natural order (numbers compare as numbers),
+    the order of a pack's rows."""
+    return [_natural(x) for x in key]
+
+
+def compile_layout(pattern: str, subject_default: bool = False) -> tuple[re.Pattern, str]:
+    """The regex that a sequence folder must match, and the glob its frames must match.
+    ``subject_default``: the caller gives ``subject`` a default, so the pattern need not name it."""
     parts = pattern.strip("/").split("/")
     if len(parts) < 2:
         raise LayoutError(
@@ -70,7 +80,7 @@ def compile_layout(pattern: str) -> tuple[re.Pattern, str]:
             f"layout {pattern!r} names unknown field {{{unknown[0]}}}; "
             f"use {', '.join('{' + f + '}' for f in FIELDS)}"
         )
-    if "subject" not in names:
+    if "subject" not in names and not subject_default:
         raise LayoutError(f"layout {pattern!r} must name {{subject}}")
     if len(set(names)) != len(names):
         raise LayoutError(f"layout {pattern!r} names a field twice")
@@ -89,11 +99,16 @@ def discover(
     defaults: dict[str, str] | None = None,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     what: str = "image frames",
+    ignore: tuple[str, ...] = (),
+    hint: str = "choose the matching command or pass --layout",
 ) -> list[RawSequence]:
     """Every sequence under ``root`` that ``pattern`` describes, sorted by key.
 
-    A sequence's files are those whose names end with one of ``extensions`` (any case) and match
-    the pattern's glob; ``what`` names them in messages.
+    A sequence's files are those whose names end with one of ``extensions`` (any case), match
+    the pattern's glob and match none of the globs ``ignore`` (e.g. ``*gei.png``: gait energy
+    images beside the sequences); ``what`` names them in messages, ``hint`` says what to do when a
+    folder does not fit. Only the pattern's leading plain folders are walked (``train`` for
+    ``train/{subject}/{seq}/*.png``).
 
     Raises LayoutError naming the expected pattern and the first folder of frames that does not
     fit it, or when two folders give the same sequence key, or when no frame is found.
@@ -101,10 +116,10 @@ def discover(
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
-    regex, glob = compile_layout(pattern)
     fill = {**DEFAULTS, **(defaults or {})}
+    regex, glob = compile_layout(pattern, subject_default="subject" in fill)
     found: dict[tuple, RawSequence] = {}
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root / _plain_folders(pattern)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         frames = sorted(
             (
@@ -113,6 +128,7 @@ def discover(
                 if not f.startswith(".")
                 and f.lower().endswith(extensions)
                 and fnmatch.fnmatchcase(f, glob)
+                and not any(fnmatch.fnmatchcase(f, g) for g in ignore)
             ),
             key=_natural,
         )
@@ -121,10 +137,7 @@ def discover(
         rel = Path(folder).relative_to(root).as_posix()
         m = regex.match(rel)
         if m is None:
-            raise LayoutError(
-                f"{rel}/{frames[0]} does not fit the layout {pattern!r}; "
-                "choose the matching command or pass --layout"
-            )
+            raise LayoutError(f"{rel}/{frames[0]} does not fit the layout {pattern!r}; {hint}")
         fields = {**fill, **m.groupdict()}
         seq = RawSequence(
             fields["subject"],
@@ -142,4 +155,16 @@ def discover(
         found[seq.key] = seq
     if not found:
         raise LayoutError(f"no {what} under {root} fit the layout {pattern!r}")
-    return [found[k] for k in sorted(found, key=lambda k: [_natural(x) for x in k])]
+    return [found[k] for k in sorted(found, key=natural_key)]
+
+
+def _plain_folders(pattern: str) -> str:
+    """The leading folders of ``pattern`` that name no field (``test/probe`` of
+    ``test/probe/{seq}/*.png``; empty when the first folder names one)."""
+    folders = pattern.strip("/").split("/")[:-1]
+    plain = []
+    for part in folders:
+        if "{" in part or any(c in part for c in "*?["):
+            break
+        plain.append(part)
+    return "/".join(plain)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from gaitprep.files import OutputLock, atomic_output, atomic_write
+from gaitprep.layout import natural_key
 from gaitprep.pack import Pack, PackError, PackWriter, created_timestamp
 
 #: Attributes that must agree between shards (everything that shapes the frames).
@@ -77,7 +78,7 @@ def _merge(out: Path, packs: list[Pack]) -> tuple[int, int]:
     with atomic_output(out) as tmp:
         writer = PackWriter(tmp, first.size, first.attrs.get("compression", "gzip"), attrs)
         try:
-            for key in sorted(where):
+            for key in sorted(where, key=natural_key):  # the order of one job's pack
                 p, i = where[key]
                 # Reading checks the sequence against its CRC-32, which the merged pack keeps.
                 writer.append(p.meta(i), p[i], p.frame_source(i), crc=int(p.crc32[i]))

@@ -8,7 +8,8 @@ Steps, for a single-channel uint8 frame:
    white pixels: too little body to normalize);
 3. crop to the rows that contain foreground;
 4. resize to height ``size`` keeping the aspect ratio, width ``int(size * (W / h))`` as in
-   OpenGait (bicubic);
+   OpenGait (bicubic; ``interpolation`` chooses another OpenCV interpolation: CCPG's frames are
+   resized by area in OpenGait's ``datasets/CCPG/organize_ccpg.py``);
 5. find the horizontal centre: the first column where the cumulative column mass exceeds half
    the total (a centre in column 0 is valid; OpenGait rejects it);
 6. cut a ``size`` x ``size`` window centred there, zero-padding where it leaves the image;
@@ -43,6 +44,7 @@ def normalize_frame(
     min_sum: int = 10000,
     binarize: bool = False,
     largest_blob: bool = False,
+    interpolation: int = cv2.INTER_CUBIC,
 ) -> tuple[np.ndarray | None, str | None]:
     """Normalize one silhouette frame.
 
@@ -58,6 +60,9 @@ def normalize_frame(
         Threshold the resized frame at 127 to {0, 255}.
     largest_blob : bool
         Keep only the largest connected component before cropping.
+    interpolation : int
+        OpenCV's interpolation of the resize (``cv2.INTER_CUBIC``, the standard, or
+        ``cv2.INTER_AREA``).
 
     Returns
     -------
@@ -73,7 +78,7 @@ def normalize_frame(
     width = int(size * (strip.shape[1] / h))  # OpenGait's rounding of the aspect ratio
     if width < 1:
         return None, TOO_NARROW
-    resized = cv2.resize(strip, (width, size), interpolation=cv2.INTER_CUBIC)
+    resized = cv2.resize(strip, (width, size), interpolation=interpolation)
     mass = cv2.reduce(resized, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().cumsum()
     if mass[-1] == 0:
         return None, TOO_NARROW

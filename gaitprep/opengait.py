@@ -1,10 +1,11 @@
 """OpenGait's pretreated datasets: one pickled numpy array per sequence, read safely.
 
 OpenGait's ``datasets/pretreatment.py`` writes each sequence as ``{subject}/{type}-{seq}/{view}/
-{view}.pkl`` (OU-MVLP, after OpenGait's rearrangement: ``{subject}/{seq}/{view}/{view}.pkl``), a
-pickled uint8 array ``[frames, S, S]`` of silhouettes it has already normalized the way
-:mod:`gaitprep.normalize` does (threshold 10000, crop, resize, centre). ``gait prep opengait``
-stores those frames as they are.
+{view}.pkl`` (OU-MVLP, after OpenGait's rearrangement: ``{subject}/{seq}/{view}/{view}.pkl``;
+Gait3D, GREW and CCPG: see :mod:`gaitprep.wild`), a pickled uint8 array ``[frames, S, S]`` of
+silhouettes it has already normalized the way :mod:`gaitprep.normalize` does (threshold 10000,
+crop, resize, centre; GREW's and CCPG's frames: see :mod:`gaitprep.wild_frames`). ``gait prep
+opengait`` stores those frames as they are.
 
 A pickle can run any code when it is loaded, so these files are never given to :func:`pickle.load`.
 :class:`ArrayUnpickler` resolves only the globals that a pickled numpy array names (numpy 1.x's
@@ -51,10 +52,11 @@ class PickleRefused(Exception):
     """A pickle that is not read: unsafe, damaged, or not a sequence of uint8 frames."""
 
 
-def opengait_params(size: int = 64) -> Params:
+def opengait_params(size: int = 64, min_sum: int = MIN_SUM) -> Params:
     """The normalization parameters that describe OpenGait's pretreatment at ``size``: recorded in
-    the pack, so that a probe for ``gait identify`` is normalized the same way."""
-    return Params(size=size, min_sum=MIN_SUM, binarize=False, largest_blob=False)
+    the pack, so that a probe for ``gait identify`` is normalized the same way. ``min_sum`` is 0
+    for datasets whose pretreatment drops no frame for too little foreground (GREW, CCPG)."""
+    return Params(size=size, min_sum=min_sum, binarize=False, largest_blob=False)
 
 
 def _numpy_functions():

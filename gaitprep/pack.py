@@ -1,4 +1,5 @@
-"""Gait packs: normalized silhouette sequences in one HDF5 file (format v2, docs/pack-format.md).
+"""Gait packs: normalized silhouette sequences in one HDF5 file (format v2 and v3,
+docs/pack-format.md).
 
 Layout of a pack::
 
@@ -7,8 +8,10 @@ Layout of a pack::
     /sequences/subject, condition, seq, view, source   UTF-8 strings, one row per sequence
     /sequences/start, length           int64: sequence i is /frames[start[i] : start[i] + length[i]]
     /sequences/crc32                   uint32: CRC-32 of the bytes of sequence i's frames
-    attributes         format="gait-pack", version=2, dataset, size, the normalization
-                       parameters, gait_version, created
+    /sequences/labelled                uint8, version 3 only: 0 where nobody knows whose walk
+                                       sequence i is (GREW's test probes and distractors)
+    attributes         format="gait-pack", version=2 (3 with /sequences/labelled), dataset,
+                       size, the normalization parameters, gait_version, created
 
 :class:`PackWriter` appends sequences (their frames as arrays, or already compressed by
 :func:`gaitprep.chunks.encode_frames` in `gait prep`'s workers, whose chunks it writes directly);
@@ -36,7 +39,13 @@ from gaitprep.chunks import FILTERS, EncodedFrames, chunk_bytes, direct_encoding
 from gaitprep.errors import GaitError, OutputError, describe_os_error, first_line
 
 FORMAT = "gait-pack"
+#: The version of a pack whose every sequence has a known subject.
 VERSION = 2
+#: The version of a pack with sequences of no known subject (``/sequences/labelled``): a reader
+#: of version 2 would take their placeholder subject (``probe``) for a person, so it must refuse.
+UNLABELLED_VERSION = 3
+#: The versions this gait reads.
+READABLE = (VERSION, UNLABELLED_VERSION)
 STRING_COLUMNS = ("subject", "condition", "seq", "view", "source")
 CHUNK_FRAMES = 64
 BLOCK_FRAMES = 16 * CHUNK_FRAMES
@@ -298,9 +307,10 @@ class PackWriter:
         frame_source: np.ndarray,
         crc: int | None = None,
     ) -> dict:
-        """Add one sequence; ``meta`` holds the string columns, ``crc`` the frames' CRC-32 when
-        the caller has it already (see :func:`frames_crc`; required with encoded frames).
-        Returns its table row.
+        """Add one sequence; ``meta`` holds the string columns (and ``labelled``, False for a
+        sequence of no known subject; True when absent), ``crc`` the frames' CRC-32 when the
+        caller has it already (see :func:`frames_crc`; required with encoded frames). Returns its
+        table row.
 
         ``frames`` is uint8 [n, S, S], or those frames already compressed for this pack
         (:func:`~gaitprep.chunks.encode_frames` with :attr:`encoding`). Frames are buffered and
@@ -323,6 +333,7 @@ class PackWriter:
             "start": self.count,
             "length": n,
             "crc32": frames_crc(frames) if crc is None else int(crc),
+            "labelled": bool(meta.get("labelled", True)),
         }
         if self.encoding is None:
             self._frames.append(frames)
@@ -390,8 +401,13 @@ class PackWriter:
             self._io.sync()
 
     def close(self) -> None:
-        """Write the sequence table and the attributes, fsync and close the file."""
+        """Write the sequence table and the attributes, fsync and close the file.
+
+        ``/sequences/labelled`` is written, and the version is 3, only when a sequence has no
+        known subject; any other pack is version 2, as before that column existed."""
         self._write_pending()
+        labelled = [r.get("labelled", True) for r in self.rows]  # (rows of older journals)
+        version = VERSION if all(labelled) else UNLABELLED_VERSION
         with self._guarded():
             table = self.file.require_group("sequences")
             text = h5py.string_dtype("utf-8")
@@ -402,7 +418,9 @@ class PackWriter:
             for c in ("start", "length"):
                 table.create_dataset(c, data=np.array([r[c] for r in self.rows], dtype=np.int64))
             table.create_dataset("crc32", data=np.array([r["crc32"] for r in self.rows], np.uint32))
-            self.file.attrs.update({"format": FORMAT, "version": VERSION, "size": self.size})
+            if version == UNLABELLED_VERSION:
+                table.create_dataset("labelled", data=np.array(labelled, np.uint8))
+            self.file.attrs.update({"format": FORMAT, "version": version, "size": self.size})
             self.file.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
         self._close_file()
 
@@ -437,6 +455,10 @@ class Pack:
     Every sequence read is checked against its CRC-32: a read error or a mismatch raises
     :class:`DamagedSequence`, naming the pack and the sequence. The HDF5 handle is opened lazily
     and re-opened in a new process, so a Pack can be handed to DataLoader workers.
+
+    ``labelled`` (bool [M]) is False for a sequence whose subject nobody knows (GREW's test
+    probes and distractors, whose ``subject`` is a placeholder: never train on them as a person);
+    every sequence of a version-2 pack is labelled.
     """
 
     def __init__(self, path: Path):
@@ -455,7 +477,11 @@ class Pack:
             self.start = table["start"][()]
             self.length = table["length"][()]
             self.crc32 = table["crc32"][()]
-            rows = {len(self.start), len(self.length), len(self.crc32)}
+            if self.attrs.get("version") == UNLABELLED_VERSION:
+                self.labelled = table["labelled"][()].astype(bool)
+            else:
+                self.labelled = np.ones(len(self.start), bool)
+            rows = {len(self.start), len(self.length), len(self.crc32), len(self.labelled)}
             rows |= {len(v) for v in self.columns.values()}
             if len(rows) != 1:
                 raise ValueError("its columns differ in length")
@@ -527,6 +553,7 @@ class Pack:
             "start": int(self.start[i]),
             "length": int(self.length[i]),
             "crc32": int(self.crc32[i]),
+            "labelled": bool(self.labelled[i]),
         }
 
     def _key(self, i: int) -> Key:
@@ -610,10 +637,10 @@ def _open_checked(path: Path) -> h5py.File:
     if fmt != FORMAT:
         f.close()
         raise PackError(f"{path} is not a gait pack (format {fmt!r}); make packs with `gait prep`")
-    if version != VERSION:
+    if version not in READABLE:
         f.close()
         raise PackError(
-            f"{path} is gait pack version {version}; this gait reads version "
-            f"{VERSION}: re-run `gait prep` or use a matching gait"
+            f"{path} is gait pack version {version}; this gait reads versions "
+            f"{' and '.join(map(str, READABLE))}: re-run `gait prep` or use a matching gait"
         )
     return f

@@ -22,8 +22,11 @@ Workers also compress the frames they make, each frame on its own (:func:`read_e
 with h5py's direct chunk write; with ``--compression lzf`` the writer compresses through h5py.
 
 A job's ``reader`` says what its raw files are: ``images`` (frames that gait normalizes, see
-:mod:`gaitprep.process`) or ``opengait`` (OpenGait's pickles, one per sequence, whose frames are
-stored as they are, see :mod:`gaitprep.opengait`). Everything else is the same for both.
+:mod:`gaitprep.process`), ``area`` and ``as-they-are`` (CCPG's and GREW's frames, made as
+OpenGait's pretreatment makes them, see :mod:`gaitprep.wild_frames`) or ``opengait`` (OpenGait's
+pickles, one per sequence, whose frames are stored as they are, see :mod:`gaitprep.opengait`).
+Everything else is the same for all. The sequences of Gait3D, GREW and CCPG (a job's ``dataset``)
+are found and keyed by :mod:`gaitprep.wild`, those of any other dataset by the job's layout.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ from gaitprep.layout import RawSequence, discover
 from gaitprep.opengait import IMPORTED_FROM, PICKLE_EXTENSIONS, read_pickle_sequence
 from gaitprep.pack import VERSION, PackWriter, created_timestamp, frames_crc
 from gaitprep.process import Params, Processed, process_sequence
+from gaitprep.wild import DATASETS as WILD_DATASETS
+from gaitprep.wild import find_sequences
+from gaitprep.wild_frames import AREA, GREW_FRAMES, read_as_they_are, read_by_area
 
 COMMIT_SECONDS = 2.0
 
@@ -65,13 +71,13 @@ class PrepJob:
 
     raw: Path
     out: Path
-    dataset: str  # casia-b, ou-mvlp, folder or opengait
+    dataset: str  # casia-b, ou-mvlp, gait3d, grew, ccpg, folder or opengait
     layout: str
     params: Params = field(default_factory=Params)
     min_frames: int = 5
     compression: str = "gzip"
     shard: tuple[int, int] = (1, 1)  # K-th of N, K from 1
-    reader: str = "images"  # images (normalized by gait) or opengait (pickles, stored as they are)
+    reader: str = "images"  # images, area, as-they-are (normalized by gait) or opengait (pickles)
 
     def __post_init__(self) -> None:
         if self.reader not in READERS:
@@ -118,12 +124,16 @@ class PrepJob:
             "shard": f"{self.shard[0]}/{self.shard[1]}",
             "gait_version": __version__,
             "created": created_timestamp(),
-            **({"imported_from": IMPORTED_FROM} if self.reader == "opengait" else {}),
+            **({"imported_from": IMPORTED[self.reader]} if self.reader in IMPORTED else {}),
+            # CCPG's frames are resized by area, whether gait or OpenGait made them
+            **({"interpolation": AREA} if self.dataset == "ccpg" else {}),
         }
 
 
 #: What a job's raw files are.
-READERS = ("images", "opengait")
+READERS = ("images", "area", "as-they-are", "opengait")
+#: The ``imported_from`` attribute of a pack whose frames gait stores as another tool made them.
+IMPORTED = {"opengait": IMPORTED_FROM, "as-they-are": GREW_FRAMES}
 
 
 def _source(job: PrepJob) -> tuple:
@@ -132,7 +142,16 @@ def _source(job: PrepJob) -> tuple:
     if job.reader == "opengait":
         files = {"extensions": PICKLE_EXTENSIONS, "what": "pickles (*.pkl)"}
         return read_pickle_sequence, files, "pickle"
-    return process_sequence, {}, "frame"
+    read = {"images": process_sequence, "area": read_by_area, "as-they-are": read_as_they_are}
+    return read[job.reader], {}, "frame"
+
+
+def find_job_sequences(job: PrepJob) -> list[RawSequence]:
+    """Every sequence of ``job``'s raw tree, sorted by key (before its shard is taken)."""
+    if job.dataset in WILD_DATASETS:
+        return find_sequences(job.dataset, job.raw, pickles=job.reader == "opengait")
+    _, files, _ = _source(job)
+    return discover(job.raw, job.layout, {"condition": "nm"}, **files)
 
 
 def read_encoded(
@@ -163,13 +182,14 @@ def read_encoded(
 
 
 def sequence_meta(seq: RawSequence) -> dict:
-    """The string columns of ``seq``'s row in the pack's table."""
+    """The columns of ``seq``'s row in the pack's table: its strings and ``labelled``."""
     return {
         "subject": seq.subject,
         "condition": seq.condition,
         "seq": seq.seq,
         "view": seq.view,
         "source": seq.folder,
+        "labelled": seq.labelled,
     }
 
 
@@ -310,8 +330,8 @@ def run_prep(
 
 def _run_locked(job: PrepJob, workers: int, overwrite: bool, progress: bool, direct: bool) -> dict:
     _check_output(job, overwrite)
-    read_sequence, files, unit = _source(job)
-    sequences = job.select(discover(job.raw, job.layout, {"condition": "nm"}, **files))
+    read_sequence, _, unit = _source(job)
+    sequences = job.select(find_job_sequences(job))
     identity = job.identity(sequences)
     p = job.paths()
     resumed = _resume(job, identity, direct)

@@ -14,11 +14,14 @@ from gaittrain.data.augment import augment_sequence
 
 
 def pack_subjects(packs: list[Path]) -> list[str]:
-    """Every subject id found in ``packs``."""
+    """Every subject id found in ``packs``; a sequence of nobody known (``Pack.labelled`` False:
+    GREW's test probes and distractors, docs/pack-format.md) names no subject."""
     found: set[str] = set()
     for path in packs:
         with Pack(path) as p:
-            found.update(p.columns["subject"])
+            found.update(
+                s for s, known in zip(p.columns["subject"], p.labelled, strict=True) if known
+            )
     return sorted(found)
 
 
