@@ -11,15 +11,18 @@ the probe only one way moves away. It follows
 
 as OpenGait implements it (``opengait/evaluation/re_rank.py`` at commit 0efafd4, which
 ``HID_submission`` calls with k1 = 6, k2 = 6, λ = 0.3). :func:`rerank` computes the same
-definitions (its docstring states them), in float64 where OpenGait rounds some arrays to float16,
-with bounded memory: OpenGait holds several dense
-n × n arrays (n = probes + gallery), where this module holds the q × g result, sparse
-neighbourhoods and blocks of scratch (:func:`rerank_memory`).
+definitions (its docstring states them) in one of two precisions: ``"opengait"`` (the default),
+OpenGait's own arithmetic step by step (float32 distances, float16 encodings and Jaccard
+distances, its order of additions), so that its nearest gallery sequences are OpenGait's; or
+``"float64"``, the definitions computed in float64. Either way with bounded memory: OpenGait holds
+several dense n × n arrays (n = probes + gallery), where this module holds the q × g result,
+sparse neighbourhoods and blocks of scratch (:func:`rerank_memory`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from gaitprep.errors import GaitError
@@ -34,6 +37,8 @@ MIN_BLOCK_BYTES = 1 << 20
 #: gallery's copy by columns with the probes' rows).
 _SPARSE_ENTRY = 16
 _SPARSE_COPIES = 3
+#: The arithmetic :func:`rerank` can follow: OpenGait's float32/float16 steps, or float64.
+PRECISIONS = ("opengait", "float64")
 
 
 class RerankMemoryError(GaitError):
@@ -105,7 +110,8 @@ def rerank_memory(n: int, num_probes: int, k1: int = 6, k2: int = 6) -> int:
 
         8qg + 8n(K + a + b + 2) + 16n(W + 3W_q) + 64n + 112g + 2B,
 
-    the q × g float64 result (the one dense array), the nearest-neighbour lists
+    the q × g float64 result (the one dense array; float32, half that, in OpenGait's precision,
+    which this bound does not count on), the nearest-neighbour lists
     (:math:`K = \min(n, \max(k_1 + 1, k_2))`) and reciprocal sets, the sparse neighbourhoods
     (at most three alive at once), and scratch: two blocks of :math:`B` = :data:`BLOCK_BYTES`
     (:math:`\min(B, 64n^2)` for small n), and at least one row's.
@@ -121,8 +127,10 @@ def rerank_memory(n: int, num_probes: int, k1: int = 6, k2: int = 6) -> int:
     return _fixed_bytes(n, num_probes, k1, k2) + 2 * scratch
 
 
-def _check(dist: np.ndarray, num_probes: int, k1: int, k2: int, lam: float) -> None:
+def _check(dist: np.ndarray, num_probes: int, k1: int, k2: int, lam: float, precision: str) -> None:
     """One-line ValueErrors for what re-ranking cannot take (finiteness is checked in blocks)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dist.ndim != 2 or dist.shape[0] != dist.shape[1]:
         raise ValueError(f"dist must be a square (q+g) x (q+g) matrix, got shape {dist.shape}")
     if not (np.issubdtype(dist.dtype, np.floating) or np.issubdtype(dist.dtype, np.integer)):
@@ -139,9 +147,10 @@ def _check(dist: np.ndarray, num_probes: int, k1: int, k2: int, lam: float) -> N
         raise ValueError(f"lam must be in [0, 1], got {lam}")
 
 
-def _column_maxima(dist: np.ndarray, budget: int) -> np.ndarray:
-    """Each column's maximum, checking in row blocks that every entry is finite and every
-    maximum positive (it divides that column)."""
+def _column_maxima(dist: np.ndarray, budget: int, dtype: type) -> np.ndarray:
+    """Each column's maximum, in ``dtype`` (float32: the maximum of the float32 distances OpenGait
+    divides by, as rounding keeps the order), checking in row blocks that every entry is finite
+    and every maximum positive (it divides that column)."""
     n = dist.shape[0]
     rows = max(1, budget // (n * (dist.itemsize + 1)))
     maxima = np.full(n, -np.inf)
@@ -150,6 +159,7 @@ def _column_maxima(dist: np.ndarray, budget: int) -> np.ndarray:
         if not np.isfinite(block).all():
             raise ValueError("dist must be finite; it holds NaN or infinite values")
         np.maximum(maxima, block.max(axis=0), out=maxima)
+    maxima = maxima.astype(dtype)
     if not (maxima > 0).all():
         column = int(np.argmax(~(maxima > 0)))
         raise ValueError(
@@ -173,16 +183,44 @@ def _smallest(rows: np.ndarray, width: int) -> np.ndarray:
     return col[place < width].reshape(r, width)
 
 
-def _nearest(dist: np.ndarray, width: int, budget: int) -> np.ndarray:
+def _first_sorted(rows: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` columns of ``np.argsort(rows, axis=1)``, numpy's default sort, which
+    OpenGait ranks with: where a row's ``width + 1`` smallest values are distinct they are
+    :func:`_smallest`'s; a row with equal values among them is sorted whole by ``np.argsort``,
+    whose order of equal values (not the order of their indices) is then OpenGait's."""
+    if width >= rows.shape[1]:
+        return np.argsort(rows, axis=1)
+    first = _smallest(rows, width + 1)
+    values = np.take_along_axis(rows, first, axis=1)
+    out = first[:, :width]
+    for r in np.flatnonzero((values[:, 1:] == values[:, :-1]).any(axis=1)):
+        out[r] = np.argsort(rows[r])[:width]
+    return out
+
+
+def _scale(values: np.ndarray, maxima: np.ndarray) -> np.ndarray:
+    """Normalized distances ``values / maxima`` in the maxima's dtype: float64, or float32 (the
+    distances rounded to float32, as OpenGait receives them, divided in float32)."""
+    return values.astype(maxima.dtype, copy=False) / maxima
+
+
+def _nearest(dist: np.ndarray, maxima: np.ndarray, width: int, budget: int) -> np.ndarray:
     """[n, width]: row i lists the ``width`` sequences nearest to i, i.e. with the smallest
-    normalized distance d(i, j) = dist[j, i] / max(dist[:, i]); ranked on column i of ``dist``
-    directly (dividing a column by its positive maximum keeps its order)."""
+    normalized distance d(i, j) = dist[j, i] / max(dist[:, i]). In float64, ranked on column i of
+    ``dist`` directly (dividing a column by its positive maximum keeps its order), equal values
+    by index; in float32 (OpenGait's), on the float32 quotients, where rounding can make
+    distinct distances equal, those ranked as ``np.argsort`` ranks them."""
     n = dist.shape[0]
     rows = max(1, budget // (64 * n))
     ranks = np.empty((n, width), dtype=np.int64)
     for c0 in range(0, n, rows):
-        block = np.array(dist[:, c0 : c0 + rows].T, dtype=np.float64, order="C")
-        ranks[c0 : c0 + rows] = _smallest(block, width)
+        columns = dist[:, c0 : c0 + rows].T
+        if maxima.dtype == np.float32:
+            block = np.ascontiguousarray(_scale(columns, maxima[c0 : c0 + rows, None]))
+            ranks[c0 : c0 + rows] = _first_sorted(block, width)
+        else:
+            block = np.array(columns, dtype=np.float64, order="C")
+            ranks[c0 : c0 + rows] = _smallest(block, width)
     return ranks
 
 
@@ -202,11 +240,25 @@ def _reciprocal(ranks: np.ndarray, k: int, budget: int) -> np.ndarray:
     return out
 
 
+def _row_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The sums of consecutive runs of ``counts`` values, each as ``np.sum`` gives it of the run
+    alone: numpy sums pairwise, grouped by the length of the array, so the runs are summed in
+    groups of one length, each group as a [runs, length] array (numpy sums each row alone)."""
+    starts = np.cumsum(counts) - counts
+    out = np.zeros(len(counts), dtype=values.dtype)
+    for m in np.unique(counts[counts > 0]):
+        runs = np.flatnonzero(counts == m)
+        out[runs] = values[starts[runs, None] + np.arange(m)].sum(axis=1)
+    return out
+
+
 def _encode(
     dist: np.ndarray, maxima: np.ndarray, ranks: np.ndarray, k1: int, budget: int
 ) -> sparse.csr_matrix:
     """The sparse [n, n] encoding V: row i holds the Gaussian weights of i's expanded
-    k-reciprocal set R*(i), normalized to sum 1."""
+    k-reciprocal set R*(i), normalized to sum 1. With float32 maxima, OpenGait's: float32
+    weights over their float32 ``np.sum``, rounded to float16 (held in a float32 matrix, as
+    scipy has no float16 matrices; every float16 is a float32)."""
     n = ranks.shape[0]
     near = _reciprocal(ranks, k1, budget)
     half = _reciprocal(ranks, half_k(k1), budget)
@@ -228,11 +280,15 @@ def _encode(
         row, slot = np.nonzero(keep)
         j = union[row, slot]
         i = row + r0
-        w = np.exp(-(dist[j, i] / maxima[i]))
-        total = np.bincount(row, weights=w, minlength=r)
-        counts.append(np.bincount(row, minlength=r))
+        w = np.exp(-_scale(dist[j, i], maxima[i]))
+        count = np.bincount(row, minlength=r)
+        if maxima.dtype == np.float32:
+            w = (w / _row_sums(w, count)[row]).astype(np.float16).astype(np.float32)
+        else:
+            w = w / np.bincount(row, weights=w, minlength=r)[row]
+        counts.append(count)
         members.append(j)
-        weights.append(w / total[row])
+        weights.append(w)
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
     return sparse.csr_matrix(
         (np.concatenate(weights), np.concatenate(members), indptr), shape=(n, n)
@@ -240,9 +296,19 @@ def _encode(
 
 
 def _expand_queries(v: sparse.csr_matrix, ranks: np.ndarray, k2: int) -> sparse.csr_matrix:
-    """Local query expansion: row i becomes the mean of the rows of i's k2 nearest (i included)."""
+    """Local query expansion: row i becomes the mean of the rows of i's k2 nearest (i included).
+    For float32 (float16-valued) V, as numpy's mean of float16 rows: their float32 sum, added
+    in rank order, over k2, rounded to float16."""
     n = v.shape[0]
     width = min(n, k2)
+    if v.dtype == np.float32:
+        total = v[ranks[:, 0]]
+        for t in range(1, width):
+            total = total + v[ranks[:, t]]  # one float32 addition per entry and row added
+        total = total.tocsr()
+        total.data = (total.data / np.float32(width)).astype(np.float16).astype(np.float32)
+        total.eliminate_zeros()  # a mean below float16's least subnormal is 0 there too
+        return total
     mean = sparse.csr_matrix(
         (np.ones(n * width), ranks[:, :width].ravel(), np.arange(0, n * width + 1, width)),
         shape=(n, n),
@@ -250,6 +316,17 @@ def _expand_queries(v: sparse.csr_matrix, ranks: np.ndarray, k2: int) -> sparse.
     out = (mean @ v).tocsr()
     out.data /= width
     return out
+
+
+def _add_in_order(total: np.ndarray, key: np.ndarray, value: np.ndarray, step: np.ndarray) -> None:
+    """``total[key] += value`` in ``total``'s dtype (float16), one rounded addition at a time in
+    ascending ``step``; each step holds at most one value per key, so one step is one vectorized
+    addition."""
+    order = np.argsort(step, kind="stable")
+    key, value, step = key[order], value[order].astype(total.dtype), step[order]
+    cuts = np.concatenate([[0], np.flatnonzero(step[1:] != step[:-1]) + 1, [step.size]])
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        total[key[a:b]] = total[key[a:b]] + value[a:b]
 
 
 def _mix(
@@ -263,11 +340,16 @@ def _mix(
 ) -> None:
     """out[i, j] = (1 - lam) * Jaccard(V[i], V[q + j]) + lam * d(i, q + j), in blocks of probes;
     the sums of minima run over the entries V[i] and V[q + j] share, through the gallery's
-    columns (an inverted index)."""
+    columns (an inverted index). For float32 (float16-valued) V, OpenGait's: each sum is a
+    float16 one, its minima added one at a time in the order of the probe's non-zero columns,
+    the Jaccard distance float16, the result float32."""
     q = num_probes
     g = v.shape[0] - q
+    opengait = v.dtype == np.float32
     gallery = v[q:].tocsc()
     probes = v[:q].tocsr()
+    if opengait:
+        probes.sort_indices()  # each probe's non-zero columns in ascending order, OpenGait's
     column_size = np.diff(gallery.indptr)
     rows = max(1, budget // (48 * g))
     pair_limit = max(g, budget // 128)
@@ -275,9 +357,11 @@ def _mix(
         i1 = min(q, i0 + rows)
         e0, e1 = probes.indptr[i0], probes.indptr[i1]
         entry_row = np.repeat(np.arange(i1 - i0), np.diff(probes.indptr[i0 : i1 + 1]))
+        # Of each entry, its place among its probe's non-zero columns.
+        entry_step = np.arange(e0, e1) - probes.indptr[i0 + entry_row]
         pairs = column_size[probes.indices[e0:e1]]
         ends = np.cumsum(pairs)
-        shared = np.zeros((i1 - i0) * g)
+        shared = np.zeros((i1 - i0) * g, dtype=np.float16 if opengait else np.float64)
         start = 0
         while start < e1 - e0:
             done = ends[start - 1] if start else 0
@@ -287,15 +371,21 @@ def _mix(
             at = np.repeat(first - (np.cumsum(span) - span), span) + np.arange(span.sum())
             key = np.repeat(entry_row[start:stop] * g, span) + gallery.indices[at]
             low = np.minimum(np.repeat(probes.data[e0 + start : e0 + stop], span), gallery.data[at])
-            shared += np.bincount(key, weights=low, minlength=shared.size)
+            if opengait:
+                _add_in_order(shared, key, low, np.repeat(entry_step[start:stop], span))
+            else:
+                shared += np.bincount(key, weights=low, minlength=shared.size)
             start = stop
         shared = shared.reshape(i1 - i0, g)
-        # Each row sums to 1, so the sum of maxima is 2 minus the sum of minima.
+        # Each row sums to 1, so the sum of maxima is 2 minus the sum of minima. With float16
+        # sums every operation is float16's, Python's floats taking the array's dtype; so is
+        # the product by 1 - lam, and the float32 (or float64) distance term promotes the sum.
         jaccard = 1.0 - shared / (2.0 - shared)
-        block = out[i0:i1]
-        np.divide(dist[q:, i0:i1].T, maxima[i0:i1, None], out=block)
-        block *= lam
-        block += (1.0 - lam) * jaccard
+        del shared
+        jaccard *= 1.0 - lam
+        near = _scale(dist[q:, i0:i1].T, maxima[i0:i1, None])
+        near *= lam
+        np.add(jaccard, near, out=out[i0:i1])
 
 
 def rerank(
@@ -305,6 +395,7 @@ def rerank(
     k2: int = 6,
     lam: float = 0.3,
     max_memory: int | None = None,
+    precision: str = "opengait",
 ) -> np.ndarray:
     r"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) of probe-to-gallery distances, equal to
     OpenGait's ``re_ranking(dist, num_probes, k1, k2, lam)``.
@@ -328,10 +419,14 @@ def rerank(
         blocks shrink to fit; :class:`RerankMemoryError` (naming the size and ``--max-memory``)
         is raised before anything large is allocated when even the result and the sparse
         neighbourhoods do not fit. None: no limit (blocks of :data:`BLOCK_BYTES`).
+    precision : {"opengait", "float64"}
+        ``"opengait"`` (the default): OpenGait's arithmetic, stage by stage (below), so that the
+        result, and with it the nearest gallery sequence, is OpenGait's. ``"float64"``: the same
+        definitions computed in float64.
 
     Returns
     -------
-    ndarray [q, g], float64
+    ndarray [q, g], float32 (``"opengait"``, OpenGait's dtype) or float64
         The re-ranked distance :math:`d^*(i, j)` from probe i to gallery sequence j.
 
     Notes
@@ -341,8 +436,7 @@ def rerank(
     1. Normalized distance (OpenGait divides each column of D by its maximum, then transposes):
        :math:`d(i, j) = D_{ji} / \max_m D_{mi}`; for a symmetric D, row i of D over its maximum.
     2. :math:`N(i, k)`: the k + 1 sequences with the smallest :math:`d(i, \cdot)`, i itself
-       normally among them; equal distances are ranked by index (a stable sort; OpenGait's
-       quicksort leaves their order unspecified).
+       normally among them.
     3. k-reciprocal neighbours: :math:`R(i, k) = \{j \in N(i, k) : i \in N(j, k)\}`.
     4. Expansion, with :math:`h` = :func:`half_k` (k1/2 rounded half to even):
        :math:`R^*(i) = R(i, k_1) \cup \bigcup \{R(c, h) : c \in R(i, k_1),\
@@ -357,17 +451,43 @@ def rerank(
     8. :math:`d^*(i, j) = (1 - \lambda)\, d_J(i, j) + \lambda\, d(i, j)` for the probes i and
        the gallery sequences j.
 
-    Everything is computed in float64. OpenGait stores V, its expansion and the Jaccard distance
-    in float16 (11 significant bits), which moves its distances by up to about 1e-3; its order of
-    the gallery can then differ where two re-ranked distances are that close (docs/evaluation.md,
-    "Re-ranking", gives the measured effect). This function does not reproduce that rounding.
+    The dtype of each stage, ``"opengait"`` (OpenGait's, as ``HID_submission`` runs it on
+    ``cuda_dist``'s float32 distances) / ``"float64"``:
 
-    Memory: only the [q, g] result is dense (8qg bytes); the neighbour lists and the encodings
-    are sparse (O(n k1² k2) entries), and the ranking of the distances and the Jaccard sums run
-    in blocks of :data:`BLOCK_BYTES` of scratch. :func:`rerank_memory` gives the bound: 1.07 GB
-    for n = 20,000 (q = g = 10,000; 0.75 GB of it the result; 0.79 GB measured), where
-    OpenGait's holds several n × n arrays (the normalized float32 distances, int64 then int32
-    ranks, float16 encodings: about 14 n² bytes besides its input, 5.2 GB for n = 20,000).
+    1. float32: D rounded to float32 (a float32 D is taken as is), each column's float32
+       maximum, the quotient in float32 / float64.
+    2. The ranks of those float32 quotients, equal ones (rounding can make distinct distances
+       equal) in ``np.argsort``'s order, OpenGait's quicksort's / of the float64 distances,
+       equal ones by index.
+    3. Sets of indices, the same in both.
+    4. Sets of indices, the same in both.
+    5. float32 weights :math:`e^{-d}`, divided in float32 by their float32 ``np.sum`` (numpy's
+       pairwise summation, in ascending order of j) and rounded to float16, as OpenGait assigns
+       them into its float16 V / float64.
+    6. numpy's float16 mean, which OpenGait takes: the k2 float16 rows added in float32 in rank
+       order, divided by k2, rounded to float16 / float64.
+    7. float16: :math:`s_{ij}` accumulated by float16 additions in OpenGait's order (for each
+       probe its non-zero columns m in ascending order, each adding
+       :math:`\min(V_{im}, V_{jm})` to the running sum of every gallery sequence j with
+       :math:`V_{jm} \neq 0`), and :math:`d_J` by float16 operations / float64.
+    8. :math:`d_J (1 - \lambda)` in float16 (numpy rounds the Python float 1 - λ to float16),
+       :math:`\lambda d` in float32, their sum float32 / float64.
+
+    Why OpenGait's by default: its float16 rounding moves the re-ranked distances by up to about
+    2.4e-3, so where two gallery sequences lie that close to a probe the nearest in float64 can
+    differ from OpenGait's (on clustered random embeddings, for 0 to 0.8 % of the probes, where
+    this precision gave OpenGait's distances bit for bit: docs/evaluation.md, "Re-ranking"); HID
+    submissions are compared with OpenGait's line for line, which only its own arithmetic gives.
+    ``"float64"`` is the method without that rounding. ``lam`` is used as a Python float, as
+    ``HID_submission`` passes it; the float32 weights and exponentials are numpy's, as
+    OpenGait's are.
+
+    Memory: only the [q, g] result is dense (at most 8qg bytes); the neighbour lists and the
+    encodings are sparse (O(n k1² k2) entries), and the ranking of the distances and the Jaccard
+    sums run in blocks of :data:`BLOCK_BYTES` of scratch. :func:`rerank_memory` gives the bound:
+    1.07 GB for n = 20,000 (q = g = 10,000; 0.75 GB of it a float64 result; 0.79 GB measured),
+    where OpenGait's holds several n × n arrays (the normalized float32 distances, int64 then
+    int32 ranks, float16 encodings: about 14 n² bytes besides its input, 5.2 GB for n = 20,000).
 
     References
     ----------
@@ -379,20 +499,92 @@ def rerank(
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(12, 4))
     >>> dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-    >>> rerank(dist, num_probes=4).shape
-    (4, 8)
+    >>> rerank(dist, num_probes=4).shape, rerank(dist, num_probes=4).dtype
+    ((4, 8), dtype('float32'))
+    >>> rerank(dist, num_probes=4, precision="float64").dtype
+    dtype('float64')
     """
     dist = np.asarray(dist)
-    _check(dist, num_probes, k1, k2, lam)
+    _check(dist, num_probes, k1, k2, lam, precision)
     n, q = dist.shape[0], int(num_probes)
     budget = _block_budget(n, q, k1, k2, max_memory)
-    maxima = _column_maxima(dist, budget)
+    # The stages follow the maxima's dtype: float32 is OpenGait's arithmetic (see above).
+    dtype = np.float32 if precision == "opengait" else np.float64
+    maxima = _column_maxima(dist, budget, dtype)
     width = _widths(n, k1, k2)[0]
-    ranks = _nearest(dist, width, budget)
+    ranks = _nearest(dist, maxima, width, budget)
     v = _encode(dist, maxima, ranks, k1, budget)
     if k2 != 1:
         v = _expand_queries(v, ranks, k2)
     del ranks
-    out = np.empty((q, n - q))
+    out = np.empty((q, n - q), dtype=dtype)
     _mix(v, dist, maxima, q, float(lam), budget, out)
     return out
+
+
+def nearest_gallery(reranked: np.ndarray) -> np.ndarray:
+    """Per probe (row), the gallery index ``HID_submission`` answers with, the first of
+    ``np.argsort(row)``: the smallest distance's; where several gallery sequences share it,
+    the one numpy's default sort puts first, as in OpenGait (not always the lowest index).
+
+    Examples
+    --------
+    >>> nearest_gallery(np.array([[0.3, 0.1, 0.2], [0.5, 0.4, 0.9]], dtype=np.float32)).tolist()
+    [1, 1]
+    """
+    reranked = np.asarray(reranked)
+    nearest = np.argmin(reranked, axis=1)
+    rows = max(1, BLOCK_BYTES // max(1, reranked.shape[1]))
+    for r0 in range(0, len(reranked), rows):
+        block = reranked[r0 : r0 + rows]
+        best = block[np.arange(len(block)), nearest[r0 : r0 + rows], None]
+        for r in np.flatnonzero(np.count_nonzero(block == best, axis=1) > 1):
+            nearest[r0 + r] = np.argsort(block[r])[0]
+    return nearest
+
+
+def opengait_distances(features: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    r"""The distances ``HID_submission`` re-ranks, bit for bit: OpenGait's
+    ``cuda_dist(feat, feat, metric)`` between all rows of ``features`` [n, c, p], evaluated by
+    torch on the CPU with the same operations, in the same order and dtype (float32 for float32
+    features). Per part k, :math:`\lVert x_k \rVert^2 + \lVert y_k \rVert^2 - 2 x_k \cdot y_k`
+    (the squared norms by ``torch.sum``, the products by one n × n ``torch.matmul``), clipped at
+    0, square-rooted and added up part after part, then divided by p; for ``cosine``, the
+    features normalized over their channels (``F.normalize``), the products added up, and 1
+    minus their sum over p.
+
+    The same distances computed otherwise (float64, then rounded) are other float32 values for
+    about a third of the pairs, the self-distances among them (float32's cancellation leaves them
+    near 1e-3, not 0), which moves OpenGait's float16 encodings enough to change the nearest
+    gallery sequence of about one probe in a thousand (docs/evaluation.md, "Re-ranking").
+
+    Memory: the result and one part's products (two n × n arrays of the features' dtype) and
+    row blocks of at most :data:`BLOCK_BYTES`.
+
+    Examples
+    --------
+    >>> x = np.array([[[0.0], [0.0]], [[3.0], [4.0]]], dtype=np.float32)  # n 2, c 2, p 1
+    >>> opengait_distances(x).tolist(), opengait_distances(x, "cosine").dtype
+    ([[0.0, 5.0], [5.0, 0.0]], dtype('float32'))
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be euclidean or cosine, got {metric!r}")
+    x = torch.from_numpy(np.ascontiguousarray(features))
+    n, parts = x.shape[0], x.shape[2]
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, p=2, dim=1)
+    total = torch.zeros(n, n)  # torch's default dtype, float32, as OpenGait's
+    rows = max(1, BLOCK_BYTES // (32 * n))
+    for k in range(parts):
+        part = x[:, :, k]
+        products = torch.matmul(part, part.transpose(0, 1))
+        if metric == "cosine":
+            total += products
+            continue
+        squares = torch.sum(part**2, 1)
+        for r0 in range(0, n, rows):  # elementwise from here on: blocks change no bit
+            square = squares[r0 : r0 + rows].unsqueeze(1) + squares.unsqueeze(0)
+            square = square - 2 * products[r0 : r0 + rows]
+            total[r0 : r0 + rows] += torch.sqrt(torch.relu(square))
+        del products
+    return (1 - total / parts if metric == "cosine" else total / parts).numpy()

@@ -127,6 +127,7 @@ def evaluate(
     metric: str = "euclidean",
     probe_set: list[str] | None = None,
     rerank: bool = False,
+    rerank_precision: str = "opengait",
 ) -> dict:
     """The protocol's figures (percent) or submission rows, as the report holds them."""
     e, labels, types, views = (arrays[k] for k in KEYS)
@@ -140,7 +141,7 @@ def evaluate(
         rows = wild.grew_submission(e, labels, types, views, metric)
         return {"submission": [{"videoId": v, "subjects": s} for v, s in rows]}
     if protocol == "hid":
-        rows = wild.hid(e, labels, views, metric, rerank)
+        rows = wild.hid(e, labels, views, metric, rerank, rerank_precision)
         return {"submission": [{"videoID": v, "label": s} for v, s in rows]}
     raise ScoreError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
@@ -207,7 +208,7 @@ def summary(report: dict) -> list[str]:
 # --- the command's one function -----------------------------------------------------------------
 
 
-def _check_options(protocol, metric, fmt, partition, rerank, out, submission) -> None:
+def _check_options(protocol, metric, fmt, partition, rerank, precision, out, submission) -> None:
     for name, value, allowed in (
         ("protocol", protocol, PROTOCOLS),
         ("metric", metric, wild.METRICS),
@@ -219,6 +220,11 @@ def _check_options(protocol, metric, fmt, partition, rerank, out, submission) ->
         raise ScoreError(f"--partition is Gait3D's; {protocol} takes none")
     if rerank and protocol != "hid":
         raise ScoreError(f"--rerank is HID's; {protocol} takes none")
+    if precision is not None and not rerank:
+        raise ScoreError("--rerank-precision is --rerank's; give --rerank too, or leave it out")
+    if precision is not None and precision not in wild.RERANK_PRECISIONS:
+        allowed = ", ".join(wild.RERANK_PRECISIONS)
+        raise ScoreError(f"unknown re-ranking precision {precision!r}; use one of {allowed}")
     if submission is not None and protocol not in SUBMISSIONS:
         raise ScoreError(
             f"{protocol} makes no submission; --submission is for grew-submission, hid"
@@ -236,15 +242,19 @@ def score(
     partition: Path | None = None,
     rerank: bool = False,
     submission: Path | None = None,
+    rerank_precision: str | None = None,
 ) -> dict:
     """Score the inputs ``.npz`` by ``protocol`` and write the report ``out`` (``fmt``: json or
     html) and, for grew-submission and hid, the submission CSV ``submission`` when given.
+    ``rerank_precision`` (with ``rerank`` only): ``"opengait"`` (None: the default) or
+    ``"float64"`` (:func:`gaittrain.evaluation.rerank.rerank`).
 
     Everything is checked before any work: the options, the outputs (a folder, a device or an
     output another process is writing is refused), the inputs and Gait3D's partition file. Both
     files are written atomically. Returns the report.
     """
-    _check_options(protocol, metric, fmt, partition, rerank, out, submission)
+    _check_options(protocol, metric, fmt, partition, rerank, rerank_precision, out, submission)
+    precision = rerank_precision or wild.RERANK_PRECISIONS[0]
     outputs = [Path(out)] + ([Path(submission)] if submission is not None else [])
     with ExitStack() as locks:
         for path in outputs:
@@ -269,8 +279,8 @@ def score(
         if protocol == "gait3d":
             report["partition"] = {"path": str(partition), "sha256": sha256(partition)}
         if protocol == "hid":
-            report["rerank"] = dict(wild.HID_RERANK) if rerank else None
-        report.update(evaluate(arrays, protocol, metric, probe_set, rerank))
+            report["rerank"] = {**wild.HID_RERANK, "precision": precision} if rerank else None
+        report.update(evaluate(arrays, protocol, metric, probe_set, rerank, precision))
         atomic_write(out, to_json(report) if fmt == "json" else to_html(report))
         if submission is not None:
             atomic_write(submission, submission_csv(report))

@@ -54,6 +54,9 @@ CCPG_GROUPS = {
 HID_PROBE = "probe"
 #: HID's k-reciprocal re-ranking, as OpenGait calls it.
 HID_RERANK = {"k1": 6, "k2": 6, "lam": 0.3}
+#: Its arithmetic (:data:`gaittrain.evaluation.rerank.PRECISIONS`): OpenGait's, the default, or
+#: float64.
+RERANK_PRECISIONS = ("opengait", "float64")
 
 
 class ProtocolError(GaitError):
@@ -352,7 +355,12 @@ def ccpg(embeddings: np.ndarray, labels, types, views, metric: str = "euclidean"
 
 
 def hid(
-    embeddings: np.ndarray, labels, views, metric: str = "euclidean", rerank: bool = False
+    embeddings: np.ndarray,
+    labels,
+    views,
+    metric: str = "euclidean",
+    rerank: bool = False,
+    rerank_precision: str = "opengait",
 ) -> list[tuple[str, str]]:
     """HID (OpenGait's ``HID_submission``): per probe video, in input order, the subject of the
     nearest gallery sequence.
@@ -360,7 +368,10 @@ def hid(
     Probes are the sequences labelled ``probe``, their video id in ``views``; the gallery is every
     other sequence. With ``rerank``, the nearest is taken after k-reciprocal re-ranking
     (:func:`gaittrain.evaluation.rerank.rerank`, k1 = 6, k2 = 6, λ = 0.3) of the distances
-    between all probes and gallery sequences, probes first.
+    between all probes and gallery sequences, probes first, in ``rerank_precision``: OpenGait's
+    arithmetic, the default, which gives OpenGait's submission line for line (its float32
+    distances, :func:`gaittrain.evaluation.rerank.opengait_distances`, and its float16
+    re-ranking), or float64 (the distances too).
     """
     _check_metric(metric)
     labels, views = _strings(labels, views)
@@ -370,14 +381,19 @@ def hid(
     probe_x, gallery_x = embeddings[probes], embeddings[~probes]
     if rerank:
         try:
+            from gaittrain.evaluation.rerank import nearest_gallery, opengait_distances
             from gaittrain.evaluation.rerank import rerank as k_reciprocal
         except ImportError as e:
             raise ProtocolError(
                 f"re-ranking is not available in this installation ({e}); score without --rerank"
             ) from None
         both = np.concatenate([probe_x, gallery_x])
-        reranked = k_reciprocal(distances(both, both, metric), len(probe_x), **HID_RERANK)
-        nearest = np.argmin(np.asarray(reranked), axis=1)
+        if rerank_precision == "opengait":
+            dist = opengait_distances(both, metric)
+        else:
+            dist = distances(both, both, metric)
+        reranked = k_reciprocal(dist, len(probe_x), **HID_RERANK, precision=rerank_precision)
+        nearest = nearest_gallery(reranked)
     else:
         nearest = _nearest(probe_x, gallery_x, metric, 1)[:, 0]
     return [(str(v), str(s)) for v, s in zip(views[probes], labels[~probes][nearest], strict=True)]
