@@ -32,8 +32,9 @@ from gaittrain.opengait import import_checkpoint
     help="Override a key of the run's gait config, e.g. --set data.height=128 (repeatable).",
 )
 def import_checkpoint_cmd(checkpoint, config, out, overrides) -> None:
-    """Convert an OpenGait CHECKPOINT (GaitSet, or Baseline: GaitBase) into a gait run folder
-    that `gait eval`, `gait embed` and `gait identify` use like any run.
+    """Convert an OpenGait CHECKPOINT (GaitSet, Baseline: GaitBase, DeepGaitV2, GaitPart,
+    GaitGL) into a gait run folder that `gait eval`, `gait embed` and `gait identify` use like
+    any run.
 
     Example: gait import-checkpoint GaitBase_DA-60000.pt --config gaitbase_da_casiab.yaml
     --out runs/gaitbase-opengait

@@ -24,7 +24,6 @@ import yaml
 
 from gaittrain.losses import METRIC_LOSSES
 from gaittrain.models import MODELS as MODEL_CLASSES
-from gaittrain.models.gaitbase import GaitBaseConfig
 from gaittrain.schema import (
     ConfigError,
     build,
@@ -212,6 +211,8 @@ class Config:
             )
         if hasattr(self.loss, "check"):  # what the loss's own ranges alone do not check
             self.loss.check()
+        if hasattr(self.model, "check"):  # and the model's (keys that depend on each other)
+            self.model.check()
         if self.train.tf32 and self.train.deterministic:
             raise ConfigError(
                 "train.tf32 and train.deterministic exclude each other: TF32 rounds differently "
@@ -224,11 +225,11 @@ class Config:
 
 
 def _check_height(height: int, model: Any) -> None:
-    """The model reduces the height (setnet, gaitset: by 4), then cuts the rows into n strips
-    for each n in bins."""
+    """The model reduces the height (setnet, gaitset: by 4; a model config with ``rows``, such
+    as gaitbase's, says by how much), then cuts the rows into n strips for each n in bins."""
     bins = model.bins
-    if isinstance(model, GaitBaseConfig):
-        _check_gaitbase_height(height, model)
+    if hasattr(model, "rows"):
+        _check_strided_height(height, model)
         return
     if height % POOLING == 0 and all((height // POOLING) % n == 0 for n in bins):
         return
@@ -248,8 +249,9 @@ def _height_fix(step: int) -> str:
     return f"use a multiple of {step} ({', '.join(map(str, valid))}, ...)"
 
 
-def _check_gaitbase_height(height: int, model: GaitBaseConfig) -> None:
-    """GaitBase's strides give ``model.rows(height)`` rows, which every bin must divide."""
+def _check_strided_height(height: int, model: Any) -> None:
+    """A backbone's strides give ``model.rows(height)`` rows (its ``steps()``: the strides that
+    reduce the height), which every bin must divide."""
     rows = model.rows(height)
     if all(rows % n == 0 for n in model.bins):
         return

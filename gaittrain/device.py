@@ -43,6 +43,18 @@ def memory_format(cfg, device: torch.device) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def place_model(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` in the memory format of :func:`memory_format`. channels_last is a
+    layout of 4-D tensors: the weights of 2-D convolutions take it, those of 3-D convolutions
+    (5-D, which ``Module.to(memory_format=channels_last)`` refuses) keep PyTorch's default."""
+    model = model.to(device)
+    if memory_format(cfg, device) == torch.channels_last:
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 

@@ -15,7 +15,7 @@ is one :class:`ShippedError` line that lists the shipped names.
 Examples
 --------
 >>> names("config")[:2]
-['casia-b', 'gaitbase']
+['casia-b', 'deepgaitv2']
 >>> find("loss-demo", "study").name
 'studies/loss-demo'
 >>> resolve("tiny", "config").name

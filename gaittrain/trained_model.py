@@ -19,7 +19,7 @@ from gaitprep.process import Params
 from gaittrain import checkpoint
 from gaittrain.checkpoint import CheckpointError
 from gaittrain.config import Config, config_from_dict
-from gaittrain.device import memory_format
+from gaittrain.device import place_model
 from gaittrain.models import BNNECK_MODELS, build_model
 from gaittrain.run_folder import resolve_checkpoint
 
@@ -46,7 +46,7 @@ def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     try:
         model = build_model(_with_classes(cfg, state["model"]).model)
         model.load_state_dict(state["model"])
-        model = model.to(device, memory_format=memory_format(cfg, torch.device(device)))
+        model = place_model(model, cfg, torch.device(device))
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(
             f"{path}: the weights do not fit its own config ({first_line(e)})"

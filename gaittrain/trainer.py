@@ -32,7 +32,7 @@ from gaittrain.config import Config, dump_config, load_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
-from gaittrain.device import Runtime, gather_batch, gather_features, memory_format, on_rank0
+from gaittrain.device import Runtime, gather_batch, gather_features, on_rank0, place_model
 from gaittrain.models import BNNECK_MODELS, build_model
 from gaittrain.objective import Objective
 from gaittrain.run_folder import RunPaths
@@ -316,7 +316,7 @@ def _train(cfg, packs, paths: RunPaths, runtime: Runtime, resume, train_split, p
 
     # Model, objective, optimizer, schedule, AMP.
     model = build_model(built.model)
-    model = model.to(device, memory_format=memory_format(cfg, device))
+    model = place_model(model, cfg, device)
     objective = Objective(cfg, num_classes=len(subjects), parts=model.parts).to(device)
     optimizer = build_optimizer(cfg, list(model.parameters()) + list(objective.parameters()))
     schedule = build_schedule(cfg, optimizer)

@@ -55,7 +55,7 @@ def test_model_section_is_a_tagged_union_with_setnet_the_default() -> None:
         (
             None,
             ["model={name: gaitset, layers: [1, 1, 1, 1]}"],
-            "unknown key 'model.layers' for model 'gaitset' (layers belongs to gaitbase)",
+            "unknown key 'model.layers' for model 'gaitset' (layers belongs to gaitbase",
         ),
         (None, ["model={name: resnet}"], "model.name is 'resnet'; use one of setnet, gaitset"),
         (None, ["model={name: gaitbase, channels: [8, 16]}"], "model.channels must hold 4 values"),
@@ -93,7 +93,7 @@ def test_a_bnneck_model_takes_the_training_subjects_as_classes() -> None:
     assert with_classes(cfg, 20).model.classes == 20 and cfg.model.classes == 0
     with pytest.raises(Exception, match="model.classes is 74, but the run trains on 20 subjects"):
         with_classes(load_config(None, ["model={name: gaitbase, classes: 74}"]), 20)
-    assert set(MODELS) == {"setnet", "gaitset", "gaitbase"}
+    assert {"setnet", "gaitset", "gaitbase"} <= set(MODELS)
     with pytest.raises(ValueError, match="model.classes is 0"):
         build_model(cfg.model)
 
@@ -312,7 +312,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
-        ({"model": "GaitPart"}, "cannot import OpenGait model 'GaitPart'"),
+        ({"model": "SMPLGait"}, "cannot import OpenGait model 'SMPLGait'"),
         ({"backbone_cfg": {"type": "Plain"}}, "model_cfg.backbone_cfg.type is 'Plain'"),
         ({"FCs_extra": 1}, "model_cfg: cannot map FCs_extra"),
     ],

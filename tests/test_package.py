@@ -97,7 +97,7 @@ def test_names_that_are_neither_a_file_nor_shipped_are_one_line_naming_the_shipp
         shipped.resolve("tiyn", "config")
     line = str(e.value)
     assert "\n" not in line and line.startswith("tiyn is neither a config file nor")
-    assert "shipped configs: casia-b, gaitbase, " in line and "tiny-gaitbase" in line
+    assert "shipped configs: casia-b, deepgaitv2, " in line and "tiny-gaitbase" in line
     assert "studies/" not in line  # only the kind asked for
     with pytest.raises(shipped.ShippedError, match=r"\(the shipped tiny\?\)"):
         shipped.resolve("configs/tiny.yaml", "config")  # the README's path, outside a checkout

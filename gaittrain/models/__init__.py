@@ -12,7 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from gaittrain.models.deepgaitv2 import DeepGaitV2
 from gaittrain.models.gaitbase import GaitBase
+from gaittrain.models.gaitgl import GaitGL
+from gaittrain.models.gaitpart import GaitPart
 from gaittrain.models.gaitset import GaitSet
 from gaittrain.models.set_model import SetModel
 
@@ -20,7 +23,17 @@ from gaittrain.models.set_model import SetModel
 #: (``Model.Config``: keys, defaults, ranges), builds itself from it (``Model.from_config``) and
 #: says whether it has a BNNeck (``Model.bnneck``). The first is the default model. Adding a
 #: model: a module here, and its class in this list.
-MODELS: dict[str, type[nn.Module]] = {cls.Config.name: cls for cls in (SetModel, GaitSet, GaitBase)}
+MODELS: dict[str, type[nn.Module]] = {
+    cls.Config.name: cls
+    for cls in (
+        SetModel,
+        GaitSet,
+        GaitBase,
+        DeepGaitV2,
+        GaitPart,
+        GaitGL,
+    )
+}
 
 #: Models whose training output carries BNNeck logits (the cross-entropy then uses those).
 BNNECK_MODELS = tuple(name for name, cls in MODELS.items() if cls.bnneck)
@@ -37,4 +50,14 @@ def build_model(section: Any) -> nn.Module:
     return make.from_config(section)
 
 
-__all__ = ["BNNECK_MODELS", "MODELS", "GaitBase", "GaitSet", "SetModel", "build_model"]
+__all__ = [
+    "BNNECK_MODELS",
+    "MODELS",
+    "DeepGaitV2",
+    "GaitBase",
+    "GaitGL",
+    "GaitPart",
+    "GaitSet",
+    "SetModel",
+    "build_model",
+]
