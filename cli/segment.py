@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from gaitprep.segment import METHODS, segment_to_folder
+from gaitprep.segment import METHODS, doubts, segment_to_folder
 
 
 @click.command("segment")
 @click.argument("source", type=click.Path(path_type=Path, exists=True))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--method", type=click.Choice(METHODS), default="mog2", show_default=True,
-              help="OpenCV's background subtractor.")  # fmt: skip
+@click.option("--method", type=click.Choice(METHODS), default="adaptive", show_default=True,
+              help="The background model: adaptive (follows the scene's lighting, never the "
+              "walker), or OpenCV's mog2 or knn.")  # fmt: skip
 @click.option(
     "--learn-frames",
     type=click.IntRange(0),
@@ -49,7 +50,11 @@ def segment_cmd(source, out, method, learn_frames, background, min_area, preview
         background=background,
         min_area=min_area,
     )
+    rejected = sum(found.rejected.values())
+    why = ", ".join(f"{v} {k}" for k, v in sorted(found.rejected.items()))
     click.echo(
         f"{out}: {n} silhouettes of {found.read} frames ({found.learned} learned from, "
-        f"{found.skipped} without a walker skipped)"
+        f"{found.skipped} without a walker skipped, {rejected} rejected{': ' if why else ''}{why})"
     )
+    for line in doubts(found):
+        click.echo(f"warning: {line}", err=True)

@@ -229,6 +229,31 @@ def synth_ou_mvlp(**kwargs) -> None:
     _run("ou-mvlp", **kwargs)
 
 
+def _video_conditions(f):
+    """The options of :class:`gaitprep.synth.video.Conditions`, one per condition."""
+    options = [
+        ("--drift", click.FloatRange(-0.4, 0.4), 0.0,
+         "Brightness change over the clip, linear: 0.2 ends 20 % brighter."),
+        ("--jumps", click.IntRange(0, 5), 0,
+         "Sudden exposure steps of 15-30 % (up or down) at seeded frames."),
+        ("--colour-drift", click.FloatRange(-0.3, 0.3), 0.0,
+         "Colour temperature over the clip: red gains this fraction, blue loses it."),
+        ("--noise", click.FloatRange(0, 30), 3.0,
+         "Camera noise, standard deviation in grey levels."),
+        ("--contrast", click.FloatRange(0, 1), 1.0,
+         "The clothes' colour: 1 dark, 0 the scene's mean colour."),
+        ("--shadow", click.FloatRange(0, 0.8), 0.0,
+         "How much the walker's ground shadow darkens the scene (0: no shadow)."),
+        ("--distractors", click.IntRange(0, 3), 1,
+         "0 none, 1 a swaying shrub, 2 also a swaying pole, 3 also a rolling ball."),
+        ("--lamps", click.IntRange(0, 3), 0,
+         "Lamps switched on at seeded frames, each lighting one side of the scene 30-60 % more."),
+    ]  # fmt: skip
+    for name, kind, default, text in reversed(options):
+        f = click.option(name, type=kind, default=default, show_default=True, help=text)(f)
+    return f
+
+
 @synth.command("video")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--subject", type=click.IntRange(1), default=1, show_default=True)
@@ -238,17 +263,31 @@ def synth_ou_mvlp(**kwargs) -> None:
 @click.option("--frames", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--empty", type=click.IntRange(0), default=20, show_default=True,
               help="Frames of the empty scene before the walker enters.")  # fmt: skip
+@click.option("--size", default="320x240", show_default=True, metavar="WxH", help="Frame size.")
+@_video_conditions
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def synth_video(out, subject, condition, seq, view, frames, empty, seed) -> None:
+def synth_video(out, subject, condition, seq, view, frames, empty, size, seed, **conditions):
     """Write OUT (mp4): a fixed camera filming one synthetic walker (the subject of `gait synth
-    casia-b --seed SEED`) in a textured scene with lighting drift, camera noise and a swaying
-    shrub, and its true masks in OUT.masks/ (for `gait segment`'s measurements).
+    casia-b --seed SEED`) in a textured scene with a slow lighting wobble, camera noise and a
+    swaying shrub, and its true masks in OUT.masks/ (for `gait segment`'s measurements). The
+    condition options add what a real camera meets; the same arguments give the same bytes.
 
-    Example: gait synth video build/walk.mp4 --subject 3 && gait segment build/walk.mp4 build/sil
+    Example: gait synth video build/walk.mp4 --subject 3 --drift 0.2 --shadow 0.4 && gait segment
+    build/walk.mp4 build/sil
     """
-    from gaitprep.synth.video import render_video, write_video
+    from gaitprep.synth.video import Conditions, render_video, write_video
 
-    video, masks = render_video(subject, condition, seq, view, frames, seed=seed, empty=empty)
+    video, masks = render_video(
+        subject,
+        condition,
+        seq,
+        view,
+        frames,
+        size=_size(size),
+        seed=seed,
+        empty=empty,
+        conditions=Conditions(**conditions),
+    )
     folder = write_video(out, video, masks)
     click.echo(f"{out}: {len(video)} frames ({empty} of the empty scene); true masks in {folder}")
 

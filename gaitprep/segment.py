@@ -1,18 +1,42 @@
-"""Silhouettes from a fixed camera: background subtraction, clean-up, the walker's blob.
+"""Silhouettes from a fixed camera: a background model, clean-up, the walker's blob, checks.
 
 For a video (any format OpenCV reads) or a folder of frames:
 
-1. a background model (OpenCV's MOG2 or KNN, shadows detected) learns the scene from the first
-   ``learn_frames`` frames, or from a given background image;
-2. every frame's foreground (shadow pixels, marked 127 by the subtractor, are dropped) is
-   cleaned: a 3 x 3 opening removes specks, a closing joins the body's parts, holes are filled;
-3. the walker is one 8-connected blob of at least ``min_area`` pixels: the largest in the first
-   frame it appears in, then, among the blobs at least a third of the largest, the one nearest to
-   its previous position (a swaying object or a passer-by does not take over);
-4. frames without such a blob are skipped and counted.
+1. a background model learns the empty scene from the first ``learn_frames`` frames (or from a
+   given background image) and keeps following it. The default, ``adaptive``
+   (:class:`Adaptive`), is a per-pixel Gaussian (mean colour, variance) that
+
+   * first fits the frame's light to the model: per channel an offset and a gain that may vary
+     smoothly across the image, fitted robustly on the pixels away from the walker
+     (:func:`fit_photometry`), so that a brightness or colour-temperature drift, an exposure
+     jump or a lamp at one side is undone before subtracting;
+   * calls a pixel foreground when its colour is far from the mean for its variance, and
+     shadow-coloured when it is a darker copy of the background (:func:`foreground`);
+   * learns from every frame, except around where the walker was last seen (selective update,
+     :func:`update_background`), so that it follows the scene but not the walker; a pixel
+     hidden so for ``STILL`` frames is learned again (what stays is not a walker);
+   * takes the frame as the new scene when most of it changed at once (lights switched, a
+     change the fit cannot undo, :func:`relearn`) instead of calling it a walker; that frame
+     is rejected.
+
+   ``mog2`` and ``knn`` are OpenCV's subtractors (:class:`OpenCV`), whose shadow pixels are
+   dropped here;
+2. the foreground, the adaptive model's shadow-coloured pixels included, is cleaned: a 3 x 3
+   opening removes specks, a closing joins the body's parts, holes are filled
+   (:func:`clean_mask`);
+3. each blob loses its cast shadow: shadow-coloured parts low in it that do not touch its
+   body (:func:`drop_shadows`); the walker is one of these blobs, of at least ``min_area``
+   pixels: the largest where it first appears, then, among those at least a third of the
+   largest, the one nearest to its previous position (a swaying object or a passer-by does not
+   take over) that looks like a person (:func:`pick_walker`);
+4. a blob that covers most of the frame, is not shaped like a standing person, or whose area
+   jumps against the tracked walker's recent areas is rejected and counted by reason
+   (:func:`person_problem`); frames without a blob are skipped and counted. :func:`doubts`
+   says when the result is not to be trusted.
 
 The silhouettes are written as binary PNG frames (0 / 255), named by frame index, which `gait
-prep` and `gait identify` take.
+prep` and `gait identify` take. The settings below were measured with bench/segment_bench.py
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -37,7 +61,7 @@ from gaitprep.files import (
 )
 from gaitprep.layout import IMAGE_EXTENSIONS
 
-METHODS = ("mog2", "knn")
+METHODS = ("adaptive", "mog2", "knn")
 
 
 class SegmentError(GaitError):
@@ -47,12 +71,18 @@ class SegmentError(GaitError):
 @dataclass
 class Segmented:
     """What :func:`segment` found: ``masks`` (frame index, binary uint8 mask) of the frames with
-    a walker, how many frames were read, used for learning, and skipped for want of a walker."""
+    a walker, how many frames were read, used for learning, and skipped for want of a walker,
+    and the frames rejected, by reason (:func:`person_problem`, a change of the whole scene)."""
 
     masks: list[tuple[int, np.ndarray]] = field(default_factory=list)
     read: int = 0
     learned: int = 0
     skipped: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        """Count one frame rejected for ``reason``."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 def read_frames(source: Path) -> Iterator[np.ndarray]:
@@ -132,20 +162,366 @@ def count_frames(video: Path) -> int:
     return n
 
 
-def _subtractor(method: str, history: int):
-    if method == "mog2":
-        return cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=True)
-    if method == "knn":
-        return cv2.createBackgroundSubtractorKNN(history=history, detectShadows=True)
-    raise ValueError(f"method must be one of {', '.join(METHODS)}")
+#: The adaptive model. A pixel is foreground when its squared colour distance to the mean,
+#: summed over the three channels, exceeds THRESHOLD times its variance (noise alone: a
+#: chi-square with 3 degrees of freedom, beyond 36 once in 13 million pixels).
+THRESHOLD = 36.0
+#: A foreground pixel is shadow-coloured when it is the background darkened by a ratio in this
+#: range and its colour, once that ratio is undone, is within SHADOW_CHROMA variances of it.
+SHADOW_RATIO = (0.5, 0.95)
+SHADOW_CHROMA = 3.0
+#: The share of the mean and variance learned from each frame.
+RATE = 0.05
+#: The smallest standard deviation a pixel keeps (grey levels), and the one a model learned from
+#: a single image starts with.
+MIN_SIGMA, IMAGE_SIGMA = 2.0, 4.0
+#: About how many pixels, on a regular grid, the photometric fit uses; pixels this bright in any
+#: channel are clipped and say nothing about the gain.
+FIT_PIXELS, SATURATED = 5000, 250
+#: A frame where more than this share of the pixels away from the walker is foreground, after
+#: the photometric fit, is a change of the whole scene: it is rejected for CHANGED and the model
+#: takes it as the new scene, less sure by UNSURE times of what the walker hides.
+SCENE_CHANGE = 0.35
+CHANGED = "the whole scene changed (re-learned)"
+UNSURE = 16.0
+#: After this many frames around the walker, a pixel is learned again: what stays that long is
+#: the scene (a ghost, a change of the light taken for the walker), not a walker; the inside of
+#: a walker coming straight at the camera, learned so, is filled back as a hole.
+STILL = 50
+
+#: Clean-up: the closing that joins a body's parts, as a share of the frame's height; the share
+#: of a blob's height above which a shadow-coloured part is the walker's own, not its shadow on
+#: the ground (:func:`drop_shadows`).
+CLOSING = 1 / 35
+GROUND = 0.6
+
+#: The walker checks (:func:`person_problem`): the largest share of the frame a walker may
+#: cover, the range of its height / width, and how far its area may jump against the median
+#: of its last SIZE_MEMORY accepted areas (a factor either way); frames without the walker
+#: after which it is forgotten (its place, size and blob).
+MAX_SHARE = 0.5
+ASPECT = (1.1, 6.0)
+SIZE_JUMP = 2.5
+SIZE_MEMORY = 5
+FORGET = 10
 
 
-def clean_mask(foreground: np.ndarray) -> np.ndarray:
+@dataclass
+class Background:
+    """The adaptive model's state, in the photometry of the frames it was first learned from.
+
+    Attributes
+    ----------
+    mean : ndarray
+        Per-pixel mean colour, float32 [H, W, 3].
+    var : ndarray
+        Per-pixel variance of one channel (grey levels squared), float32 [H, W].
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+
+
+def learn_background(frames: np.ndarray) -> Background:
+    """The model of the empty scene shown by ``frames``.
+
+    Parameters
+    ----------
+    frames : ndarray
+        BGR frames [N, H, W, 3].
+
+    Returns
+    -------
+    Background
+        The per-pixel median (a passer-by in a few frames does not count) and the mean squared
+        deviation from it, smoothed over 5 x 5 pixels and at least ``MIN_SIGMA**2``; from one
+        frame, ``IMAGE_SIGMA**2`` everywhere (the model then learns the noise).
+    """
+    stack = np.asarray(frames, np.float32)
+    mean = np.median(stack, axis=0)
+    if len(stack) == 1:
+        return Background(mean, np.full(mean.shape[:2], IMAGE_SIGMA**2, np.float32))
+    var = cv2.blur(((stack - mean) ** 2).mean(axis=(0, 3)), (5, 5))
+    return Background(mean, np.maximum(var, MIN_SIGMA**2).astype(np.float32))
+
+
+def fit_photometry(
+    frame: np.ndarray, mean: np.ndarray, reference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The light that takes the model's ``mean`` to ``frame``: per channel, an offset and a gain
+    that may vary smoothly across the image (a lamp at one side, the sun through a window).
+
+    ``frame ≈ gain(u, v) * mean + offset``, with ``gain`` a quadratic in the pixel's column
+    ``u`` and row ``v`` (both scaled to -1 .. 1; six coefficients), is fitted by least squares
+    on the ``reference`` pixels near the median ratio ``frame / mean``, then twice more on
+    those whose residual is within 2.5 robust standard deviations (1.4826 times the median
+    absolute residual), so that the walker, its shadow or a moving distractor does not pull
+    the fit. Where the reference's colours hardly vary (a flat wall: standard deviation under 2
+    grey levels), gain and offset cannot be told apart and the offset is 0.
+
+    Parameters
+    ----------
+    frame, mean : ndarray
+        [H, W, 3]: the frame and the model's mean.
+    reference : ndarray
+        bool [H, W]: the pixels to fit on (away from the walker, not clipped).
+
+    Returns
+    -------
+    gain : ndarray
+        float32 [H, W, 3], the gain at each pixel.
+    offset : ndarray
+        float32 [3].
+    """
+
+    def robust(residual: np.ndarray) -> np.ndarray:  # within 2.5 robust standard deviations
+        centred = np.abs(residual - np.median(residual))
+        return centred <= 2.5 * 1.4826 * np.median(centred) + 1e-6
+
+    h, w = reference.shape
+    v, u = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
+    terms = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], -1)  # [H, W, 6]
+    gain = np.empty((h, w, 3), np.float32)
+    offset = np.zeros(3, np.float32)
+    for c in range(3):
+        m = mean[..., c][reference].astype(np.float64)
+        x = frame[..., c][reference].astype(np.float64)
+        flat = m.std() < 2.0
+        design = terms[reference] * m[:, None]
+        if not flat:
+            design = np.column_stack([design, np.ones_like(m)])
+        keep = robust(x / np.maximum(m, 1.0))
+        for _ in range(3):
+            coef = np.linalg.lstsq(design[keep], x[keep], rcond=None)[0]
+            keep = robust(x - design @ coef)
+        gain[..., c] = terms @ coef[:6]
+        offset[c] = 0.0 if flat else coef[6]
+    return gain, offset
+
+
+def foreground(model: Background, frame: np.ndarray) -> np.ndarray:
+    """What differs from the model in a frame already in its photometry.
+
+    Parameters
+    ----------
+    model : Background
+        The scene's model.
+    frame : ndarray
+        float [H, W, 3], after :func:`fit_photometry`'s gain and offset are undone.
+
+    Returns
+    -------
+    ndarray
+        uint8 [H, W]: 255 foreground (squared distance over the variance above ``THRESHOLD``),
+        127 shadow (a foreground pixel that is the background darkened by a ratio within
+        ``SHADOW_RATIO``, its colour otherwise the background's), 0 background.
+    """
+
+    def dot(a, b):  # the per-pixel dot product of two [H, W, 3] arrays
+        return np.einsum("ijc,ijc->ij", a, b)
+
+    diff = frame - model.mean
+    moved = dot(diff, diff) > THRESHOLD * model.var
+    ratio = dot(frame, model.mean) / np.maximum(dot(model.mean, model.mean), 1.0)
+    off = frame - ratio[..., None] * model.mean
+    chroma = dot(off, off)
+    lo, hi = SHADOW_RATIO
+    shadow = moved & (ratio >= lo) & (ratio < hi) & (chroma < SHADOW_CHROMA * model.var)
+    return np.where(shadow, 127, np.where(moved, 255, 0)).astype(np.uint8)
+
+
+def update_background(
+    model: Background, frame: np.ndarray, learn: np.ndarray, rate: float = RATE
+) -> Background:
+    """The model after learning ``rate`` of ``frame`` (in its photometry) where ``learn``.
+
+    The mean moves towards the frame; the variance towards the squared difference (at most 9
+    times the variance per frame, so that one passing object does not blow it up, and at least
+    ``MIN_SIGMA**2``), so that a swaying branch's pixels grow tolerant.
+
+    Parameters
+    ----------
+    model : Background
+        The model before.
+    frame : ndarray
+        float [H, W, 3] in the model's photometry.
+    learn : ndarray
+        bool [H, W]: where to learn (everywhere but the dilated walker).
+    rate : float
+        The share learned from this frame.
+
+    Returns
+    -------
+    Background
+        A new model; ``model`` is left as it was.
+    """
+    a = (rate * learn).astype(np.float32)
+    diff = frame - model.mean
+    mean = model.mean + a[..., None] * diff
+    spread = np.minimum(np.einsum("ijc,ijc->ij", diff, diff) / 3, 9 * model.var)
+    var = np.maximum(model.var + a * (spread - model.var), MIN_SIGMA**2)
+    return Background(mean.astype(np.float32), var.astype(np.float32))
+
+
+def relearn(model: Background, frame: np.ndarray, hidden: np.ndarray) -> Background:
+    """The model after a change of the whole scene: ``frame`` is the new scene, except where
+    ``hidden`` (bool [H, W], around the walker last seen), which it does not show.
+
+    There the old mean is kept, times the change of the light around it: the ratio of the new
+    scene to the old mean where it is seen, smoothed over a tenth of the frame's height and
+    carried under the walker by normalized convolution (a lamp switched on at one side
+    brightens the hidden part as much as its surroundings). That guess's variance is
+    ``UNSURE`` times the old one, so that it is not taken for the walker while the model learns
+    the scene there (:func:`update_background`) once the walker has moved on.
+
+    Parameters
+    ----------
+    model : Background
+        The model before the change.
+    frame : ndarray
+        float [H, W, 3]: the changed frame, as it is (its light is the model's from now on).
+    hidden : ndarray
+        bool [H, W]: where the frame does not show the scene.
+
+    Returns
+    -------
+    Background
+    """
+    seen = (~hidden).astype(np.float32)
+    ratio = frame / np.maximum(model.mean, 1.0) * seen[..., None]
+    sigma = frame.shape[0] / 10
+    light = cv2.GaussianBlur(ratio, (0, 0), sigma)
+    light /= np.maximum(cv2.GaussianBlur(seen, (0, 0), sigma), 1e-3)[..., None]
+    mean = np.where(hidden[..., None], model.mean * light, frame)
+    var = np.where(hidden, model.var * UNSURE, model.var)
+    return Background(mean.astype(np.float32), var.astype(np.float32))
+
+
+def _dilated(blob: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """bool [H, W]: ``blob`` grown by a twentieth of the frame's height (all False for None)."""
+    if blob is None:
+        return np.zeros(shape, bool)
+    k = max(5, shape[0] // 20) | 1
+    return cv2.dilate(blob, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+
+
+class Adaptive:
+    """The ``adaptive`` method: :func:`learn_background` from the taught frames, then for each
+    frame :meth:`foreground` and :meth:`learn` (told where the walker was). Its shadow-coloured
+    pixels stay in the blobs, for :func:`drop_shadows` to sort out (a grey walker on a grey
+    scene looks like a shadow of it)."""
+
+    keeps_shadows = True
+
+    def __init__(self) -> None:
+        self.taught: list[np.ndarray] = []
+        self.model: Background | None = None
+        self.img: np.ndarray | None = None  # the last frame
+        self.frame: np.ndarray | None = None  # the last frame, in the model's photometry
+        self.away: np.ndarray | None = None  # the last walker, dilated
+        self.hidden_for: np.ndarray | None = None  # frames each pixel has been in self.away
+        self.before: Background | None = None  # the model before a change, for one frame
+
+    def teach(self, img: np.ndarray) -> None:
+        """A frame of the empty scene."""
+        self.taught.append(img)
+
+    def teach_image(self, img: np.ndarray) -> None:
+        """An image of the empty scene, the only one."""
+        self.taught = [img]
+
+    def foreground(self, img: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The frame's foreground (255, shadows 127) and whether the whole scene changed. A
+        change that undoes the last one (a flash, one frame long) brings back the model from
+        before it."""
+        if self.model is None:
+            self.model = learn_background(np.stack(self.taught or [img]))
+            self.taught = []
+            self.away = np.zeros(img.shape[:2], bool)
+            self.hidden_for = np.zeros(img.shape[:2], np.int32)
+        self.img = img
+        fg, changed = self._subtract(img, self.model)
+        if changed and self.before is not None:
+            frame, (fg_before, unlike_before) = self.frame, self._subtract(img, self.before)
+            if unlike_before:
+                self.frame = frame
+            else:
+                self.model, fg, changed = self.before, fg_before, False
+        self.before = None
+        return fg, changed
+
+    def _subtract(self, img: np.ndarray, model: Background) -> tuple[np.ndarray, bool]:
+        """:func:`foreground` of ``img`` against ``model`` after :func:`fit_photometry` (the
+        frame in the model's photometry kept as ``self.frame``), and whether more than
+        ``SCENE_CHANGE`` of the pixels away from the walker are foreground."""
+        reference = ~self.away & (img < SATURATED).all(-1)
+        step = max(1, round((img.shape[0] * img.shape[1] / FIT_PIXELS) ** 0.5))
+        sparse = np.zeros_like(reference)
+        sparse[::step, ::step] = reference[::step, ::step]  # a grid of about FIT_PIXELS
+        gain, offset = fit_photometry(img, model.mean, sparse)
+        self.frame = (img - offset) / np.maximum(gain, 0.05)
+        fg = foreground(model, self.frame)
+        return fg, bool((fg[~self.away] == 255).mean() > SCENE_CHANGE)
+
+    def learn(self, walker: np.ndarray | None, changed: bool) -> None:
+        """Learn the last frame except around ``walker`` (the blob where the walker was last
+        seen, or None); where ``changed``, take the frame as the new scene (:func:`relearn`),
+        keeping the model from before for the next frame."""
+        self.away = _dilated(walker, self.frame.shape[:2])
+        if changed:  # the light fitted to the old scene means nothing: the frame as it is
+            self.before = self.model
+            self.model = relearn(self.model, self.img.astype(np.float32), self.away)
+            return
+        self.hidden_for = np.where(self.away, self.hidden_for + 1, 0)
+        learn = ~self.away | (self.hidden_for > STILL)  # a "walker" that stays is the scene
+        self.model = update_background(self.model, self.frame, learn)
+
+
+class OpenCV:
+    """``mog2`` or ``knn``: OpenCV's subtractor (shadows detected). It learns the taught frames
+    at its own rate, then every frame at ``rate``: 0.001 (the default) so that the walker never
+    becomes background, -1 for OpenCV's own rate (1 / (2 n) after n frames, at least
+    1 / ``history``), which keeps following the scene but also learns a slow walker. Its
+    shadow pixels are dropped before the blobs are found, as `gait segment` always did (a scene
+    darkened as a whole is all shadow to it)."""
+
+    keeps_shadows = False
+
+    def __init__(self, method: str, history: int, rate: float = 0.001) -> None:
+        if method == "mog2":
+            self.sub = cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=True)
+        elif method == "knn":
+            self.sub = cv2.createBackgroundSubtractorKNN(history=history, detectShadows=True)
+        else:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        self.rate = rate
+
+    def teach(self, img: np.ndarray) -> None:
+        """A frame of the empty scene."""
+        self.sub.apply(img)
+
+    def teach_image(self, img: np.ndarray) -> None:
+        """An image of the empty scene, the only one: learned as ten frames."""
+        for i in range(10):
+            self.sub.apply(img, learningRate=1.0 if i == 0 else 0.5)
+
+    def foreground(self, img: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The frame's foreground (255, shadows 127); the subtractor learns from it as well."""
+        return self.sub.apply(img, learningRate=self.rate), False
+
+    def learn(self, walker: np.ndarray | None, changed: bool) -> None:
+        """Nothing: OpenCV's subtractors learned in :meth:`foreground`."""
+
+
+def clean_mask(foreground: np.ndarray, shadows: bool = False) -> np.ndarray:
     """A subtractor's output (255 foreground, 127 shadow) as a cleaned binary mask: shadows
-    dropped, specks opened away, parts closed together, holes filled."""
-    mask = np.where(foreground == 255, 255, 0).astype(np.uint8)
+    dropped (kept as foreground with ``shadows``), specks opened away (3 x 3), parts closed
+    together (a square of about ``CLOSING`` of the frame's height, 7 x 7 at 240 pixels), holes
+    filled."""
+    mask = np.where(foreground >= (127 if shadows else 255), 255, 0).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    k = max(3, round(CLOSING * mask.shape[0]) | 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
     filled = mask.copy()  # flood the background from a border; what it misses are holes
     h, w = mask.shape
     flood = np.zeros((h + 2, w + 2), np.uint8)
@@ -153,55 +529,188 @@ def clean_mask(foreground: np.ndarray) -> np.ndarray:
     return mask | cv2.bitwise_not(filled) if mask[0, 0] == 0 else mask
 
 
-def pick_walker(mask: np.ndarray, min_area: int, previous) -> tuple[np.ndarray | None, tuple]:
-    """The walker's blob in a cleaned mask (see the module's docstring) and its centroid; None
-    when no blob has ``min_area`` pixels."""
-    n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 8-connected blob of ``mask`` (uint8 0 / 255), or None when it is empty."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    return np.where(labels == 1 + np.argmax(stats[1:, cv2.CC_STAT_AREA]), 255, 0).astype(np.uint8)
+
+
+def drop_shadows(blob: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """``blob`` without the walker's shadow on the ground.
+
+    A cast shadow lies on the ground, so it is seen low in the blob: the shadow-coloured parts
+    of the blob that do not touch its body (its foreground pixels, cleaned, the largest part)
+    and lie wholly within the lowest ``1 - GROUND`` of its height are dropped. Shadow-coloured
+    parts higher up are the walker's own clothes (a grey coat on a grey scene looks like a
+    shadow of it) and stay; so does a blob without foreground pixels.
+
+    Parameters
+    ----------
+    blob : ndarray
+        uint8 [H, W], 0 / 255: one blob of foreground and shadow together.
+    foreground : ndarray
+        uint8 [H, W]: the subtractor's output, 255 foreground, 127 shadow.
+
+    Returns
+    -------
+    ndarray
+        uint8 [H, W], 0 / 255: the largest part of what is left.
+    """
+    strong = np.where(blob > 0, foreground, 0)
+    if cv2.countNonZero(strong == 255) < 0.5 * cv2.countNonZero(blob):
+        return blob  # mostly shadow-coloured: a walker dressed like the scene's shadow
+    body = _largest(clean_mask(strong))
+    if body is None:
+        return blob
+    shadowy = np.where((blob > 0) & (foreground < 255), 255, 0).astype(np.uint8)
+    shadowy &= ~cv2.dilate(body, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(shadowy, connectivity=8)
+    _, top, _, height = cv2.boundingRect(blob)
+    ground = np.flatnonzero(stats[1:, cv2.CC_STAT_TOP] >= top + GROUND * height) + 1
+    return _largest(np.where(np.isin(labels, ground), 0, blob).astype(np.uint8))
+
+
+def person_problem(blob: np.ndarray, recent: list[int]) -> str | None:
+    """Why ``blob`` (uint8 [H, W], 0 / 255) cannot be the walker, or None.
+
+    Parameters
+    ----------
+    blob : ndarray
+        A candidate's blob.
+    recent : list of int
+        The areas of the walker's last accepted blobs (empty before the first).
+
+    Returns
+    -------
+    str or None
+        ``"covers most of the frame"`` (over ``MAX_SHARE`` of it), ``"not shaped like a
+        person"`` (height / width outside ``ASPECT``, or as tall as the frame: a whole person
+        does not touch both its top and its bottom), ``"size jump"`` (area over ``SIZE_JUMP``
+        times the median of ``recent``, or under its inverse), else None.
+    """
+    area = cv2.countNonZero(blob)
+    _, _, w, h = cv2.boundingRect(blob)
+    if area > MAX_SHARE * blob.size:
+        return "covers most of the frame"
+    if not ASPECT[0] <= h / w <= ASPECT[1] or h == blob.shape[0]:
+        return "not shaped like a person"
+    if recent and not 1 / SIZE_JUMP <= area / float(np.median(recent)) <= SIZE_JUMP:
+        return "size jump"
+    return None
+
+
+def pick_walker(
+    mask: np.ndarray,
+    min_area: int,
+    previous: tuple | None,
+    recent: list[int] | None = None,
+    foreground: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, tuple | None, str | None]:
+    """The walker's blob in a cleaned mask, its centroid, and why it is rejected.
+
+    The candidates are the 8-connected blobs of at least ``min_area`` pixels and a third of the
+    largest, each without its shadow (:func:`drop_shadows`, where ``foreground`` is given). The
+    walker is the candidate nearest to ``previous`` (the largest when None) among those that
+    :func:`person_problem` accepts; when none is accepted, the one it would have been, with the
+    reason.
+
+    Parameters
+    ----------
+    mask : ndarray
+        uint8 [H, W], 0 / 255 (:func:`clean_mask`).
+    min_area : int
+        The fewest pixels a walker has.
+    previous : tuple or None
+        The walker's last centroid (x, y).
+    recent : list of int, optional
+        The walker's last accepted areas (:func:`person_problem`).
+    foreground : ndarray, optional
+        The subtractor's output the mask was cleaned from (255 foreground, 127 shadow).
+
+    Returns
+    -------
+    blob, centre, problem
+        uint8 [H, W] 0 / 255 (None when no blob is large enough), its centroid, and None or the
+        reason it cannot be the walker.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     if n <= 1 or areas.max() < min_area:
-        return None, previous
-    candidates = [i for i in range(1, n) if areas[i - 1] >= max(min_area, areas.max() / 3)]
+        return None, None, None
+    candidates = []
+    for i in np.flatnonzero(areas >= max(min_area, areas.max() / 3)) + 1:
+        blob = np.where(labels == i, 255, 0).astype(np.uint8)
+        if foreground is not None:
+            blob = drop_shadows(blob, foreground)
+        m = cv2.moments(blob, binaryImage=True)
+        if m["m00"] >= min_area:
+            centre = (m["m10"] / m["m00"], m["m01"] / m["m00"])
+            candidates.append((blob, centre, person_problem(blob, recent or [])))
+    if not candidates:
+        return None, None, None
     if previous is None:
-        best = max(candidates, key=lambda i: areas[i - 1])
+        order = sorted(candidates, key=lambda c: -cv2.countNonZero(c[0]))
     else:
-        best = min(candidates, key=lambda i: float(np.hypot(*(centroids[i] - previous))))
-    return np.where(labels == best, 255, 0).astype(np.uint8), tuple(centroids[best])
+        order = sorted(candidates, key=lambda c: float(np.hypot(*np.subtract(c[1], previous))))
+    return next((c for c in order if c[2] is None), order[0])
 
 
 def segment(
     source: Path,
-    method: str = "mog2",
+    method: str = "adaptive",
     learn_frames: int = 20,
     background: Path | None = None,
     min_area: int = 400,
     history: int = 500,
+    learning_rate: float = 0.001,
 ) -> Segmented:
     """Silhouettes of the walker in ``source`` (a video or a folder of frames); see the module's
     docstring. With ``background`` (an image of the empty scene) nothing is learned from the
     frames first; otherwise the first ``learn_frames`` frames (which should show the empty
-    scene) only teach the background."""
-    sub = _subtractor(method, history)
+    scene) only teach the background. ``history`` and ``learning_rate`` are those of OpenCV's
+    subtractors (:class:`OpenCV`). The tracked walker (its place, size and blob, which the
+    model does not learn) is forgotten after ``FORGET`` frames without it, and three size jumps
+    in a row are taken as its new size (the earlier blobs were the wrong ones)."""
+    model = Adaptive() if method == "adaptive" else OpenCV(method, history, learning_rate)
     found = Segmented()
     if background is not None:
         img = cv2.imread(str(background), cv2.IMREAD_COLOR)
         if img is None:
             raise SegmentError(f"{background} cannot be decoded as an image")
-        for _ in range(10):
-            sub.apply(img, learningRate=1.0 if _ == 0 else 0.5)
+        model.teach_image(img)
         learn_frames = 0
-    previous = None
+    previous, last, recent, jumps, unseen = None, None, [], 0, 0
     for index, img in enumerate(read_frames(source)):
         found.read += 1
         if index < learn_frames:
-            sub.apply(img)
+            model.teach(img)
             found.learned += 1
             continue
-        fg = sub.apply(img, learningRate=0.001)  # the walker must not become background
-        walker, previous = pick_walker(clean_mask(fg), min_area, previous)
-        if walker is None:
+        fg, changed = model.foreground(img)
+        walker, problem = None, CHANGED
+        if not changed:
+            mask = clean_mask(fg, shadows=model.keeps_shadows)
+            shadows = fg if model.keeps_shadows else None
+            walker, centre, problem = pick_walker(mask, min_area, previous, recent, shadows)
+        unseen += 1
+        if walker is not None and problem is None:
+            found.masks.append((index, walker))
+            recent = (recent + [cv2.countNonZero(walker)])[-SIZE_MEMORY:]
+            previous, last, jumps, unseen = centre, walker, 0, 0
+        elif problem is None:
             found.skipped += 1
         else:
-            found.masks.append((index, walker))
+            found.reject(problem)
+            jumps = jumps + 1 if problem == "size jump" else 0
+        # The model learns the frame except where the walker was last seen; a frame that changed
+        # whole, or whose "walker" covers most of it, is taken as the scene anew.
+        model.learn(last, changed=problem in (CHANGED, "covers most of the frame"))
+        if unseen >= FORGET:
+            previous, last, recent = None, None, []
+        if jumps == 3:
+            recent, jumps = [], 0
     if not found.masks:
         what = "no frame after the learned ones" if found.read <= learn_frames else "no walker"
         raise SegmentError(
@@ -209,6 +718,45 @@ def segment(
             "a fixed camera with the empty scene first, or --background, is needed"
         )
     return found
+
+
+#: When to doubt a segmentation (:func:`doubts`): the kept silhouettes' area changes by more than
+#: SIZE_STEP times from one kept frame to the next in more than JUMPY of the steps.
+SIZE_STEP, JUMPY = 1.5, 0.1
+
+
+def doubts(found: Segmented) -> list[str]:
+    """Why the silhouettes of :func:`segment` may not be the walker's, one line each (none when
+    nothing looks wrong): more frames rejected than kept, or their sizes jumping from frame to
+    frame (more than ``JUMPY`` of the steps change the area by over ``SIZE_STEP`` times).
+
+    Parameters
+    ----------
+    found : Segmented
+        What :func:`segment` found.
+
+    Returns
+    -------
+    list of str
+    """
+    lines = []
+    rejected = sum(found.rejected.values())
+    if rejected > len(found.masks):
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(found.rejected.items()))
+        lines.append(
+            f"{rejected} frames were rejected and only {len(found.masks)} kept ({why}): the "
+            "background model may not fit this video"
+        )
+    areas = np.array([cv2.countNonZero(m) for _, m in found.masks], float)
+    if len(areas) > 2:
+        steps = np.maximum(areas[1:], 1) / np.maximum(areas[:-1], 1)
+        jumps = int(((steps > SIZE_STEP) | (steps < 1 / SIZE_STEP)).sum())
+        if jumps > JUMPY * len(steps):
+            lines.append(
+                f"the silhouettes' sizes jump by over {SIZE_STEP:g} times in {jumps} of "
+                f"{len(steps)} steps between kept frames: they may not all be the walker"
+            )
+    return lines
 
 
 PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".mp4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from gaitprep.errors import GaitError
 from gaitprep.layout import IMAGE_EXTENSIONS, RawSequence
 from gaitprep.normalize import normalize_frame
 from gaitprep.process import Params, process_sequence
-from gaitprep.segment import segment
+from gaitprep.segment import doubts, segment
 from gaittrain.data.dataset import shape_frames, to_model_input
 from gaittrain.evaluation.embed import ensure_embeddings
 from gaittrain.evaluation.embeddings_file import read_embeddings
@@ -174,8 +175,13 @@ def embed_folder(folder: Path, model, cfg, params: Params, device) -> tuple[torc
 
 def _embed_video(path: Path, model, cfg, params: Params, device) -> tuple[torch.Tensor, dict]:
     """:func:`embed_folder` of a video: the walker's silhouettes (`gait segment`'s defaults),
-    each normalized as `gait prep` would."""
+    each normalized as `gait prep` would. Where the segmentation is in doubt (most frames
+    rejected, sizes jumping: :func:`gaitprep.segment.doubts`), a UserWarning says so and the
+    result's ``warnings`` list the reasons."""
     found = segment(path)
+    unsure = [f"{path}: {line}; the answer may be wrong" for line in doubts(found)]
+    for line in unsure:
+        warnings.warn(line, stacklevel=2)
     kept = [
         normalize_frame(m, params.size, params.min_sum, params.binarize, params.largest_blob)[0]
         for _, m in found.masks
@@ -183,7 +189,13 @@ def _embed_video(path: Path, model, cfg, params: Params, device) -> tuple[torch.
     kept = [f for f in kept if f is not None]
     if not kept:
         raise IdentifyError(f"no silhouette of {path} has enough foreground to normalize")
-    info = {"frames_read": found.read, "frames_used": len(kept), "frames_unreadable": []}
+    info = {
+        "frames_read": found.read,
+        "frames_used": len(kept),
+        "frames_unreadable": [],
+        "frames_rejected": sum(found.rejected.values()),
+        "warnings": unsure,
+    }
     return _embed_frames(np.stack(kept), model, cfg, device), info
 
 

@@ -1,0 +1,243 @@
+"""`gait segment` on a camera that misbehaves (issue 26), measured against the true masks.
+
+Short, small renders of `gait synth video` (160 x 120, 20 empty frames then 30 of the walk, the
+first 10 learned from), one condition at a time, as bench/segment_bench.py varies them; the
+held-out scene is the bench's own, made apart from `gait synth video`. The floors are the
+figures measured here (in the comments) less a margin, not values tuned to pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gaitprep.segment import (
+    CHANGED,
+    Segmented,
+    SegmentError,
+    doubts,
+    person_problem,
+    segment,
+    write_mp4,
+)
+from gaitprep.synth.artifacts import Artifacts
+from gaitprep.synth.sequence import SequenceSpec, render_sequence
+from gaitprep.synth.video import Conditions, render_video
+from tests.cli import ROOT, gait
+
+SIZE, EMPTY, WALK, LEARN = (160, 120), 20, 30, 10
+
+
+def _bench():
+    """bench/segment_bench.py as a module (its held-out scene and its scoring)."""
+    spec = importlib.util.spec_from_file_location(
+        "segment_bench", ROOT / "bench" / "segment_bench.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _bench()
+
+
+def run(video: np.ndarray, masks: np.ndarray, folder: Path, **options) -> tuple[Segmented, dict]:
+    """Segment ``video`` (written as mp4 into ``folder``) and score it: mean IoU over the frames
+    with a walker, and the false walkers among the empty frames after the learned ones."""
+    path = folder / "walk.mp4"
+    write_mp4(path, video)
+    try:
+        found = segment(path, learn_frames=LEARN, **options)
+    except SegmentError:
+        found = None
+    s = BENCH.score(found, masks, LEARN)
+    return found, {"iou": float(np.mean(s["ious"])), "false": s["false"], "empty": s["empty"]}
+
+
+def synth(subject: int = 1, condition: str = "nm", view: int = 90, **conditions):
+    return render_video(subject, condition, 1, view, WALK, SIZE, 0, EMPTY, Conditions(**conditions))
+
+
+@pytest.mark.parametrize(
+    "options, floor",
+    [
+        ({}, 0.90),  # measured 0.942
+        ({"drift": 0.2}, 0.90),  # 0.950
+        ({"drift": -0.3}, 0.87),  # 0.922
+        ({"jumps": 2}, 0.88),  # 0.934 (at frames 38 and 49, during the walk)
+        ({"colour_drift": 0.2}, 0.88),  # 0.935
+        ({"contrast": 0.25}, 0.84),  # 0.892: clothes 21 grey levels from the scene's colour
+        ({"noise": 15.0}, 0.90),  # 0.953
+        ({"lamps": 2}, 0.89),  # 0.944
+        ({"shadow": 0.4, "distractors": 3, "drift": 0.2}, 0.83),  # 0.888
+    ],
+    ids=lambda v: str(v) if isinstance(v, dict) else None,
+)
+def test_the_adaptive_model_holds_under_one_condition(options, floor, tmp_path: Path) -> None:
+    found, s = run(*synth(**options), tmp_path)
+    print(f"{options}: mean IoU {s['iou']:.3f}, {s['false']} false of {s['empty']} empty")
+    assert s["iou"] >= floor
+    assert s["false"] == 0 and s["empty"] == EMPTY - LEARN
+
+
+def test_what_failed_before_holds_now(tmp_path: Path) -> None:
+    """The brightness rising 40 % over the clip: today's method (MOG2 learning at 0.001 after
+    the learned frames) loses the walker (IoU 0.000 here: every frame is foreground and
+    rejected), the adaptive model keeps it (0.953)."""
+    video, masks = synth(drift=0.4)
+    _, before = run(video, masks, tmp_path, method="mog2")
+    _, after = run(video, masks, tmp_path, method="adaptive")
+    print(f"drift +40 %: mog2 {before['iou']:.3f}, adaptive {after['iou']:.3f}")
+    assert before["iou"] < 0.3 and after["iou"] >= 0.9 and after["false"] == 0
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_the_held_out_scene_meets_the_target(i: int, tmp_path: Path) -> None:
+    """The bench's held-out scene (stripes and blotches, noise σ 4, a swaying pole, the walker's
+    shadow, brightness +20 % over the clip): the target is mean IoU >= 0.85 and no silhouette
+    in an empty frame (measured 0.912 and 0.901)."""
+    condition, view = BENCH.RECORDINGS[i]
+    spec = SequenceSpec("casia-b", 11 + i, condition, 1, view, WALK, *SIZE, 0, Artifacts.none())
+    video, masks = BENCH.held_out_video(render_sequence(spec), EMPTY, i)
+    _, s = run(video, masks, tmp_path)
+    print(f"held-out {i}: mean IoU {s['iou']:.3f}, {s['false']} false of {s['empty']} empty")
+    assert s["iou"] >= 0.85 and s["false"] == 0
+
+
+def _light_switched(video: np.ndarray, at: int) -> np.ndarray:
+    """``video`` with, from frame ``at`` on, its left half 50 % brighter and its right half 20 %
+    darker: a change no gain smooth across the image undoes."""
+    out = video.astype(np.float64)
+    half = video.shape[2] // 2
+    out[at:, :, :half] *= 1.5
+    out[at:, :, half:] *= 0.8
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("at, floor", [(15, 0.88), (35, 0.80)])  # measured 0.936, 0.866
+def test_a_switched_light_is_relearned_not_a_walker(at: int, floor: float, tmp_path) -> None:
+    """The frame where the light changes is rejected and counted (the model takes it as the new
+    scene), no empty frame gets a silhouette; switched while the walker is in view, the part of
+    the scene it hides is guessed from the light around it."""
+    video, masks = synth()
+    found, s = run(_light_switched(video, at), masks, tmp_path)
+    print(f"light switched at {at}: mean IoU {s['iou']:.3f}, rejected {found.rejected}")
+    assert found.rejected.get(CHANGED) == 1
+    assert s["false"] == 0 and s["iou"] >= floor
+
+
+def test_gait_segment_prints_what_it_rejected(tmp_path: Path) -> None:
+    """A flash (one frame of another scene) in the walk, and a wide thing crossing instead of
+    the walker for a while: each rejected frame is counted by reason in the summary line."""
+    video, masks = synth()
+    video = video.copy()
+    video[40] = 255 - video[40]  # a flash
+    for t in range(45, 50):  # the walker replaced by something lying down
+        video[t] = video[5]
+        cv2.rectangle(video[t], (10 + 4 * t - 180, 80), (70 + 4 * t - 180, 100), (20, 20, 20), -1)
+    path = tmp_path / "walk.mp4"
+    write_mp4(path, video)
+    r = gait("segment", path, tmp_path / "sil", "--learn-frames", LEARN)
+    assert r.exit_code == 0, r.output
+    line = r.output.strip().splitlines()[0]
+    assert f"1 {CHANGED}" in line and "5 not shaped like a person" in line, line
+    assert "rejected" in line and len(list((tmp_path / "sil").iterdir())) == WALK - 6
+
+
+def test_a_person_is_tall_not_huge_and_of_a_steady_size() -> None:
+    frame = np.zeros((120, 160), np.uint8)
+    person = frame.copy()
+    person[30:100, 60:85] = 255
+    assert person_problem(person, []) is None
+    lying = frame.copy()
+    lying[80:100, 20:90] = 255
+    assert person_problem(lying, []) == "not shaped like a person"
+    pole = frame.copy()
+    pole[0:120, 10:30] = 255  # as tall as the frame: not a whole person
+    assert person_problem(pole, []) == "not shaped like a person"
+    assert person_problem(np.full_like(frame, 255), []) == "covers most of the frame"
+    area = int((person > 0).sum())
+    assert person_problem(person, [area // 3] * 5) == "size jump"
+    assert person_problem(person, [area] * 5) is None
+
+
+def _found(areas: list[int], rejected: dict) -> Segmented:
+    masks = []
+    for i, a in enumerate(areas):
+        m = np.zeros((100, 100), np.uint8)
+        m[: a // 10, :10] = 255
+        masks.append((i, m))
+    return Segmented(masks=masks, read=len(areas), rejected=rejected)
+
+
+def test_doubts_say_when_not_to_trust_the_silhouettes() -> None:
+    assert doubts(_found([600, 620, 640, 610, 600], {})) == []
+    assert doubts(_found([600, 620], {"size jump": 1})) == []
+    (line,) = doubts(_found([600, 620], {"not shaped like a person": 3}))
+    assert "3 frames were rejected and only 2 kept" in line
+    (line,) = doubts(_found([300, 600, 300, 600, 300, 600], {}))
+    assert "sizes jump" in line and "5 of 5 steps" in line
+
+
+def test_synth_video_conditions_are_seeded(tmp_path: Path) -> None:
+    """The same arguments give the same bytes (video and masks); the seed changes them; a
+    value out of range is refused before anything is written."""
+    args = ["--frames", 8, "--empty", 4, "--size", "96x72", "--drift", 0.3, "--jumps", 1]
+    args += ["--colour-drift", -0.1, "--noise", 6, "--contrast", 0.5, "--shadow", 0.4]
+    args += ["--distractors", 3, "--lamps", 1]
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        r = gait("synth", "video", tmp_path / f"{name}.mp4", *args, "--seed", seed)
+        assert r.exit_code == 0, r.output
+
+    def content(name: str) -> list[bytes]:
+        masks = sorted((tmp_path / f"{name}.mp4.masks").iterdir())
+        return [(tmp_path / f"{name}.mp4").read_bytes()] + [p.read_bytes() for p in masks]
+
+    assert content("a") == content("b") != content("c")
+    assert len(content("a")) == 1 + 12
+    r = gait("synth", "video", tmp_path / "d.mp4", "--drift", 0.5)
+    assert r.exit_code == 2 and "--drift" in r.output and not (tmp_path / "d.mp4").exists()
+
+
+def test_the_plain_scene_is_the_default() -> None:
+    """Conditions() is the scene `gait synth video` made before it had conditions."""
+    a, _ = render_video(2, "bg", 1, 90, 4, SIZE, 5, 2)
+    b, _ = render_video(2, "bg", 1, 90, 4, SIZE, 5, 2, Conditions(drift=0.0, noise=3.0))
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="shadow"):
+        Conditions(shadow=0.9)
+
+
+def test_identify_warns_when_the_silhouettes_are_in_doubt(quick_run, tmp_path: Path) -> None:
+    """A video where, after a few frames of the walker, something lying down crosses instead:
+    most frames are rejected, and identify says so (a UserWarning, and ``warnings`` in its
+    result) rather than answering silently."""
+    from gaitprep.process import Params
+    from gaittrain.device import resolve_device
+    from gaittrain.inference.identify import embed_folder
+    from gaittrain.trained_model import load_model
+
+    video, masks = synth()
+    video = video.copy()
+    for t in range(EMPTY + 6, EMPTY + WALK):
+        video[t] = video[5]
+        x = 4 * t - 100
+        cv2.rectangle(video[t], (x, 80), (x + 60, 100), (20, 20, 20), -1)
+    path = tmp_path / "walk.mp4"
+    write_mp4(path, video)
+    device = resolve_device("cpu")
+    trained = load_model(quick_run, device)
+    with pytest.warns(UserWarning, match="rejected and only 6 kept"):
+        _, info = embed_folder(path, trained.model, trained.cfg, Params(), device)
+    assert info["frames_rejected"] > 6 and len(info["warnings"]) == 1
+    plain = tmp_path / "plain.mp4"
+    write_mp4(plain, synth()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a video without trouble
+        _, info = embed_folder(plain, trained.model, trained.cfg, Params(), device)
+    assert info["warnings"] == [] and info["frames_rejected"] == 0
