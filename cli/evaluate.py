@@ -8,14 +8,19 @@ from pathlib import Path
 
 import click
 
+from gaitcli.score import wild_options
 from gaitprep.errors import GaitError, first_line
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.data.splits import select
 from gaittrain.device import resolve_device, setup, teardown
+from gaittrain.evaluation.cost import PRECISIONS
 from gaittrain.evaluation.embed import embed_pack
 from gaittrain.evaluation.embeddings_file import DEFAULT_STORAGE, STORAGES
 from gaittrain.evaluation.run_eval import evaluate_run, memory_size, render_report
+from gaittrain.evaluation.score import PROTOCOLS as WILD_PROTOCOLS
+from gaittrain.evaluation.score import summary as wild_summary
+from gaittrain.evaluation.wild_run import evaluate_wild
 from gaittrain.inference.identify import gallery_embeddings, identify, valid_threshold
 from gaittrain.run_folder import default_embeddings, run_folder
 from gaittrain.trained_model import load_model
@@ -98,7 +103,9 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device, storage) -> N
     "--protocol",
     default="casia-b-lt",
     show_default=True,
-    help="Protocol name (gaittrain/protocols; casia-b is casia-b-lt) or a YAML file.",
+    help="Protocol name (gaittrain/protocols; casia-b is casia-b-lt) or a YAML file; or an "
+    "in-the-wild protocol, gait3d, grew, grew-submission, ccpg or hid, scored as `gait score` "
+    "scores it (a pack of that dataset; report json or html).",
 )
 @click.option("--test-subjects", metavar="SEL", help="Test subjects instead of the protocol's.")
 @click.option(
@@ -144,16 +151,25 @@ def embed_cmd(checkpoint, pack, out, subjects, max_frames, device, storage) -> N
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8", "auto"]),
+    type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
     help="How distances are computed; every choice gives the same figures. fp32: float32 "
     "products. int8: int8 products with an error bound, every pair the result depends on "
-    "re-checked in float64 (euclidean only; on CPUs with AVX-512 VNNI and a C compiler, "
-    "fused native kernels: OU-MVLP 4x float32's speed on 2 cores). auto: int8 for "
-    "large galleries (OU-MVLP) where the device is fast at it.",
+    "re-checked in float64 (on CPUs with AVX-512 VNNI and a C compiler, fused native "
+    "kernels). lowrank: float32 products of each part projected onto the gallery's top "
+    "principal directions, bounded and re-checked the same way (any CPU or GPU). int8 and "
+    "lowrank compute the euclidean metric only. auto: for large galleries (OU-MVLP), the "
+    "path predicted fastest by a calibration of this machine, kept in $GAIT_CACHE.",
 )
 @STORAGE
+@wild_options
+@click.option(
+    "--save-inputs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="In-the-wild protocols: also write the scored embeddings, labels, types and views as "
+    "`gait score`'s inputs .npz (OpenGait's layout [n, c, p]).",
+)
 def eval_cmd(
     run,
     pack,
@@ -168,6 +184,11 @@ def eval_cmd(
     device,
     precision,
     storage,
+    partition,
+    rerank,
+    submission,
+    distractors,
+    save_inputs,
 ) -> None:
     """Evaluate RUN (a run folder or checkpoint) on PACK by a published protocol.
 
@@ -176,10 +197,48 @@ def eval_cmd(
     unchanged (otherwise they are computed again, saying why). Prints the NM/BG/CL summary;
     --report html writes a self-contained page; --out - writes the report to stdout and
     everything else to stderr.
+
+    The in-the-wild protocols (--protocol gait3d, grew, grew-submission, ccpg, hid) embed the
+    test sequences of a pack of their dataset the same way and score them as `gait score`
+    does, into the same report (json or html) and submission CSV.
     """
-    if precision == "int8" and metric != "euclidean":
+    if protocol in WILD_PROTOCOLS:
+        out = out or run_folder(run) / f"report.{fmt}"
+        report = evaluate_wild(
+            run,
+            pack,
+            protocol,
+            out,
+            fmt,
+            metric,
+            partition=partition,
+            rerank=rerank,
+            submission=submission,
+            distractors=distractors,
+            inputs=save_inputs,
+            test_subjects=test_subjects,
+            max_memory=max_memory,
+            max_frames=max_frames,
+            device=resolve_device(device),
+            storage=storage,
+            notify=lambda line: click.echo(line, err=True),
+            include_identical=include_identical,
+            precision=precision,
+        )
+        for line in wild_summary(report):
+            click.echo(line)
+        for path in (out, submission, save_inputs):
+            if path is not None:
+                click.echo(f"wrote {path}")
+        return
+    if partition or rerank or submission or distractors or save_inputs:
+        raise click.UsageError(
+            "--partition, --rerank, --submission, --distractors and --save-inputs are for "
+            f"the in-the-wild protocols ({', '.join(WILD_PROTOCOLS)}), not {protocol}"
+        )
+    if precision in ("int8", "lowrank") and metric != "euclidean":
         raise click.BadParameter(
-            "int8 computes the euclidean metric only", param_hint="--precision"
+            f"{precision} computes the euclidean metric only", param_hint="--precision"
         )
     to_stdout = out == Path("-")
     out = out or run_folder(run) / f"report.{fmt}"

@@ -21,6 +21,7 @@ from gaitcli.gallery import gallery_group
 from gaitcli.import_checkpoint import import_checkpoint_cmd
 from gaitcli.kernels import build_kernels_cmd
 from gaitcli.pack import inspect_cmd, pack_group
+from gaitcli.partition import import_partition_cmd
 from gaitcli.prep import prep
 from gaitcli.score import score_cmd
 from gaitcli.segment import segment_cmd
@@ -84,12 +85,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
       gait pack     merge the shards of a `gait prep --shard` job array
       gait train    train a set-based model with the Center-ranked loss (CPU, CUDA, DDP)
       gait embed    embed the sequences of a pack with a trained model
-      gait eval     protocol numbers (per-view rank-1, CMC, mAP) and reports (html, json, csv)
+      gait eval     protocol numbers (per-view rank-1, CMC, mAP; Gait3D, GREW, CCPG, HID) and
+                    reports (html, json, csv)
       gait score    Gait3D, GREW, CCPG, HID figures (and submissions) from saved embeddings
       gait build-kernels  the native int8 kernels of gait eval (make install runs it)
       gait identify rank the gallery subjects for one raw sequence folder
       gait gallery  enrol named people for identify (add, list, remove)
       gait import-checkpoint  an OpenGait GaitSet / GaitBase checkpoint as a gait run folder
+      gait import-partition   an OpenGait partition file (Gait3D.json) as a gait protocol file
       gait study    a grid of runs from YAML: train, evaluate, compare across seeds
       gait configs  the shipped configs and studies by name (list, show)
       gait export   a trained model as ONNX, checked against PyTorch
@@ -109,6 +112,7 @@ cli.add_command(score_cmd)
 cli.add_command(build_kernels_cmd)
 cli.add_command(identify_cmd)
 cli.add_command(import_checkpoint_cmd)
+cli.add_command(import_partition_cmd)
 cli.add_command(study_cmd)
 cli.add_command(configs_group)
 cli.add_command(export_cmd)

@@ -1,8 +1,10 @@
-"""int8 distances re-checked to exact (gaittrain.evaluation.certified) against float32 and
-float64 computations of the same embeddings."""
+"""int8 and low-rank distances re-checked to exact (gaittrain.evaluation.certified,
+gaittrain.evaluation.lowrank) against float32 and float64 computations of the same
+embeddings."""
 
 from __future__ import annotations
 
+import doctest
 import json
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaittrain.evaluation import certified, native
+from gaittrain.evaluation import certified, lowrank, native
 from gaittrain.evaluation.metrics import _match_table, retrieve
 from gaittrain.evaluation.ranking import match_ranks, score_ranks
 from tests.cli import subprocess_env
@@ -21,7 +23,8 @@ from tests.cli import subprocess_env
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Each test runs through the native kernels (where this CPU can build them) and through
-    PyTorch (:func:`torch._int_mm` and tensor operations)."""
+    PyTorch (:func:`torch._int_mm` and tensor operations; for the low-rank path, the
+    re-check and the selection of candidates)."""
     if request.param == "native":
         request.getfixturevalue("kernels")
     if request.param == "torch":
@@ -29,12 +32,38 @@ def path(request, monkeypatch):
     return request.param
 
 
-def structured(n_subjects, per_subject, parts, dim, noise, seed):
-    """Embeddings of subjects (a mean each, plus noise per sequence) and their ids."""
+#: The certified paths every equality test runs.
+CERTIFIED = ["int8", "lowrank"]
+
+
+@pytest.fixture
+def fallbacks(monkeypatch) -> list:
+    """Whether each block a certified path ranked was computed whole in float64 (its bound
+    left too much open), in order."""
+    certify, found = certified.certify, []
+
+    def spy(*args):
+        ranked = certify(*args)
+        found.append(ranked.fallback)
+        return ranked
+
+    monkeypatch.setattr(certified, "certify", spy)
+    return found
+
+
+def structured(n_subjects, per_subject, parts, dim, noise, seed, rank=None):
+    """Embeddings of subjects (a mean each, plus noise per sequence) and their ids; with
+    ``rank``, means and noise lie in ``rank`` directions of each part (as a trained model's
+    nearly do)."""
     g = torch.Generator().manual_seed(seed)
-    means = torch.randn(n_subjects, parts, dim, generator=g)
+    if rank is not None:  # the directions of a seed, whatever the sizes
+        basis = torch.linalg.qr(torch.randn(parts, dim, rank, generator=g))[0]
+    width = dim if rank is None else rank
     ids = np.repeat(np.arange(n_subjects), per_subject)
-    x = means[ids] + noise * torch.randn(len(ids), parts, dim, generator=g)
+    means = torch.randn(n_subjects, parts, width, generator=g)
+    x = means[ids] + noise * torch.randn(len(ids), parts, width, generator=g)
+    if rank is not None:
+        x = torch.einsum("npr,pdr->npd", x, basis) * (dim / rank) ** 0.5
     return x, ids
 
 
@@ -55,14 +84,17 @@ def same(a, b):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", CERTIFIED)
+@pytest.mark.parametrize("rank", [None, 6], ids=["full-rank", "rank-6"])
 @pytest.mark.parametrize("noise", [0.5, 1.0, 3.0])
-def test_int8_equals_fp32_and_float64(noise, path):
+def test_certified_equals_fp32_and_float64(noise, rank, precision, path, fallbacks):
     """Easy to hopeless (the last: rank-1 near chance, most pairs open, blocks computed whole
-    in float64)."""
-    gallery, g_ids = structured(150, 2, 8, 64, noise, seed=0)
-    probe, p_ids = structured(150, 1, 8, 64, noise, seed=0)
+    in float64), on full-rank embeddings and on a gallery of rank 6 per part (the probes' noise
+    is full-rank: the low-rank bound needs only one side's residual to be small)."""
+    gallery, g_ids = structured(150, 2, 8, 64, noise, seed=0, rank=rank)
+    probe, p_ids = structured(150, 1, 8, 64, noise, seed=0, rank=rank)
     probe = probe + noise * torch.randn(probe.shape, generator=torch.Generator().manual_seed(1))
-    fast = retrieve(probe, p_ids, gallery, g_ids, precision="int8", max_memory=4 << 20)
+    fast = retrieve(probe, p_ids, gallery, g_ids, precision=precision, max_memory=4 << 20)
     slow = retrieve(probe, p_ids, gallery, g_ids, precision="fp32")
     same(fast, slow)
     ref = reference64(probe, p_ids, gallery, g_ids)
@@ -72,17 +104,27 @@ def test_int8_equals_fp32_and_float64(noise, path):
         assert fast.cmc(1)[0] > 0.9
     if noise == 3.0:
         assert fast.cmc(1)[0] < 0.1
+    if precision == "lowrank" and rank is not None and noise < 3.0:
+        assert fallbacks and not any(fallbacks)  # the bound decided, a few pairs re-checked
 
 
 @pytest.mark.slow
-def test_near_ties_and_duplicates(path):
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_near_ties_and_duplicates(precision, path, fallbacks):
     """Adversarial galleries: each probe's nearest sequence has near-twins of other subjects
-    whose distances differ by 1e-6 .. 1e-3 relative (far inside the int8 error, beyond float32
-    rounding), and exact duplicates (ties, broken by gallery order)."""
+    whose distances differ by 1e-6 .. 1e-3 relative (far inside the int8 error and the
+    low-rank bound, beyond float32 rounding), and exact duplicates (ties, broken by gallery
+    order); the embeddings lie in 8 directions of each part's 64 (so that the low-rank path's
+    bound decides, without computing blocks whole)."""
     g = torch.Generator().manual_seed(3)
     parts, dim, n = 6, 64, 40
-    base = torch.randn(n, parts, dim, generator=g)
-    probe = base + 0.3 * torch.randn(n, parts, dim, generator=g)
+    turn = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(4)))[0]
+
+    def low_rank(x):  # x in 8 directions of each part, turned by a rotation of their own
+        return torch.nn.functional.pad(x[..., :8], (0, dim - 8)) @ turn * (dim / 8) ** 0.5
+
+    base = low_rank(torch.randn(n, parts, dim, generator=g))
+    probe = base + 0.3 * low_rank(torch.randn(n, parts, dim, generator=g))
     twins, twin_ids = [base], [np.arange(n)]
     for k, eps in enumerate([1e-3, 1e-4, 1e-5, 1e-6]):
         # a twin just beyond (or just inside) the original's distance
@@ -96,7 +138,9 @@ def test_near_ties_and_duplicates(path):
     g_ids = np.concatenate(twin_ids)
     perm = torch.randperm(len(gallery), generator=g)
     gallery, g_ids = gallery[perm], g_ids[perm.numpy()]
-    fast = retrieve(probe, np.arange(n), gallery, g_ids, precision="int8")
+    others = low_rank(torch.randn(300, parts, dim, generator=g))  # a gallery of some size
+    gallery, g_ids = torch.cat([gallery, others]), np.concatenate([g_ids, 20000 + np.arange(300)])
+    fast = retrieve(probe, np.arange(n), gallery, g_ids, precision=precision)
     ref = reference64(probe, np.arange(n), gallery, g_ids)
     np.testing.assert_array_equal(fast.first, ref[0])
     np.testing.assert_array_equal(fast.nearest, ref[3])
@@ -106,12 +150,13 @@ def test_near_ties_and_duplicates(path):
     # float32 agrees wherever the gaps exceed its rounding (all but the 1e-6 twins)
     agree = np.mean(slow.nearest == fast.nearest)
     assert agree >= 0.9
+    if precision == "lowrank":
+        assert fallbacks and not any(fallbacks)
 
 
-@pytest.mark.parametrize("levels", [1, 2])
-def test_bound_holds_for_every_pair(levels, path):
-    """|D~ - D| <= tau for every pair, including zero parts, tiny and huge scales, with one
-    int8 level and two, 35 probes (not a whole number of the native kernel's tiles)."""
+def extremes() -> tuple[torch.Tensor, torch.Tensor]:
+    """35 probes and 35 gallery sequences of 5 parts x 32: zero sequences and parts, tiny and
+    huge scales, a distance of 0, one large coordinate per part (a coarse int8 scale)."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(70, 5, 32, generator=g)
     x[3] = 0.0
@@ -122,6 +167,14 @@ def test_bound_holds_for_every_pair(levels, path):
     x[9, :, 0] = 50.0  # one large coordinate per part: a coarse scale
     probe, gallery = x[:35], x[35:].clone()
     gallery[0] = probe[7]
+    return probe, gallery
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_bound_holds_for_every_pair(levels, path):
+    """|D~ - D| <= tau for every pair of :func:`extremes`, with one int8 level and two, 35
+    probes (not a whole number of the native kernel's tiles)."""
+    probe, gallery = extremes()
     p_q, g_q = certified.quantize(probe, True), certified.quantize(gallery, False)
     assert p_q.packed == g_q.packed == (path == "native")
     approx, tau = certified.approximate(p_q, g_q, len(gallery), levels)
@@ -130,6 +183,72 @@ def test_bound_holds_for_every_pair(levels, path):
     assert bool((err <= tau.double()).all()), float((err - tau.double()).max())
     useful = 0.05 if levels == 1 else 0.002
     assert float((tau / approx.clamp_min(1e-6))[10:].median()) < useful  # and is useful
+
+
+@pytest.mark.parametrize("storage", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rank", [1, None, 32], ids=["rank-1", "chosen", "whole-dim"])
+def test_lowrank_bound_holds_for_every_pair(rank, storage):
+    """lower <= D <= upper for every pair of :func:`extremes` (stored in float32 or float16)
+    whatever the rank: 1 (most of every part left out), the one chosen from the spectrum, and
+    the whole width; and the bound is tight where the gallery is low-rank."""
+    probe, gallery = (x.to(storage) for x in extremes())
+    basis = lowrank.fit(gallery, rank)
+    assert basis.rank == (rank or 8) and basis.epsilon < 1e-5
+    lower, upper = lowrank.interval(
+        lowrank.project(probe, basis, True), lowrank.project(gallery, basis, False)
+    )
+    exact = certified.exact_block(probe, gallery)
+    assert lower.shape == upper.shape == exact.shape
+    assert bool((lower.double() <= exact).all()), float((lower.double() - exact).max())
+    assert bool((exact <= upper.double()).all()), float((exact - upper.double()).max())
+    gallery, _ = structured(60, 1, 5, 32, 0.0, seed=2, rank=6)  # rank 6: all of it kept
+    probe, _ = structured(35, 1, 5, 32, 0.3, seed=2, rank=6)  # near the first 35
+    probe, gallery = probe.to(storage), gallery.to(storage)
+    basis = lowrank.fit(gallery)
+    lower, upper = lowrank.interval(
+        lowrank.project(probe, basis, True), lowrank.project(gallery, basis, False)
+    )
+    exact = certified.exact_block(probe, gallery)
+    assert bool(((lower.double() <= exact) & (exact <= upper.double())).all())
+    assert float(((upper - lower) / (upper + lower)).median()) < 1e-4  # and is useful
+
+
+def test_lowrank_examples():
+    found = doctest.testmod(lowrank)
+    assert found.failed == 0 and found.attempted >= 5
+
+
+@pytest.mark.slow
+def test_lowrank_on_full_rank_noise_is_still_exact(path, fallbacks):
+    """Independent Gaussian embeddings: every direction is worth as much as another, the
+    largest rank (dim / 4) leaves three quarters of the energy out, the bound certifies little
+    and blocks are computed whole in float64: slower, and still the float64 figures."""
+    g = torch.Generator().manual_seed(7)
+    gallery, probe = torch.randn(400, 4, 64, generator=g), torch.randn(100, 4, 64, generator=g)
+    g_ids, p_ids = np.arange(400) // 2, np.arange(100) * 2
+    basis = lowrank.fit(gallery)
+    assert basis.rank == 16 and basis.residual > 0.5
+    fast = retrieve(probe, p_ids, gallery, g_ids, precision="lowrank", max_memory=1 << 20)
+    ref = reference64(probe, p_ids, gallery, g_ids)
+    np.testing.assert_array_equal(fast.first, ref[0])
+    np.testing.assert_array_equal(fast.nearest, ref[3])
+    np.testing.assert_allclose(fast.ap, ref[1], atol=1e-12)
+    np.testing.assert_allclose(fast.inp, ref[2], atol=1e-12)
+    assert fallbacks and all(fallbacks)  # blocks computed whole
+
+
+def test_pytorch_recheck_is_exact_distances(monkeypatch):
+    """Without the kernels, the re-check (chunks of buffers made once) gives exact_distances'
+    float64 values bit for bit, float16 and float32 rows, a last chunk not whole."""
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    g = torch.Generator().manual_seed(12)
+    probe, gallery = torch.randn(30, 4, 32, generator=g), torch.randn(50, 4, 32, generator=g)
+    n = 3 * certified.RECHECK_CHUNK + 5
+    i, j = torch.randint(0, 30, (n,), generator=g), torch.randint(0, 50, (n,), generator=g)
+    for dtype in (torch.float16, torch.float32):
+        p, q = probe.to(dtype), gallery.to(dtype)
+        got = certified.exact_pairs(p, q, i, j)
+        assert torch.equal(got, certified.exact_distances(p[i], q[j]))
 
 
 def test_native_pieces_equal_their_pytorch_versions(kernels):
@@ -175,17 +294,6 @@ def test_native_build_is_cached_by_source(kernels, tmp_path, monkeypatch):
     assert outcome == "built" and second not in (None, first)
 
 
-def test_auto_takes_int8_only_where_it_pays():
-    from gaittrain.evaluation.metrics import AUTO_PAIRS, fast_int8, resolve_precision
-
-    assert resolve_precision("auto", "euclidean", "cpu", 10) == "fp32"
-    expected = "int8" if fast_int8(torch.device("cpu")) else "fp32"
-    assert resolve_precision("auto", "euclidean", "cpu", AUTO_PAIRS) == expected
-    assert resolve_precision("auto", "cosine", "cpu", AUTO_PAIRS) == "fp32"
-    with pytest.raises(ValueError, match="euclidean"):
-        resolve_precision("int8", "cosine", "cpu", 1)
-
-
 MEASURE = textwrap.dedent(
     """
     import json, sys, numpy as np, torch
@@ -195,11 +303,12 @@ MEASURE = textwrap.dedent(
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) * 1024
-    cap, precision = int(sys.argv[1]), sys.argv[2]
+    cap, precision, kept = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     g = torch.Generator().manual_seed(0)
     means = torch.randn(3000, 4, 64, generator=g)
     gallery = means + 0.5 * torch.randn(3000, 4, 64, generator=g)
     probe = means[:2000] + 0.5 * torch.randn(2000, 4, 64, generator=g)
+    gallery[..., kept:] = probe[..., kept:] = 0.0  # kept < 64: low-rank embeddings
     ids = np.arange(3000)
     retrieve(probe, ids[:2000], gallery, ids, precision=precision, max_memory=cap)  # warm-up
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current size
@@ -211,18 +320,21 @@ MEASURE = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-torch"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-torch", "lowrank", "lowrank-fullrank"])
 def test_distance_stage_stays_under_its_cap(precision, request):
     """Measured: the peak resident size while ranking 2,000 probes against 3,000 sequences
     grows by less than --max-memory plus a small constant (the full float64 matrix alone
     would take 48 MB). A fixed malloc mmap threshold returns freed blocks at once, so that the
-    peak counts live buffers, not what the allocator kept from earlier calls."""
+    peak counts live buffers, not what the allocator kept from earlier calls. The low-rank
+    path on embeddings of 12 directions per part (its bound decides) and on full-rank ones
+    (every block computed whole in float64)."""
     cap = 8 << 20
     if precision == "int8":  # through the kernels of the module's cache ($GAIT_CACHE)
         request.getfixturevalue("kernels")
     native_kernels = "0" if precision == "int8-torch" else "1"
+    kept = "12" if precision == "lowrank" else "64"
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(cap), precision.split("-")[0]],
+        [sys.executable, "-c", MEASURE, str(cap), precision.split("-")[0], kept],
         capture_output=True,
         text=True,
         env=subprocess_env(MALLOC_MMAP_THRESHOLD_="131072", GAIT_NATIVE=native_kernels),
@@ -237,12 +349,21 @@ def test_distance_stage_stays_under_its_cap(precision, request):
 
 
 @pytest.mark.cuda
-def test_int8_on_cuda_equals_float64() -> None:
-    """int8 tensor-core products (torch._int_mm on CUDA), re-checked: the float64 figures."""
-    gallery, g_ids = structured(300, 2, 8, 64, 1.0, seed=0)
-    probe, p_ids = structured(300, 1, 8, 64, 1.0, seed=0)
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_certified_on_cuda_equals_float64(precision) -> None:
+    """int8 tensor-core products (torch._int_mm on CUDA) and low-rank float32 products (TF32
+    turned off meanwhile, even where the caller turned it on), re-checked: the float64
+    figures."""
+    gallery, g_ids = structured(300, 2, 8, 64, 1.0, seed=0, rank=None if precision == "int8" else 6)
+    probe, p_ids = structured(300, 1, 8, 64, 1.0, seed=0, rank=None if precision == "int8" else 6)
     probe = probe + torch.randn(probe.shape, generator=torch.Generator().manual_seed(1))
-    fast = retrieve(probe.cuda(), p_ids, gallery.cuda(), g_ids, precision="int8")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed by the caller
+    try:
+        fast = retrieve(probe.cuda(), p_ids, gallery.cuda(), g_ids, precision=precision)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
     ref = reference64(probe, p_ids, gallery, g_ids)
     np.testing.assert_array_equal(fast.first, ref[0])
     np.testing.assert_array_equal(fast.nearest, ref[3])

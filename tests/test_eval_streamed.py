@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gaittrain.evaluation import native
+from gaittrain.evaluation import lowrank, native
 from gaittrain.evaluation.embed import stale_reason
 from gaittrain.evaluation.embeddings_file import (
     EmbeddingStore,
@@ -111,26 +111,36 @@ def test_a_store_evaluates_as_the_dict_it_holds(run) -> None:
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 def test_precisions_give_the_same_report(run, storage, built, monkeypatch) -> None:
-    """int8 through the native kernels where this machine builds them, else through PyTorch."""
+    """int8 through the native kernels where this machine builds them, else through PyTorch;
+    lowrank through PyTorch's products (its re-checks through the kernels where built)."""
     bounds, calls = native.bounds, []
     monkeypatch.setattr(native, "bounds", lambda *args: calls.append(1) or bounds(*args))
+    interval, projected = lowrank.interval, []
+    monkeypatch.setattr(lowrank, "interval", lambda p, g: projected.append(1) or interval(p, g))
     stored = ("--storage", storage)
     a = report(run["run"], run["pack"], run["run"] / "fp32.json", "--precision", "fp32", *stored)
     b = report(run["run"], run["pack"], run["run"] / "int8.json", "--precision", "int8", *stored)
-    assert a["storage"] == b["storage"] == storage
-    for group in a["conditions"]:
-        x, y = a["conditions"][group], b["conditions"][group]
-        assert x["cells"] == y["cells"] and x["cmc"] == y["cmc"]
-        assert x["mAP"] == pytest.approx(y["mAP"], abs=1e-6)  # float32 vs float64 rounding
-    assert a["failures"] == b["failures"]
-    assert bool(calls) == (built[0] is not None)
+    assert bool(calls) == (built[0] is not None) and not projected
+    c = report(run["run"], run["pack"], run["run"] / "low.json", "--precision", "lowrank", *stored)
+    assert projected
+    assert a["storage"] == b["storage"] == c["storage"] == storage
+    for other in (b, c):
+        for group in a["conditions"]:
+            x, y = a["conditions"][group], other["conditions"][group]
+            assert x["cells"] == y["cells"] and x["cmc"] == y["cmc"]
+            assert x["mAP"] == pytest.approx(y["mAP"], abs=1e-6)  # float32 vs float64 rounding
+        assert a["failures"] == other["failures"]
 
 
-def test_int8_with_a_cosine_metric_is_refused(run) -> None:
-    r = gait("eval", run["run"], "--pack", run["pack"], "--metric", "cosine", "--precision", "int8")
+@pytest.mark.parametrize("precision", ["int8", "lowrank"])
+def test_certified_paths_with_a_cosine_metric_are_refused(run, precision) -> None:
+    r = gait(
+        "eval", run["run"], "--pack", run["pack"], "--metric", "cosine", "--precision", precision
+    )
     assert r.exit_code == 2, r.output  # a usage error, before any work
     line = r.output.strip().splitlines()[-1]
     assert line.startswith("Error:") and "--precision" in line and "euclidean" in line
+    assert precision in line
 
 
 def test_rows_read_from_the_file_equal_hdf5_selections(run, tmp_path: Path) -> None:

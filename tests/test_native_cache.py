@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaittrain.evaluation import native
-from gaittrain.evaluation.metrics import AUTO_PAIRS, fast_int8, resolve_precision
+from gaittrain.evaluation import cost, native
+from gaittrain.evaluation.cost import fast_int8, resolve_precision
 from tests.cli import assert_one_line_error, copy_run, gait, subprocess_env
 
 COMPILER = os.environ.get("CC") or "cc"
@@ -167,8 +167,8 @@ def test_asking_whether_int8_can_run_never_compiles(cache: Path, monkeypatch) ->
     assert native.kernels() is None and not fast_int8(torch.device("cpu"))
     assert native.unavailable() == native.NOT_BUILT == "not built: run `gait build-kernels`"
     assert "(not built: run `gait build-kernels`)" in native.fallback_note("cpu")
-    assert resolve_precision("auto", "euclidean", "cpu", AUTO_PAIRS) == "fp32"
-    assert resolve_precision("int8", "euclidean", "cpu", 1) == "int8"
+    assert '"int8": false' in cost._key(torch.device("cpu"), 256)  # auto never times int8
+    assert resolve_precision("int8", "euclidean", "cpu", 1, 1, (62, 256)) == "int8"
     assert not cache.exists()
 
 

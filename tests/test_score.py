@@ -155,15 +155,11 @@ def test_ccpg_removes_only_the_probes_own_subject_and_view() -> None:
     fixture tells the three apart."""
     a = arrays("ccpg")
     mAP = wild.ccpg(a["embeddings"], a["labels"], a["types"], a["views"])["CL"]["mAP"]
-    probes = np.isin(a["types"], wild.CCPG_GROUPS["CL"][0])
-    gallery = np.isin(a["types"], wild.CCPG_GROUPS["CL"][1])
-    found = wild._ranked(
-        a["embeddings"][probes],
-        a["labels"][probes],
-        a["embeddings"][gallery],
-        a["labels"][gallery],
-        "euclidean",
-    )
+    probes = np.flatnonzero(np.isin(a["types"], wild.CCPG_GROUPS["CL"][0]))
+    gallery = np.flatnonzero(np.isin(a["types"], wild.CCPG_GROUPS["CL"][1]))
+    emb = wild.Embeddings.from_opengait(a["embeddings"])
+    blocks = wild._rows(emb, probes, gallery, "euclidean", wild.MAX_MEMORY)
+    found = wild._ranked(blocks, a["labels"][probes], a["labels"][gallery])
     kept_all = 100 * found.ap[found.has_match].mean()
     assert mAP == pytest.approx(36.626, abs=LOGGED_3)
     assert abs(kept_all - 36.626) > 0.01
@@ -358,8 +354,10 @@ def test_an_output_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
 
 def test_options_of_another_protocol_are_refused(tmp_path: Path) -> None:
     npz = _npz(tmp_path / "in.npz")
-    r = gait("score", npz, "--protocol", "grew", "--rerank", "--out", tmp_path / "r.json")
-    assert_one_line_error(r, "--rerank")
+    r = gait("score", npz, "--protocol", "grew", "--partition", npz, "--out", tmp_path / "r.json")
+    assert_one_line_error(r, "--partition is Gait3D's")
+    r = gait("score", npz, "--protocol", "hid", "--distractors", "--out", tmp_path / "r.json")
+    assert_one_line_error(r, "--distractors is GREW's")
     r = gait(
         "score",
         npz,

@@ -37,6 +37,8 @@ float64 distances, whatever the data; only the time depends on it.
 On CPUs with AVX-512 VNNI and a C compiler, steps 1-4 run in the fused kernels of
 :mod:`gaittrain.evaluation.native` (a tile's products stay in registers; the re-check reads the
 stored rows); elsewhere (CUDA included) in PyTorch, :func:`torch._int_mm` for the products.
+Step 4 (:func:`certify`) takes intervals from any approximation: the low-rank path
+(:mod:`gaittrain.evaluation.lowrank`) ranks through it too.
 """
 
 from __future__ import annotations
@@ -236,24 +238,29 @@ def _epilogue(products, coef, p_sq, g_sq, total, smallest):
     return total + r.sum(0), torch.minimum(smallest, r.amin(0))
 
 
-@functools.cache
-def _compiled_epilogue():
-    """The epilogue as one fused loop (torch.compile) where a C++ compiler is at hand; else
-    the same arithmetic, op by op (slower on CPU; the results are re-checked the same way)."""
+def compiled(fn, *example: torch.Tensor):
+    """``fn`` as one fused loop (torch.compile), tried once on ``example``, where a C++
+    compiler is at hand; else ``fn`` itself, op by op (slower on CPU, the same arithmetic)."""
     try:
         import torch._dynamo.config as dynamo
         import torch._inductor.config as inductor
 
         inductor.compile_threads = 1  # no worker processes left competing for the cores
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)  # one graph per block shape
-        fused = torch.compile(_epilogue, dynamic=False)
-        z = torch.zeros(2, 32, 1)
-        one = torch.zeros(1, 2, 32, 1)
-        fused(torch.zeros(1, 2, 32, 32, dtype=torch.int32), one, z, z.mT, z[0], z[0])
+        fused = torch.compile(fn, dynamic=False)
+        fused(*example)
         return fused
     except Exception as e:  # noqa: BLE001 - any failure to build falls back to eager
-        warnings.warn(f"int8 distances: no fused epilogue ({str(e).splitlines()[0]})", stacklevel=2)
-        return _epilogue
+        warnings.warn(f"distances: no fused epilogue ({str(e).splitlines()[0]})", stacklevel=3)
+        return fn
+
+
+@functools.cache
+def _compiled_epilogue():
+    """:func:`_epilogue`, :func:`compiled`."""
+    z, one = torch.zeros(2, 32, 1), torch.zeros(1, 2, 32, 1)
+    products = torch.zeros(1, 2, 32, 32, dtype=torch.int32)
+    return compiled(_epilogue, products, one, z, z.mT, z[0], z[0])
 
 
 def _int_mm_sums(probe: Quantized, gallery: Quantized, n: int, coef: torch.Tensor):
@@ -449,15 +456,15 @@ def block_rows(n_gallery: int, parts: int, dim: int, max_memory: int, packed: bo
 
 @dataclass
 class BlockRanks:
-    """What :func:`rank_block` finds for a block of probes, exactly: ``ranks`` [b, M] of each
+    """What :func:`certify` finds for a block of probes, exactly: ``ranks`` [b, M] of each
     correct match (padding: the largest int64), ``nearest`` [b]; ``rechecked``: how many pairs
-    were computed one by one; ``levels``: the int8 levels of the last approximation;
-    ``fallback``: whether the block was computed whole."""
+    were computed one by one; ``tries``: how many approximations were computed (int8: the
+    levels of the last); ``fallback``: whether the block was computed whole."""
 
     ranks: torch.Tensor
     nearest: torch.Tensor
     rechecked: int
-    levels: int
+    tries: int
     fallback: bool
 
 
@@ -470,7 +477,7 @@ def rank_block(
 ) -> BlockRanks:
     """The nearest gallery sequence of every probe and the exact ranks of its correct matches
     (ties broken by gallery order), from int8 distances re-checked wherever their bound
-    leaves the answer open.
+    leaves the answer open (:func:`certify`): one int8 level, then two.
 
     Parameters
     ----------
@@ -481,7 +488,27 @@ def rank_block(
     matches : Tensor int64 [b, M]
         Each probe's correct gallery indices, padded with -1.
     """
+    n = gallery.shape[0]
+    tries = (
+        (*interval(probe_q, gallery_q, n, levels), _open_limit(levels, n)) for levels in LEVELS
+    )
+    return certify(probe, gallery, matches, tries)
 
+
+def certify(probe: torch.Tensor, gallery: torch.Tensor, matches: torch.Tensor, tries) -> BlockRanks:
+    """Exact ranks of a block from intervals that hold every pair's distance (step 4 of the
+    module's docstring), whatever approximation made them.
+
+    Parameters
+    ----------
+    probe, gallery, matches
+        As :func:`rank_block` takes them.
+    tries : iterable of (lower, upper, limit)
+        Approximations, cheapest first, made only when asked for (a generator): the ends
+        ``lower``, ``upper`` [b, >= n] (columns past n: padding) of every pair's interval, and
+        the open pairs per probe (beyond its matches) above which the next is tried; past the
+        last, the block is computed whole in float64 (:func:`exact_block`).
+    """
     b, n = probe.shape[0], gallery.shape[0]
     device = probe.device
     valid = matches >= 0
@@ -491,18 +518,19 @@ def rank_block(
     dm = torch.full(matches.shape, torch.nan, dtype=torch.float64, device=device)
     dm[valid] = exact_pairs(probe, gallery, rows[valid], matches[valid])
     dm_lo, dm_hi = _float32_around(dm)  # NaN (padding) stays NaN: nothing is compared with it
-    for levels in LEVELS:  # the cheaper approximation first, the finer one if too much is open
-        lower, upper = interval(probe_q, gallery_q, n, levels)
+    tried = 0
+    for lower, upper, limit in tries:  # the cheaper approximation first
+        tried += 1
         todo, surely, count = candidates(lower, upper, n, dm_lo, dm_hi)
         known = todo[rows[valid], matches[valid]]  # the matches are known already
         todo[rows[valid], matches[valid]] = False
         count = count.index_add(0, rows[valid], -known.long())
-        if int(count.sum()) <= _open_limit(levels, n) * b:  # beyond the matches
+        if int(count.sum()) <= limit * b:  # beyond the matches
             break
     else:
         whole = exact_block(probe, gallery)
         ranks = match_ranks(whole, matches)
-        return BlockRanks(ranks, whole.argmin(dim=1), int(valid.sum()), levels, True)
+        return BlockRanks(ranks, whole.argmin(dim=1), int(valid.sum()), tried, True)
     # Every candidate's exact distance, with the matches', as lists of pairs (i, j).
     i, j = native.pairs(todo, count) if _native_ranking(lower) else todo.nonzero(as_tuple=True)
     exact = exact_pairs(probe, gallery, i, j)
@@ -524,7 +552,7 @@ def rank_block(
             0, i, nearer.long()
         )
         ranks[:, t] = torch.where(valid[:, t], rank, big)
-    return BlockRanks(ranks, nearest, len(exact), levels, False)
+    return BlockRanks(ranks, nearest, len(exact), tried, False)
 
 
 def interval(probe: Quantized, gallery: Quantized, n: int, levels: int):
@@ -580,8 +608,15 @@ def exact_pairs(probe: torch.Tensor, gallery: torch.Tensor, i, j) -> torch.Tenso
     if uses_native(gallery) and probe.dtype == gallery.dtype in (torch.float16, torch.float32):
         return native.exact_pairs(probe.contiguous(), gallery.contiguous(), i, j)
     out = torch.empty(len(i), dtype=torch.float64, device=probe.device)
+    # exact_distances' operations into buffers made once: fresh ones for every chunk cost a
+    # page fault per 4 KB and made a re-check 2.3 times slower (measured on a 2-core CPU)
+    shape = (RECHECK_CHUNK, *probe.shape[1:])
+    read = [torch.empty(shape, dtype=x.dtype, device=x.device) for x in (probe, gallery)]
+    wide = torch.empty(2, *shape, dtype=torch.float64, device=probe.device)
     for s in range(0, len(i), RECHECK_CHUNK):
-        out[s : s + RECHECK_CHUNK] = exact_distances(
-            probe[i[s : s + RECHECK_CHUNK]], gallery[j[s : s + RECHECK_CHUNK]]
-        )
+        m = len(i[s : s + RECHECK_CHUNK])
+        p, g = wide[:, :m]
+        p.copy_(torch.index_select(probe, 0, i[s : s + m], out=read[0][:m]))
+        g.copy_(torch.index_select(gallery, 0, j[s : s + m], out=read[1][:m]))
+        out[s : s + m] = p.sub_(g).square_().sum(-1).sqrt_().mean(-1)
     return out

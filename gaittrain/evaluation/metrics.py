@@ -16,47 +16,22 @@ matrix never exists; only per-probe results are kept.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from gaittrain.evaluation import certified, native
+from gaittrain.evaluation import certified, lowrank
 from gaittrain.evaluation.ranking import match_ranks, score_ranks
 
 METRICS = ("euclidean", "cosine", "cosine-flat")
-#: How distances are computed: float32 products, int8 products re-checked to exact, or int8
-#: where it pays (:func:`resolve_precision`).
-PRECISIONS = ("fp32", "int8", "auto")
-#: ``auto`` uses int8 for retrievals of at least this many probe x gallery pairs (an OU-MVLP
-#: view pair has 26.6 million; a CASIA-B cell 20,000, where float32 is as fast).
-AUTO_PAIRS = 1 << 22
-
-
-def fast_int8(device: torch.device) -> bool:
-    """Whether int8 products pay on ``device``: a CUDA GPU of compute capability 8.0 or later
-    (int8 tensor cores), or a CPU where the native kernels run (AVX-512 VNNI and a C compiler:
-    :mod:`gaittrain.evaluation.native`; measured on 2 cores, an OU-MVLP view pair ranked in
-    float32 in 4.4 s and through them in 1.6 s, docs/evaluation.md). Through PyTorch alone, on
-    a CPU, re-checking the open pairs cost as much as the int8 products saved."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return native.kernels() is not None
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def resolve_precision(precision: str, metric: str, device, pairs: int) -> str:
-    """``fp32`` or ``int8`` for one retrieval: ``auto`` takes int8 for a Euclidean retrieval of
-    at least :data:`AUTO_PAIRS` pairs on a device with fast int8 products."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and metric != "euclidean":
-        raise ValueError("precision int8 computes the euclidean metric only")
-    if precision != "auto":
-        return precision
-    big = pairs >= AUTO_PAIRS
-    return "int8" if metric == "euclidean" and big and fast_int8(device) else "fp32"
+#: How distances are computed: float32 products (``fp32``), or, Euclidean only, int8 products
+#: (``int8``, :mod:`~gaittrain.evaluation.certified`) or low-rank float32 products (``lowrank``,
+#: :mod:`~gaittrain.evaluation.lowrank`) re-checked to exact (``--precision auto`` chooses among
+#: them: :mod:`gaittrain.evaluation.cost`).
+PATHS = ("fp32", "int8", "lowrank")
 
 
 #: Bytes of ranking scratch per probe x gallery pair: the boolean masks :func:`match_ranks`
@@ -273,17 +248,26 @@ def retrieve(
     max_memory: int = 256 << 20,
     norms: tuple[torch.Tensor, torch.Tensor] | None = None,
     precision: str = "fp32",
-    gallery_q: certified.Quantized | None = None,
+    prepared: certified.Quantized | lowrank.Projected | None = None,
 ) -> Retrieval:
     """Rank the gallery for every probe (ties broken by gallery order) and score the ranking.
 
     Subject ids become integer codes on the embeddings' device once; ranking and scoring stay
     there, and only the per-probe results are copied to the host, once. ``norms``: see
-    :func:`distance_blocks`. ``precision`` "int8" (Euclidean only; "auto": where it pays) ranks with
-    :mod:`gaittrain.evaluation.certified`: the same figures, exact in float64, from int8
-    products; ``gallery_q``: the gallery's :func:`~gaittrain.evaluation.certified.quantize`,
-    when already made.
+    :func:`distance_blocks`. ``precision`` (one of :data:`PATHS`; Euclidean only but fp32)
+    "int8" ranks with :mod:`gaittrain.evaluation.certified`, "lowrank" with
+    :mod:`gaittrain.evaluation.lowrank`: the same figures, exact in float64, from int8 or
+    low-rank products; ``prepared``: the gallery's
+    :func:`~gaittrain.evaluation.certified.quantize` or
+    :func:`~gaittrain.evaluation.lowrank.project`, when already made.
     """
+    if precision not in PATHS:
+        raise ValueError(
+            f"precision must be one of {', '.join(PATHS)} (auto: resolve it first, "
+            "gaittrain.evaluation.cost.resolve_precision)"
+        )
+    if precision != "fp32" and metric != "euclidean":
+        raise ValueError(f"precision {precision} computes the euclidean metric only")
     n, device = probe.shape[0], probe.device
     p_ids, g_ids = _integer_ids(probe_ids, gallery_ids, device)
     first = torch.full((n,), -1, dtype=torch.int64, device=device)
@@ -291,17 +275,13 @@ def retrieve(
     nearest_match = torch.full((n,), -1, dtype=torch.int64, device=device)
     ap = torch.zeros(n, dtype=torch.float64, device=device)
     inp = torch.zeros(n, dtype=torch.float64, device=device)
-    pairs = probe.shape[0] * gallery.shape[0]
-    if gallery.shape[0] and resolve_precision(precision, metric, device, pairs) == "int8":
+    if gallery.shape[0] and precision != "fp32":
         matches = _match_table(p_ids, g_ids)
-        gq = gallery_q if gallery_q is not None else certified.quantize(gallery, False)
-        rows = certified.block_rows(*gallery.shape, max_memory, gq.packed)
-        with certified.threads_for(gq):
+        rank, rows, threads = _certified_ranker(gallery, precision, max_memory, prepared)
+        with threads:
             for s in range(0, n, rows):
                 b = slice(s, s + rows)
-                found = certified.rank_block(
-                    probe[b], gallery, certified.quantize(probe[b], True), gq, matches[b]
-                )
+                found = rank(probe[b], matches[b])
                 scores = score_ranks(found.ranks, matches[b], found.nearest, gallery.shape[0])
                 first[b], ap[b], inp[b], nearest[b], nearest_match[b] = scores
     elif gallery.shape[0]:
@@ -311,3 +291,25 @@ def retrieve(
             first[b], ap[b], inp[b], nearest[b], nearest_match[b] = _score_block(d, matches[b])
     host = [x.cpu().numpy() for x in (first, ap, inp, nearest, nearest_match)]
     return Retrieval(*host)
+
+
+def _certified_ranker(gallery: torch.Tensor, precision: str, max_memory: int, prepared):
+    """``(rank, rows, threads)`` of a certified path: ``rank(probe_block, matches)`` gives its
+    :class:`~gaittrain.evaluation.certified.BlockRanks`, ``rows`` probes a block, within
+    ``threads`` (the native kernels take PyTorch's threads)."""
+    n, parts, dim = gallery.shape
+    if precision == "int8":
+        gq = prepared if prepared is not None else certified.quantize(gallery, False)
+        rows = certified.block_rows(n, parts, dim, max_memory, gq.packed)
+
+        def rank(p, matches):
+            return certified.rank_block(p, gallery, certified.quantize(p, True), gq, matches)
+
+        return rank, rows, certified.threads_for(gq)
+    gp = prepared if prepared is not None else lowrank.project(gallery, lowrank.fit(gallery), False)
+    rows = lowrank.block_rows(n, parts, dim, gp.basis.rank, max_memory)
+
+    def rank(p, matches):
+        return lowrank.rank_block(p, gallery, lowrank.project(p, gp.basis, True), gp, matches)
+
+    return rank, rows, contextlib.nullcontext()

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from gaittrain.data.splits import SplitError, load_protocol, select
-from gaittrain.evaluation import certified
+from gaittrain.evaluation import certified, cost, lowrank
 from gaittrain.evaluation.embeddings_file import EmbeddingStore
-from gaittrain.evaluation.metrics import Retrieval, resolve_precision, retrieve, squared_norms
+from gaittrain.evaluation.metrics import Retrieval, retrieve, squared_norms
 from gaittrain.schema import ConfigError, build
 
 Key = tuple[str, str, str, str]
@@ -120,8 +120,9 @@ def evaluate(
         CMC length, the memory cap, and where distances are computed. The cap is shared: half
         for the galleries kept for later cells, an eighth for a block of probes read, three
         eighths for the distance stage; beyond it, the gallery of the cell at hand.
-    precision : {"fp32", "int8", "auto"}
-        How distances are computed (:func:`gaittrain.evaluation.metrics.retrieve`); every
+    precision : {"fp32", "int8", "lowrank", "auto"}
+        How distances are computed (:func:`gaittrain.evaluation.metrics.retrieve`), decided
+        cell by cell for ``auto`` (:func:`gaittrain.evaluation.cost.resolve_precision`); every
         choice gives the same figures.
     failures_per_group : int
         How many failed probes to list per group.
@@ -228,20 +229,22 @@ class _Scorer:
     def __post_init__(self) -> None:
         self._row = {k: i for i, k in enumerate(self.store.keys)}
         self._galleries: dict[tuple, tuple] = {}
-        self._quantized_galleries: dict[tuple, certified.Quantized] = {}
+        self._prepared_galleries: dict[tuple, certified.Quantized | lowrank.Projected] = {}
+        self._bases: dict[tuple, lowrank.Basis] = {}
         self._last = None  # (keys, gallery) of the previous cell
-        self._last_q = None  # (keys, int8 gallery) of the previous cell
+        self._last_prepared = None  # (keys, int8 or projected gallery) of the previous cell
         self._kept = 0  # bytes of the galleries kept
 
     def _stack(
-        self, keys, int8: bool, rows: torch.Tensor | None = None
+        self, keys, as_stored: bool, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """The embeddings of ``keys`` (``rows``, where read already) on the device, their
-        subjects and their squared norms; for ``int8`` cells, as stored (float32, or float16
-        in that storage: the re-checks read the stored values) and no norms."""
+        subjects and their squared norms; for the cells of a certified path (``as_stored``),
+        as stored (float32, or float16 in that storage: the re-checks read the stored values)
+        and no norms."""
         t = self._read(keys) if rows is None else rows
-        t = t.to(self.device) if int8 else t.to(self.device, torch.float32)
-        return t, np.array([k[0] for k in keys]), None if int8 else squared_norms(t)
+        t = t.to(self.device) if as_stored else t.to(self.device, torch.float32)
+        return t, np.array([k[0] for k in keys]), None if as_stored else squared_norms(t)
 
     def _read_ahead(self, blocks: list) -> Iterator[torch.Tensor]:
         """The stored rows of each block of keys in turn, the next read by a second thread
@@ -263,54 +266,81 @@ class _Scorer:
         operations from a second thread would start a second team of OpenMP workers)."""
         return self.store.rows([self._row[k] for k in keys])
 
-    def _gallery(self, keys, int8: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    def _gallery(self, keys, as_stored: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """:meth:`_stack` of a gallery, kept for the next probe views and groups that use it
         while the kept galleries fit in half of ``max_memory`` (stacking CASIA-B's eleven
         again for each of its 330 cells took a quarter of its evaluation)."""
-        key = (tuple(keys), int8)
+        key = (tuple(keys), as_stored)
         found = self._galleries.get(key)
         if found is None and self._last is not None and self._last[0] == key:
             found = self._last[1]  # the gallery of the previous cell, even when not kept
         if found is None:
             self._last = None  # let it go before the next one is read
-            found = self._stack(keys, int8)
-            size = found[0].nbytes + (0 if int8 else found[2].nbytes)
+            found = self._stack(keys, as_stored)
+            size = found[0].nbytes + (0 if as_stored else found[2].nbytes)
             if self._kept + size <= self.max_memory // 2:
                 self._galleries[key] = found
                 self._kept += size
         self._last = (key, found)
         return found
 
-    def _quantized(self, keys, g: torch.Tensor):
-        """The gallery's int8 copy, kept with the gallery (while they fit in half of
-        ``max_memory``)."""
-        found = self._quantized_galleries.get(tuple(keys))
-        if found is None and self._last_q is not None and self._last_q[0] == tuple(keys):
-            found = self._last_q[1]
+    def _basis(self, keys) -> lowrank.Basis:
+        """The low-rank directions of a gallery, fitted on the rows :func:`lowrank.fit` would
+        take (read alone), kept (a few MB each)."""
+        if tuple(keys) not in self._bases:
+            step = max(1, len(keys) // lowrank.FIT_ROWS)
+            rows = self._read(keys[::step][: lowrank.FIT_ROWS]).to(self.device)
+            self._bases[tuple(keys)] = lowrank.fit(rows)
+        return self._bases[tuple(keys)]
+
+    def _path(self, probes: list, keys: list) -> str:
+        """How a cell is ranked: ``fp32``, ``int8`` or ``lowrank``
+        (:func:`~gaittrain.evaluation.cost.resolve_precision`, with the gallery's rank where
+        ``auto`` weighs the low-rank path)."""
+        rank = None
+        shape = tuple(self.store.shape)
+        big = len(probes) * len(keys) >= cost.AUTO_PAIRS
+        if self.precision == "auto" and self.metric == "euclidean" and big:
+            basis = self._basis(keys)
+            rank = basis.rank if basis.residual <= lowrank.RESIDUAL else None
+        return cost.resolve_precision(
+            self.precision, self.metric, self.device, len(probes), len(keys), shape, rank
+        )
+
+    def _prepared(self, keys, g: torch.Tensor, path: str):
+        """The gallery's int8 copy or projection for ``path``, kept with the gallery (while
+        they fit in half of ``max_memory``)."""
+        key = (tuple(keys), path)
+        found = self._prepared_galleries.get(key)
+        if found is None and self._last_prepared is not None and self._last_prepared[0] == key:
+            found = self._last_prepared[1]
         if found is None:
-            self._last_q = None
-            found = certified.quantize(g, probe_side=False)
+            self._last_prepared = None
+            if path == "int8":
+                found = certified.quantize(g, probe_side=False)
+            else:
+                found = lowrank.project(g, self._basis(keys), probe_side=False)
             if self._kept + found.nbytes <= self.max_memory // 2:
-                self._quantized_galleries[tuple(keys)] = found
+                self._prepared_galleries[key] = found
                 self._kept += found.nbytes
-        self._last_q = (tuple(keys), found)
+        self._last_prepared = (key, found)
         return found
 
     def _cell(self, pv: str, probes: list, label: str, gallery: list) -> Retrieval:
         """One cell's retrieval, its probes read and ranked in blocks."""
-        pairs = len(probes) * len(gallery)
-        int8 = resolve_precision(self.precision, self.metric, self.device, pairs) == "int8"
-        g, g_ids, g_sq = self._gallery(gallery, int8)
-        g_q = self._quantized(gallery, g) if int8 else None
+        path = self._path(probes, gallery)
+        as_stored = path != "fp32"
+        g, g_ids, g_sq = self._gallery(gallery, as_stored)
+        prepared = self._prepared(gallery, g, path) if as_stored else None
         # An eighth of the cap holds the block of probes at hand and the next one, read
-        # meanwhile (as stored for int8 cells, else as float32).
-        entry = self.store.itemsize if int8 else 4
+        # meanwhile (as stored for the certified paths, else as float32).
+        entry = self.store.itemsize if as_stored else 4
         rows = max(1, self.max_memory // (16 * entry * max(math.prod(self.store.shape), 1)))
         blocks = [probes[s : s + rows] for s in range(0, len(probes), rows)]
         found = []
         for block, rows_read in zip(blocks, self._read_ahead(blocks), strict=True):
-            p, p_ids, p_sq = self._stack(block, int8, rows_read)
-            norms = (p_sq, g_sq) if self.metric == "euclidean" and not int8 else None
+            p, p_ids, p_sq = self._stack(block, as_stored, rows_read)
+            norms = (p_sq, g_sq) if self.metric == "euclidean" and not as_stored else None
             found.append(
                 retrieve(
                     p,
@@ -320,8 +350,8 @@ class _Scorer:
                     self.metric,
                     self.max_memory * 3 // 8,  # the distance stage's share of the cap
                     norms,
-                    "fp32" if g_q is None else "int8",  # decided for the whole cell
-                    g_q,
+                    path,  # decided for the whole cell
+                    prepared,
                 )
             )
         return Retrieval.concat(found)

@@ -127,6 +127,21 @@ def rerank_memory(n: int, num_probes: int, k1: int = 6, k2: int = 6) -> int:
     return _fixed_bytes(n, num_probes, k1, k2) + 2 * scratch
 
 
+def least_memory(n: int, num_probes: int, k1: int = 6, k2: int = 6) -> int:
+    """The least ``max_memory`` :func:`rerank` accepts for n sequences, ``num_probes`` of them
+    probes: :func:`rerank_memory` with two blocks of :data:`MIN_BLOCK_BYTES` of scratch (below it,
+    :class:`RerankMemoryError`).
+
+    Examples
+    --------
+    >>> round(least_memory(20_000, 10_000) / 2**30, 2)  # GB, as rerank_memory's 1.07
+    0.95
+    """
+    if n < 2 or not 0 < num_probes < n:
+        raise ValueError(f"need 0 < num_probes < n, got num_probes={num_probes}, n={n}")
+    return _fixed_bytes(n, num_probes, k1, k2) + 2 * MIN_BLOCK_BYTES
+
+
 def _check(dist: np.ndarray, num_probes: int, k1: int, k2: int, lam: float, precision: str) -> None:
     """One-line ValueErrors for what re-ranking cannot take (finiteness is checked in blocks)."""
     if precision not in PRECISIONS:

@@ -117,24 +117,31 @@ def evaluate_run(
         checkpoint=attrs.get("checkpoint"),
         pack=str(pack),
         storage=attrs.get("storage", "float32"),
-        warnings=[],
+        warnings=run_warnings(run, attrs, test),
     )
+    for warning in result["warnings"]:
+        notify(f"warning: {warning}")
+    return result
+
+
+def run_warnings(run: Path, attrs: dict, test: list[str]) -> list[str]:
+    """What a reader of ``run``'s figures on the test subjects ``test`` must know: that some
+    were its training subjects, or, for a run imported from OpenGait, that its training subjects
+    are not known. ``attrs``: the embeddings file's."""
+    warnings = []
     seen, same_pack = trained_test_subjects(run, attrs, test)
     if seen:
         ids = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
         where = "" if same_pack else " (in another pack of the same dataset)"
-        warning = (
+        warnings.append(
             f"{len(seen)} of the {len(test)} test subjects ({ids}) were training subjects of "
             f"this run{where}: if they are the same people, these figures do not measure "
             "recognition of unseen people"
         )
-        result["warnings"].append(warning)
-        notify(f"warning: {warning}")
     note = imported_note(run)
     if note is not None:
-        result["warnings"].append(note)
-        notify(f"warning: {note}")
-    return result
+        warnings.append(note)
+    return warnings
 
 
 def render_report(result: dict, fmt: str, run: Path, pack: Path) -> str:

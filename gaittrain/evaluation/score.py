@@ -4,7 +4,13 @@ GREW and HID challenges, a submission CSV.
 
 The ``.npz`` holds ``embeddings`` (float, [n, c, p]: channels, then parts) and, per sequence,
 ``labels``, ``types`` and ``views`` (strings, [n]): ``np.savez(path, embeddings=...,
-labels=..., types=..., views=...)``. It is read without unpickling anything.
+labels=..., types=..., views=...)``. It is read without unpickling anything
+(:func:`load_inputs`) and written by :func:`save_inputs`.
+
+One owner of the reports: ``gait eval RUN --pack PACK --protocol gait3d`` (and grew, ccpg, ...;
+:mod:`gaittrain.evaluation.wild_run`) makes the same arrays from a run's embeddings and goes
+through the same steps as ``gait score``: :func:`check_options`, :func:`locked_outputs`,
+:func:`build_report`, :func:`write_outputs`.
 
 Every figure of a report is in percent and unrounded. The report names the protocol, the
 metric and the sha256 of the inputs (and of Gait3D's partition file). The submission CSVs are
@@ -19,14 +25,15 @@ import hashlib
 import json
 import math
 import zipfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
 from gaitprep.errors import GaitError, first_line
-from gaitprep.files import OutputLock, atomic_write, output_target
+from gaitprep.files import OutputLock, atomic_output, atomic_write, output_target
 from gaittrain.evaluation import wild
 
 PROTOCOLS = ("gait3d", "grew", "grew-submission", "ccpg", "hid")
@@ -41,6 +48,8 @@ OPENGAIT = {
     "ccpg": "evaluate_CCPG",
     "hid": "HID_submission",
 }
+#: The protocols GREW's distractors may join (``distractors``).
+DISTRACTOR_PROTOCOLS = ("grew", "grew-submission")
 KEYS = ("embeddings", "labels", "types", "views")
 PARTITION = "Gait3D.json"
 TEMPLATE = Path(__file__).with_name("score.html.j2")
@@ -99,8 +108,23 @@ def load_inputs(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_probe_set(partition: Path | None) -> list[str]:
-    """Gait3D's ``PROBE_SET``: the probes, as ``subject-type-view``, of its partition file."""
+def save_inputs(path: Path, embeddings: np.ndarray, labels, types, views) -> None:
+    """Write an inputs ``.npz`` (atomically): ``embeddings`` [n, c, p] in OpenGait's layout and
+    the three string arrays, as :func:`load_inputs` reads them."""
+    arrays = {
+        "embeddings": np.asarray(embeddings),
+        **{
+            k: np.asarray(a).astype(str)
+            for k, a in zip(KEYS[1:], (labels, types, views), strict=True)
+        },
+    }
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_partition(partition: Path | None, key: str = "PROBE_SET") -> list[str]:
+    """A list of Gait3D's partition file: ``PROBE_SET``, the probes as ``subject-type-view``
+    (or ``TEST_SET``, the test subjects, for ``gait eval``)."""
     what = f"Gait3D's partition file ({PARTITION}, whose PROBE_SET names the probes)"
     if partition is None:
         raise ScoreError(f"gait3d needs {what}: give its path with --partition")
@@ -108,40 +132,47 @@ def load_probe_set(partition: Path | None) -> list[str]:
     if not partition.is_file():
         raise ScoreError(f"partition file {partition} not found: give the path of {what}")
     try:
-        probes = json.loads(partition.read_text(encoding="utf-8"))["PROBE_SET"]
+        names = json.loads(partition.read_text(encoding="utf-8"))[key]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ScoreError(
-            f"cannot read PROBE_SET from {partition} ({first_line(e)}); give {what}"
+            f"cannot read {key} from {partition} ({first_line(e)}); give {what}"
         ) from None
-    if not isinstance(probes, list) or not all(isinstance(p, str) for p in probes):
-        raise ScoreError(f"{partition}: PROBE_SET is not a list of names; give {what}")
-    return probes
+    if not isinstance(names, list) or not all(isinstance(p, str) for p in names):
+        raise ScoreError(f"{partition}: {key} is not a list of names; give {what}")
+    return names
 
 
 # --- the report ---------------------------------------------------------------------------------
 
 
 def evaluate(
-    arrays: dict[str, np.ndarray],
+    arrays: dict,
     protocol: str,
     metric: str = "euclidean",
     probe_set: list[str] | None = None,
-    rerank: bool = False,
-    rerank_precision: str = "opengait",
+    rerank: wild.Rerank | None = None,
+    distractors: bool = False,
+    max_memory: int = wild.MAX_MEMORY,
 ) -> dict:
-    """The protocol's figures (percent) or submission rows, as the report holds them."""
+    """The protocol's figures (percent) or submission rows, as the report holds them.
+    ``arrays["embeddings"]``: OpenGait's [n, c, p] array or a :class:`~wild.Embeddings`."""
     e, labels, types, views = (arrays[k] for k in KEYS)
+    options = {"rerank": rerank, "max_memory": max_memory}
     if protocol == "gait3d":
-        return wild.gait3d(e, labels, types, views, probe_set, metric)
+        return wild.gait3d(e, labels, types, views, probe_set, metric, **options)
     if protocol == "grew":
-        return wild.grew(e, labels, types, metric)
+        return wild.grew(e, labels, types, metric, distractors, **options)
     if protocol == "ccpg":
-        return wild.ccpg(e, labels, types, views, metric)
+        return wild.ccpg(e, labels, types, views, metric, **options)
     if protocol == "grew-submission":
-        rows = wild.grew_submission(e, labels, types, views, metric)
-        return {"submission": [{"videoId": v, "subjects": s} for v, s in rows]}
+        rows = wild.grew_submission(e, labels, types, views, metric, distractors, **options)
+        among = np.isin(types, wild.GREW_DISTRACTORS).sum() if distractors else 0
+        return {
+            "distractors": int(among),
+            "submission": [{"videoId": v, "subjects": s} for v, s in rows],
+        }
     if protocol == "hid":
-        rows = wild.hid(e, labels, views, metric, rerank, rerank_precision)
+        rows = wild.hid(e, labels, views, metric, **options)
         return {"submission": [{"videoID": v, "label": s} for v, s in rows]}
     raise ScoreError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
@@ -205,10 +236,21 @@ def summary(report: dict) -> list[str]:
     return [head + ": " + ", ".join(f"{k} {report[k]:.2f} %" for k in names)]
 
 
-# --- the command's one function -----------------------------------------------------------------
+# --- the steps of gait score (and of gait eval's in-the-wild protocols) ------------------------
 
 
-def _check_options(protocol, metric, fmt, partition, rerank, precision, out, submission) -> None:
+def check_options(
+    protocol: str,
+    metric: str,
+    fmt: str,
+    partition: Path | None = None,
+    rerank: bool = False,
+    precision: str | None = None,
+    out: Path | None = None,
+    submission: Path | None = None,
+    distractors: bool = False,
+) -> None:
+    """One-line ScoreErrors for options that do not go together, before any work."""
     for name, value, allowed in (
         ("protocol", protocol, PROTOCOLS),
         ("metric", metric, wild.METRICS),
@@ -218,8 +260,8 @@ def _check_options(protocol, metric, fmt, partition, rerank, precision, out, sub
             raise ScoreError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
     if partition is not None and protocol != "gait3d":
         raise ScoreError(f"--partition is Gait3D's; {protocol} takes none")
-    if rerank and protocol != "hid":
-        raise ScoreError(f"--rerank is HID's; {protocol} takes none")
+    if distractors and protocol not in DISTRACTOR_PROTOCOLS:
+        raise ScoreError(f"--distractors is GREW's (grew, grew-submission); {protocol} takes none")
     if precision is not None and not rerank:
         raise ScoreError("--rerank-precision is --rerank's; give --rerank too, or leave it out")
     if precision is not None and precision not in wild.RERANK_PRECISIONS:
@@ -229,8 +271,62 @@ def _check_options(protocol, metric, fmt, partition, rerank, precision, out, sub
         raise ScoreError(
             f"{protocol} makes no submission; --submission is for grew-submission, hid"
         )
-    if submission is not None and output_target(submission) == output_target(out):
+    both = submission is not None and out is not None
+    if both and output_target(submission) == output_target(out):
         raise ScoreError(f"{out} is both the report and the submission; give two files")
+
+
+@contextmanager
+def locked_outputs(*paths: Path | None) -> Iterator[None]:
+    """Every output checked (a folder, a device or an output another process is writing is
+    refused) and locked while the block runs; None is skipped."""
+    with ExitStack() as locks:
+        for path in paths:
+            if path is not None:
+                output_target(Path(path))
+                locks.enter_context(OutputLock(Path(path)))
+        yield
+
+
+def build_report(
+    arrays: dict,
+    inputs: dict,
+    protocol: str,
+    metric: str = "euclidean",
+    partition: Path | None = None,
+    rerank: bool = False,
+    rerank_precision: str | None = None,
+    distractors: bool = False,
+    max_memory: int = wild.MAX_MEMORY,
+    about: dict | None = None,
+) -> dict:
+    """The report of ``arrays`` (:data:`KEYS`; ``embeddings`` an array [n, c, p] or a
+    :class:`~wild.Embeddings`) by ``protocol``: what was scored (``inputs``, as the caller
+    describes it, and ``about``: a run's provenance, for ``gait eval``), the partition file, the
+    re-ranking, then the figures or submission rows (:func:`evaluate`)."""
+    probe_set = load_partition(partition) if protocol == "gait3d" else None
+    reranking = wild.Rerank(rerank_precision or wild.RERANK_PRECISIONS[0]) if rerank else None
+    report = {
+        "protocol": protocol,
+        "metric": metric,
+        "opengait": f"ShiqiYu/OpenGait 0efafd4 {OPENGAIT[protocol]}",
+        "units": "percent",
+        "inputs": inputs,
+        **(about or {}),
+    }
+    if protocol == "gait3d":
+        report["partition"] = {"path": str(partition), "sha256": sha256(partition)}
+    report["rerank"] = reranking.describe() if reranking else None
+    report.update(evaluate(arrays, protocol, metric, probe_set, reranking, distractors, max_memory))
+    return report
+
+
+def write_outputs(report: dict, out: Path, fmt: str = "json", submission: Path | None = None):
+    """The report ``out`` (``fmt``: json or html) and, when given, the submission CSV, each
+    written atomically."""
+    atomic_write(out, to_json(report) if fmt == "json" else to_html(report))
+    if submission is not None:
+        atomic_write(submission, submission_csv(report))
 
 
 def score(
@@ -243,45 +339,43 @@ def score(
     rerank: bool = False,
     submission: Path | None = None,
     rerank_precision: str | None = None,
+    distractors: bool = False,
+    max_memory: int = wild.MAX_MEMORY,
 ) -> dict:
     """Score the inputs ``.npz`` by ``protocol`` and write the report ``out`` (``fmt``: json or
     html) and, for grew-submission and hid, the submission CSV ``submission`` when given.
-    ``rerank_precision`` (with ``rerank`` only): ``"opengait"`` (None: the default) or
-    ``"float64"`` (:func:`gaittrain.evaluation.rerank.rerank`).
+    ``rerank`` (any protocol): k-reciprocal re-ranking first, in ``rerank_precision``:
+    ``"opengait"`` (None: the default) or ``"float64"``, refused past ``max_memory``
+    (:func:`gaittrain.evaluation.wild.rerank_bytes`); ``distractors`` (GREW's protocols): GREW's
+    distractors join the gallery.
 
     Everything is checked before any work: the options, the outputs (a folder, a device or an
     output another process is writing is refused), the inputs and Gait3D's partition file. Both
     files are written atomically. Returns the report.
     """
-    _check_options(protocol, metric, fmt, partition, rerank, rerank_precision, out, submission)
-    precision = rerank_precision or wild.RERANK_PRECISIONS[0]
-    outputs = [Path(out)] + ([Path(submission)] if submission is not None else [])
-    with ExitStack() as locks:
-        for path in outputs:
-            output_target(path)
-            locks.enter_context(OutputLock(path))
+    check_options(
+        protocol, metric, fmt, partition, rerank, rerank_precision, out, submission, distractors
+    )
+    with locked_outputs(out, submission):
         arrays = load_inputs(inputs)
-        probe_set = load_probe_set(partition) if protocol == "gait3d" else None
         n, channels, parts = arrays["embeddings"].shape
-        report = {
-            "protocol": protocol,
-            "metric": metric,
-            "opengait": f"ShiqiYu/OpenGait 0efafd4 {OPENGAIT[protocol]}",
-            "units": "percent",
-            "inputs": {
-                "path": str(inputs),
-                "sha256": sha256(inputs),
-                "sequences": n,
-                "channels": channels,
-                "parts": parts,
-            },
+        about = {
+            "path": str(inputs),
+            "sha256": sha256(inputs),
+            "sequences": n,
+            "channels": channels,
+            "parts": parts,
         }
-        if protocol == "gait3d":
-            report["partition"] = {"path": str(partition), "sha256": sha256(partition)}
-        if protocol == "hid":
-            report["rerank"] = {**wild.HID_RERANK, "precision": precision} if rerank else None
-        report.update(evaluate(arrays, protocol, metric, probe_set, rerank, precision))
-        atomic_write(out, to_json(report) if fmt == "json" else to_html(report))
-        if submission is not None:
-            atomic_write(submission, submission_csv(report))
+        report = build_report(
+            arrays,
+            about,
+            protocol,
+            metric,
+            partition,
+            rerank,
+            rerank_precision,
+            distractors,
+            max_memory,
+        )
+        write_outputs(report, out, fmt, submission)
     return report
