@@ -25,6 +25,7 @@ from gaitprep.synth import (
     summarize,
     synthesize,
 )
+from gaitprep.synth.wild import WildJob, synthesize_wild
 
 #: The largest frame side `gait synth` draws (a 4K camera's width): a frame is held in memory
 #: several times over while a sequence is rendered.
@@ -229,6 +230,133 @@ def synth_ou_mvlp(**kwargs) -> None:
     _run("ou-mvlp", **kwargs)
 
 
+def _wild_options(dataset: str):
+    """The options of ``gait synth gait3d`` and ``gait synth grew``."""
+    fixed = [
+        click.argument("out", type=click.Path(path_type=Path)),
+        click.option(
+            "--subjects",
+            default="20",
+            show_default=True,
+            help="How many subjects (ids 1..N), or ids and ranges: 1-74,80.",
+        ),
+        click.option(
+            "--test",
+            type=click.IntRange(1),
+            default=None,
+            help="How many of them (the last) are test subjects [default: a quarter].",
+        ),
+        click.option(
+            "--sequences",
+            type=click.IntRange(2, 100),
+            default=4,
+            show_default=True,
+            help="Each training subject walks 2 to this many times"
+            + (
+                " (a test subject too)."
+                if dataset == "gait3d"
+                else "; a test subject 4 times, 2 gallery sequences and 2 probes."
+            ),
+        ),
+        click.option(
+            "--cameras",
+            type=click.IntRange(1, 1000),
+            default=12,
+            show_default=True,
+            help="Cameras in the pool (random heights, distances, pixel scales).",
+        ),
+    ]
+    if dataset == "grew":
+        fixed.append(
+            click.option(
+                "--distractors",
+                type=click.IntRange(0),
+                default=None,
+                help="Sequences of walkers of no subject [default: as many as test subjects].",
+            )
+        )
+    rest = [
+        click.option("--frames", type=click.IntRange(1, 10000), default=30, show_default=True,
+                     help="Frames per sequence (25 frames/s)."),
+        click.option("--seed", type=SEED, default=0, show_default=True,
+                     help="Population seed: same arguments + seed = identical bytes."),
+        workers_option("Parallel processes."),
+        click.option("--clean", is_flag=True, help="Switch every segmentation artifact off."),
+        click.option("--artifact", "artifact_rates", multiple=True, metavar="NAME=RATE",
+                     help="Set one artifact's rate (repeatable), as for gait synth casia-b."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing synth tree made with other arguments."),
+    ]  # fmt: skip
+
+    def decorate(f):
+        for opt in reversed(fixed + rest):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def _run_wild(dataset: str, out, subjects, test, sequences, cameras, frames, seed, workers,
+              clean, artifact_rates, overwrite, distractors=0) -> None:  # fmt: skip
+    try:
+        ids = parse_subjects(subjects)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    test = test if test is not None else max(1, len(ids) // 4)
+    job = WildJob(
+        dataset=dataset,
+        subjects=ids,
+        test=test,
+        sequences=sequences,
+        cameras=cameras,
+        distractors=test if distractors is None else distractors,
+        frames=frames,
+        seed=seed,
+        artifacts=_artifacts(clean, artifact_rates),
+    )
+    plan = (
+        f"{dataset}: {len(ids) - test} training + {test} test subjects, {cameras} cameras, "
+        f"{frames} frames a sequence -> {out}"
+    )
+    n = len(job.plan()[0])
+    stats = synthesize_wild(
+        out, job, workers=workers, overwrite=overwrite, progress=_progress(n * frames, frames, plan)
+    )
+    skipped = f", {stats['skipped']} already there" if stats["skipped"] else ""
+    click.echo(
+        f"wrote {stats['sequences']} sequences, {stats['frames']} frames in "
+        f"{stats['seconds']:.1f} s{skipped}",
+        err=True,
+    )
+
+
+@synth.command("gait3d")
+@_wild_options("gait3d")
+def synth_gait3d(**kwargs) -> None:
+    """Write OUT/2D_Silhouettes/{id}/camid{k}_videoid{v}/seq{n}/*.png (Gait3D's layout: each
+    frame the walker's box, of its own size) and OUT/Gait3D.json (TRAIN_SET, TEST_SET and one
+    probe per test subject in PROBE_SET). The walkers of gait synth casia-b, filmed by many
+    cameras, on curved paths, partly occluded, at low resolution. See docs/synth.md.
+
+    Example: gait synth gait3d build/gait3d --subjects 40 && gait prep gait3d
+    build/gait3d/2D_Silhouettes build/gait3d.h5
+    """
+    _run_wild("gait3d", **kwargs)
+
+
+@synth.command("grew")
+@_wild_options("grew")
+def synth_grew(**kwargs) -> None:
+    """Write OUT/train/{id}/{seq}/, OUT/test/gallery/{id}/{seq}/, OUT/test/probe/{seq}/ and
+    OUT/distractor/{seq}/ (GREW's layout, 64x64 frames) and OUT/probe_answers.csv (each probe's
+    test subject, to score a submission). The walkers of gait synth casia-b in the wild, as for
+    gait synth gait3d. See docs/synth.md.
+
+    Example: gait synth grew build/grew --subjects 40 && gait prep grew build/grew build/grew.h5
+    """
+    _run_wild("grew", **kwargs)
+
+
 def _video_conditions(f):
     """The options of :class:`gaitprep.synth.video.Conditions`, one per condition."""
     options = [
@@ -354,8 +482,11 @@ def synth_summary(root: Path, as_json: bool) -> None:
     if job:
         click.echo(f"dataset    {job['dataset']} (seed {job['seed']})")
         click.echo(f"subjects   {len(job['subjects'])}")
-        click.echo(f"recordings {', '.join(job['recordings'])}")
-        click.echo(f"views      {', '.join(f'{v:03d}' for v in job['views'])}")
+        if "recordings" in job:  # casia-b, ou-mvlp
+            click.echo(f"recordings {', '.join(job['recordings'])}")
+            click.echo(f"views      {', '.join(f'{v:03d}' for v in job['views'])}")
+        else:  # gait3d, grew
+            click.echo(f"test       {job['test']} subjects; {job['cameras']} cameras")
     click.echo(f"sequences  {info['sequences']}")
     click.echo(f"frames     {info['frames']} ({info['megabytes']} MB of PNG)")
     if info["complete"] is not None:

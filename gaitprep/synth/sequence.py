@@ -123,7 +123,7 @@ def _overflow(box: np.ndarray, size: np.ndarray, rng: np.random.Generator) -> np
     return np.array([0.0, size[1] - end[3] + q * height])  # feet cut at the bottom
 
 
-def _draw_shadow(frames, cam: Camera, fig, axes, origin, rng: np.random.Generator) -> None:
+def draw_shadow(frames, cam: Camera, fig, axes, origin, rng: np.random.Generator) -> None:
     """A ground shadow from the feet along a fixed light direction, attached or detached."""
     light = rng.uniform(0, 2 * np.pi)
     direction = np.array([np.cos(light), 0.0, np.sin(light)])
@@ -166,7 +166,7 @@ def render_sequence(spec: SequenceSpec) -> np.ndarray:
 
     scale = spec.height / 240.0
     if hits.sequence["shadow"]:
-        _draw_shadow(frames, cam, fig, axes, origin, hits.params["shadow"])
+        draw_shadow(frames, cam, fig, axes, origin, hits.params["shadow"])
     for t in range(spec.frames):
         img = frames[t]
         if hits.frames["holes"][t]:

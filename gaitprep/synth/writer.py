@@ -30,9 +30,10 @@ from gaitprep.synth.layouts import Layout
 from gaitprep.synth.sequence import GENERATOR, SequenceSpec, render_sequence
 
 MARKER = ".gait-synth.json"
-_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# How every synth writer encodes its PNGs (fast, lossless).
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10: skipping filters is 5x faster
-    _PNG += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 class SynthError(GaitError):
@@ -90,7 +91,7 @@ def write_sequence(root: Path, layout: Layout, spec: SequenceSpec) -> dict:
     tmp.mkdir()
     for i, img in enumerate(frames, start=1):
         name = layout.frame_name(spec.subject, spec.condition, spec.seq, spec.view, i)
-        (tmp / name).write_bytes(encode_png(img, _PNG))
+        (tmp / name).write_bytes(encode_png(img, PNG_PARAMS))
     os.replace(tmp, final)
     empty = int((~frames.reshape(len(frames), -1).any(1)).sum())
     return {"frames": len(frames), "empty": empty, "skipped": 0}
