@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,8 +60,19 @@ class Processed:
     crc: int  # CRC-32 of the frames as /sequences/crc32 stores it (computed in the worker)
 
 
-def process_sequence(root: Path, seq: RawSequence, params: Params) -> Processed:
-    """Read and normalize every frame of ``seq``; nothing raises for a bad frame."""
+def process_sequence(
+    root: Path, seq: RawSequence, params: Params, make: Callable | None = None
+) -> Processed:
+    """Read and normalize every frame of ``seq`` (or keep what ``make(img) -> (frame, reason)``
+    makes of it, a frame of ``params.size`` squared or None and why); nothing raises for a bad
+    frame."""
+    if make is None:
+
+        def make(img: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+            return normalize_frame(
+                img, params.size, params.min_sum, params.binarize, params.largest_blob
+            )
+
     kept, source = [], []
     dropped, unreadable = [], []
     folder = os.path.join(root, seq.folder)
@@ -70,9 +82,7 @@ def process_sequence(root: Path, seq: RawSequence, params: Params) -> Processed:
         if img is None:
             unreadable.append((rel, problem))
             continue
-        out, reason = normalize_frame(
-            img, params.size, params.min_sum, params.binarize, params.largest_blob
-        )
+        out, reason = make(img)
         if out is None:
             dropped.append((rel, reason))
             continue

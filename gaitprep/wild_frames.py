@@ -16,7 +16,6 @@ for a bad frame, every unreadable or dropped one is listed with its reason.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -24,8 +23,7 @@ import numpy as np
 
 from gaitprep.layout import RawSequence
 from gaitprep.normalize import normalize_frame
-from gaitprep.pack import frames_crc
-from gaitprep.process import Params, Processed, read_frame
+from gaitprep.process import Params, Processed, process_sequence
 
 #: OpenGait's threshold on a frame's grey-value sum for each in-the-wild dataset: Gait3D's frames
 #: go through the standard steps; GREW's and CCPG's pretreatment drops no frame for it.
@@ -46,7 +44,7 @@ def read_as_they_are(root: Path, seq: RawSequence, params: Params) -> Processed:
             return None, f"frame is {h} x {w}, not {s} x {s} (GREW's frames are stored as they are)"
         return img, None
 
-    return _read(root, seq, params, keep)
+    return process_sequence(root, seq, params, keep)
 
 
 def read_by_area(root: Path, seq: RawSequence, params: Params) -> Processed:
@@ -62,26 +60,4 @@ def read_by_area(root: Path, seq: RawSequence, params: Params) -> Processed:
             interpolation=cv2.INTER_AREA,
         )
 
-    return _read(root, seq, params, normalize)
-
-
-def _read(root: Path, seq: RawSequence, params: Params, make) -> Processed:
-    """Read every frame of ``seq`` and keep what ``make(img) -> (frame, reason)`` makes of it."""
-    kept, source = [], []
-    dropped, unreadable = [], []
-    for i, name in enumerate(seq.files):
-        rel = f"{seq.folder}/{name}"
-        img, problem = read_frame(os.path.join(root, seq.folder, name))
-        if img is None:
-            unreadable.append((rel, problem))
-            continue
-        out, reason = make(img)
-        if out is None:
-            dropped.append((rel, reason))
-            continue
-        kept.append(out)
-        source.append(i)
-    s = params.size
-    frames = np.stack(kept) if kept else np.zeros((0, s, s), np.uint8)
-    source = np.asarray(source, np.int32)
-    return Processed(frames, source, len(seq.files), dropped, unreadable, frames_crc(frames))
+    return process_sequence(root, seq, params, normalize)

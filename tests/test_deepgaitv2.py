@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from gaitprep.pack import PackWriter
 from gaittrain.config import ConfigError, load_config
 from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.models import BNNECK_MODELS, MODELS
@@ -20,6 +19,7 @@ from gaittrain.models.deepgaitv2 import DeepGaitV2
 from gaittrain.opengait import KEY_RULES, gait_config, opengait_key, rule_set
 from gaittrain.trained_model import load_model
 from tests.cli import FAST, ROOT, assert_one_line_error, gait
+from tests.opengait_fixtures import fixture_pack, import_checkpoint
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "opengait-models"
 CASES = ("deepgaitv2", "deepgaitv2-gait3d")
@@ -181,30 +181,6 @@ def test_every_weight_has_one_opengait_name(mode: str) -> None:
 # --- OpenGait checkpoints ---------------------------------------------------------------------
 
 
-def fixture_pack(path: Path) -> Path:
-    """A pack of the fixtures' six sequences as they are (OpenGait's 64 x 64 frames)."""
-    inputs = np.load(FIXTURES / "inputs.npz")
-    attrs = {"dataset": "casia-b", "min_sum": 10000, "binarize": False, "largest_blob": False}
-    writer = PackWriter(path, 64, attrs=attrs)
-    for key in inputs.files:
-        subject, condition, seq, view = key.split("-")
-        meta = dict(subject=subject, condition=condition, seq=seq, view=view, source=key)
-        writer.append(meta, inputs[key], np.arange(len(inputs[key])))
-    writer.close()
-    return path
-
-
-def import_run(case: str, out: Path, checkpoint: Path | None = None, config: Path | None = None):
-    return gait(
-        "import-checkpoint",
-        checkpoint or FIXTURES / case / "checkpoint.pt",
-        "--config",
-        config or FIXTURES / case / "config.yaml",
-        "--out",
-        out,
-    )
-
-
 @pytest.mark.slow
 @needs_fixtures
 @pytest.mark.parametrize("case", CASES)
@@ -213,7 +189,7 @@ def test_imported_embeddings_equal_opengaits(case: str, tmp_path: Path) -> None:
     sequences batched together by length) gives OpenGait's own inference embeddings, each
     sequence within 1e-5 of its largest entry."""
     run = tmp_path / "run"
-    r = import_run(case, run)
+    r = import_checkpoint(FIXTURES / case, run)
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((FIXTURES / case / "config.yaml").read_text())["model_cfg"]
     model = load_model(run, torch.device("cpu")).cfg.model
@@ -224,7 +200,7 @@ def test_imported_embeddings_equal_opengaits(case: str, tmp_path: Path) -> None:
     )
     assert model.classes == cfg["SeparateBNNecks"]["class_num"]
     assert model.dim == cfg["Backbone"]["channels"][2]
-    pack = fixture_pack(tmp_path / "og.h5")
+    pack = fixture_pack(FIXTURES, tmp_path / "og.h5")
     r = gait("embed", run, pack, "--out", tmp_path / "emb.h5", "--device", "cpu")
     assert r.exit_code == 0, r.output
     ours, attrs = read_embeddings(tmp_path / "emb.h5")
@@ -265,7 +241,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_keys(
     else:
         state["BNNecks.fc_bin"] = state["BNNecks.fc_bin"][..., :99]
     torch.save(ckpt, tmp_path / "bad.pt")
-    r = import_run(case, tmp_path / "run", checkpoint=tmp_path / "bad.pt")
+    r = import_checkpoint(FIXTURES / case, tmp_path / "run", checkpoint=tmp_path / "bad.pt")
     assert_one_line_error(r, needle)
     assert not (tmp_path / "run").exists()
 
@@ -290,7 +266,7 @@ def test_a_config_that_cannot_be_mapped_is_refused(edit: dict, needle: str, tmp_
         else:
             cfg["model_cfg"][key] = value
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = import_run("deepgaitv2", tmp_path / "run", config=tmp_path / "c.yaml")
+    r = import_checkpoint(FIXTURES / "deepgaitv2", tmp_path / "run", config=tmp_path / "c.yaml")
     assert_one_line_error(r, needle)
 
 

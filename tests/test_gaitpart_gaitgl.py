@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from gaitprep.pack import PackWriter
 from gaittrain.config import ConfigError, config_from_dict, load_config
 from gaittrain.data.dataset import PackDataset
 from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.models import BNNECK_MODELS, MODELS, GaitGL, GaitPart, build_model
 from gaittrain.trained_model import load_model
 from tests.cli import ROOT, assert_one_line_error, gait
+from tests.opengait_fixtures import fixture_pack, import_checkpoint
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "opengait-models"
 needs_fixtures = pytest.mark.skipif(
@@ -143,39 +143,15 @@ def test_gaitgl_trains_on_its_normalized_embeddings_and_linear_logits() -> None:
 # --- OpenGait checkpoints ---------------------------------------------------------------------
 
 
-def fixture_pack(path: Path) -> Path:
-    """A pack of the fixtures' six input sequences, as they are (OpenGait's 64 x 64 frames)."""
-    inputs = np.load(FIXTURES / "inputs.npz")
-    attrs = {"dataset": "casia-b", "min_sum": 10000, "binarize": False, "largest_blob": False}
-    writer = PackWriter(path, 64, attrs=attrs)
-    for key in inputs.files:
-        subject, condition, seq, view = key.split("-")
-        meta = dict(subject=subject, condition=condition, seq=seq, view=view, source=key)
-        writer.append(meta, inputs[key], np.arange(len(inputs[key])))
-    writer.close()
-    return path
-
-
-def import_run(case: str, out: Path, checkpoint: Path | None = None, config: Path | None = None):
-    return gait(
-        "import-checkpoint",
-        checkpoint or FIXTURES / case / "checkpoint.pt",
-        "--config",
-        config or FIXTURES / case / "config.yaml",
-        "--out",
-        out,
-    )
-
-
 @needs_fixtures
 @pytest.mark.parametrize("case", CASES)
 def test_imported_embeddings_equal_opengaits(case: str, tmp_path: Path) -> None:
     """`gait import-checkpoint`, then `gait embed` (whole sequences of 11 and 12 frames packed
     into one batch, 64 x 44 cut, /255) gives OpenGait's inference embeddings to 1e-5 of each
     sequence's largest value."""
-    r = import_run(case, tmp_path / "run")
+    r = import_checkpoint(FIXTURES / case, tmp_path / "run")
     assert r.exit_code == 0, r.output
-    pack = fixture_pack(tmp_path / "og.h5")
+    pack = fixture_pack(FIXTURES, tmp_path / "og.h5")
     out = tmp_path / "emb.h5"
     r = gait("embed", tmp_path / "run", pack, "--out", out, "--device", "cpu")
     assert r.exit_code == 0, r.output
@@ -196,7 +172,7 @@ def test_imported_embeddings_equal_opengaits(case: str, tmp_path: Path) -> None:
 @needs_fixtures
 def test_imported_runs_record_their_model_and_branch(tmp_path: Path) -> None:
     for case, branch, classes in (("gaitgl", "casia-b", 74), ("gaitgl-grew", "deep", 100)):
-        assert import_run(case, tmp_path / case).exit_code == 0
+        assert import_checkpoint(FIXTURES / case, tmp_path / case).exit_code == 0
         cfg = load_model(tmp_path / case, torch.device("cpu")).cfg
         assert (cfg.model.branch, cfg.model.classes, cfg.data.sampling) == (
             branch,
@@ -206,7 +182,7 @@ def test_imported_runs_record_their_model_and_branch(tmp_path: Path) -> None:
         assert cfg.cross_entropy.scale == 1.0
         record = json.loads((tmp_path / case / "data.json").read_text())
         assert record["imported"]["model"] == "GaitGL"
-    assert import_run("gaitpart", tmp_path / "gaitpart").exit_code == 0
+    assert import_checkpoint(FIXTURES / "gaitpart", tmp_path / "gaitpart").exit_code == 0
     model = load_model(tmp_path / "gaitpart", torch.device("cpu")).model
     assert isinstance(model, GaitPart) and model.parts == 16 and model.dim == 128
 
@@ -237,9 +213,13 @@ def test_a_key_left_over_or_missing_is_refused_by_name(case: str, key: str, tmp_
     def add(state: dict) -> None:
         state[key.rsplit(".", 1)[0] + ".extra"] = torch.zeros(1)
 
-    r = import_run(case, tmp_path / "run", edited_checkpoint(case, tmp_path, drop))
+    r = import_checkpoint(
+        FIXTURES / case, tmp_path / "run", checkpoint=edited_checkpoint(case, tmp_path, drop)
+    )
     assert_one_line_error(r, f"missing: {key}")
-    r = import_run(case, tmp_path / "run", edited_checkpoint(case, tmp_path, add))
+    r = import_checkpoint(
+        FIXTURES / case, tmp_path / "run", checkpoint=edited_checkpoint(case, tmp_path, add)
+    )
     assert_one_line_error(r, f"left over: {key.rsplit('.', 1)[0]}.extra")
     assert not (tmp_path / "run").exists()
 
@@ -252,12 +232,12 @@ def test_a_checkpoint_of_the_other_branch_or_class_count_is_refused(tmp_path: Pa
     cfg["data_cfg"]["dataset_name"] = "GREW"
     cfg["model_cfg"]["channels"] = [16, 32, 64, 128]
     (tmp_path / "grew.yaml").write_text(yaml.safe_dump(cfg))
-    r = import_run("gaitgl", tmp_path / "run", config=tmp_path / "grew.yaml")
+    r = import_checkpoint(FIXTURES / "gaitgl", tmp_path / "run", config=tmp_path / "grew.yaml")
     assert_one_line_error(r, "left over: GLConvA0.global_conv3d", "missing: conv3d.2.conv3d")
     cfg = yaml.safe_load((FIXTURES / "gaitgl" / "config.yaml").read_text())
     cfg["model_cfg"]["class_num"] = 75
     (tmp_path / "c75.yaml").write_text(yaml.safe_dump(cfg))
-    r = import_run("gaitgl", tmp_path / "run", config=tmp_path / "c75.yaml")
+    r = import_checkpoint(FIXTURES / "gaitgl", tmp_path / "run", config=tmp_path / "c75.yaml")
     assert_one_line_error(r, "Head1.fc_bin has shape [64, 128, 74], but the config's gaitgl")
 
 
@@ -298,7 +278,7 @@ def test_a_config_that_cannot_be_mapped_is_refused(
         else:
             model[key] = value
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = import_run(case, tmp_path / "run", config=tmp_path / "c.yaml")
+    r = import_checkpoint(FIXTURES / case, tmp_path / "run", config=tmp_path / "c.yaml")
     assert_one_line_error(r, needle)
 
 

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from gaitprep.pack import PackWriter
 from gaittrain.config import ConfigError, config_from_dict, dump_config, load_config
 from gaittrain.evaluation.embeddings_file import read_embeddings
 from gaittrain.losses import TripletLoss
@@ -21,6 +20,7 @@ from gaittrain.objective import Objective
 from gaittrain.trained_model import load_model
 from gaittrain.trainer import with_classes
 from tests.cli import FAST, ROOT, assert_one_line_error, gait, make_pack
+from tests.opengait_fixtures import fixture_pack, import_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "opengait"
 needs_fixtures = pytest.mark.skipif(
@@ -190,31 +190,6 @@ def test_a_gaitbase_step_gathers_its_logits_under_ddp(tmp_path: Path) -> None:
 # --- OpenGait checkpoints ---------------------------------------------------------------------
 
 
-def opengait_pack(path: Path) -> Path:
-    """A pack of the fixtures' six input sequences, as they are (OpenGait's 64 x 64 frames)."""
-    inputs = np.load(FIXTURES / "inputs.npz")
-    attrs = {"dataset": "casia-b", "min_sum": 10000, "binarize": False, "largest_blob": False}
-    writer = PackWriter(path, 64, attrs=attrs)
-    for key in inputs.files:
-        subject, condition, seq, view = key.split("-")
-        meta = dict(subject=subject, condition=condition, seq=seq, view=view, source=key)
-        writer.append(meta, inputs[key], np.arange(len(inputs[key])))
-    writer.close()
-    return path
-
-
-def import_run(name: str, out: Path, *extra) -> object:
-    return gait(
-        "import-checkpoint",
-        FIXTURES / name / "checkpoint.pt",
-        "--config",
-        FIXTURES / name / "config.yaml",
-        "--out",
-        out,
-        *extra,
-    )
-
-
 @pytest.mark.slow
 @needs_fixtures
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -223,9 +198,9 @@ def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
     OpenGait's own inference embeddings, stored as the model computed them (float32: within 1e-4
     of the largest entry, the model's arithmetic); with --storage float16, those values rounded
     (one rounding step of the reference's float16 value more)."""
-    r = import_run(name, tmp_path / "run")
+    r = import_checkpoint(FIXTURES / name, tmp_path / "run")
     assert r.exit_code == 0, r.output
-    pack = opengait_pack(tmp_path / "og.h5")
+    pack = fixture_pack(FIXTURES, tmp_path / "og.h5")
     r = gait("embed", tmp_path / "run", pack, "--out", tmp_path / "emb.h5", "--device", "cpu")
     assert r.exit_code == 0, r.output
     half = tmp_path / "emb16.h5"
@@ -260,16 +235,16 @@ def test_imported_embeddings_equal_opengaits(name: str, tmp_path: Path) -> None:
 @needs_fixtures
 def test_imported_run_records_its_source_and_is_not_resumed(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert import_run("gaitbase", run).exit_code == 0
+    assert import_checkpoint(FIXTURES / "gaitbase", run).exit_code == 0
     record = json.loads((run / "data.json").read_text())
     assert record["imported"]["model"] == "Baseline" and record["train_subjects"] is None
     assert record["imported"]["iteration"] == 60000
     trained = load_model(run, torch.device("cpu"))
     assert trained.cfg.model.name == "gaitbase" and trained.cfg.model.classes == 74
     assert trained.path == run / "checkpoints" / "iter-060000.pt"
-    r = import_run("gaitbase", run)
+    r = import_checkpoint(FIXTURES / "gaitbase", run)
     assert_one_line_error(r, f"{run} is not empty")
-    assert import_run("gaitset", tmp_path / "gaitset").exit_code == 0
+    assert import_checkpoint(FIXTURES / "gaitset", tmp_path / "gaitset").exit_code == 0
     pack, config = make_pack(tmp_path / "sample.h5"), tmp_path / "gaitset" / "config.yaml"
     r = gait("train", config, "--pack", pack, "--out", tmp_path / "gaitset", "--resume", *FAST)
     assert_one_line_error(r, "was imported (gait import-checkpoint)")
@@ -336,7 +311,7 @@ def test_a_model_that_cannot_be_mapped_is_refused(edit: dict, needle: str, tmp_p
 @needs_fixtures
 def test_imported_run_works_with_gait_eval(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert import_run("gaitset", run).exit_code == 0
+    assert import_checkpoint(FIXTURES / "gaitset", run).exit_code == 0
     pack = make_pack(tmp_path / "sample.h5")
     out = tmp_path / "report.json"
     r = gait("eval", run, "--pack", pack, "--test-subjects", "001-006", "--out", out)

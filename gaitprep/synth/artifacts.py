@@ -142,6 +142,21 @@ def add_blob(img: np.ndarray, rng: np.random.Generator, scale: float) -> None:
     cv2.ellipse(img, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
 
 
+def apply_frame(img: np.ndarray, hits: Hits, t: int, scale: float) -> None:
+    """The artifacts ``hits`` draws on frame ``t`` (holes, ragged edges, speckle, a blob, or an
+    empty frame), in that order, on ``img`` in place; ``scale`` sizes holes, speckle and blobs."""
+    if hits.frames["holes"][t]:
+        punch_holes(img, hits.params["holes"], scale)
+    if hits.frames["ragged"][t]:
+        roughen_edges(img, hits.params["ragged"])
+    if hits.frames["speckle"][t]:
+        add_speckle(img, hits.params["speckle"], scale)
+    if hits.frames["blob"][t]:
+        add_blob(img, hits.params["blob"], scale)
+    if hits.frames["empty"][t]:
+        img[:] = 0
+
+
 def short_keep(rng: np.random.Generator, n_frames: int) -> slice:
     """The frames a ``short`` sequence keeps: a run of one to four frames."""
     k = int(rng.integers(1, 5))

@@ -168,17 +168,7 @@ def render_sequence(spec: SequenceSpec) -> np.ndarray:
     if hits.sequence["shadow"]:
         draw_shadow(frames, cam, fig, axes, origin, hits.params["shadow"])
     for t in range(spec.frames):
-        img = frames[t]
-        if hits.frames["holes"][t]:
-            art.punch_holes(img, hits.params["holes"], scale)
-        if hits.frames["ragged"][t]:
-            art.roughen_edges(img, hits.params["ragged"])
-        if hits.frames["speckle"][t]:
-            art.add_speckle(img, hits.params["speckle"], scale)
-        if hits.frames["blob"][t]:
-            art.add_blob(img, hits.params["blob"], scale)
-        if hits.frames["empty"][t]:
-            img[:] = 0
+        art.apply_frame(frames[t], hits, t, scale)
     if hits.sequence["short"]:
         keep = art.short_keep(hits.params["short"], spec.frames)
         mask = np.ones(spec.frames, bool)

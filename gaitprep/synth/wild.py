@@ -259,16 +259,7 @@ def render_wild(spec: WildSpec) -> WildFrames:
         x0, y0 = max(x - m, 0), max(y - m, 0)
         img = masks[t, y0 : y + h + m, x0 : x + w + m].copy()
         scale = img.shape[0] / 160.0
-        if hits.frames["holes"][t]:
-            art.punch_holes(img, hits.params["holes"], scale)
-        if hits.frames["ragged"][t]:
-            art.roughen_edges(img, hits.params["ragged"])
-        if hits.frames["speckle"][t]:
-            art.add_speckle(img, hits.params["speckle"], scale)
-        if hits.frames["blob"][t]:
-            art.add_blob(img, hits.params["blob"], scale)
-        if hits.frames["empty"][t]:
-            img[:] = 0
+        art.apply_frame(img, hits, t, scale)
         crops.append(img)
     if hits.sequence["short"]:
         keep = art.short_keep(hits.params["short"], spec.frames)

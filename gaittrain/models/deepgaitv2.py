@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaittrain.models.gaitbase import BasicBlock
+from gaittrain.models.gaitbase import BasicBlock, require_classes
 from gaittrain.models.pooling import horizontal_pooling
 from gaittrain.models.set_model import segment_max
 from gaittrain.schema import ConfigError, int_field, ints_field, show
@@ -235,11 +235,7 @@ class DeepGaitV2(nn.Module):
 
     @classmethod
     def from_config(cls, c: DeepGaitV2Config) -> DeepGaitV2:
-        if c.classes < 1:
-            raise ValueError(
-                "model.classes is 0 (the number of training subjects, filled in by the trainer): "
-                "give the BNNeck's class count"
-            )
+        require_classes(c.classes, "BNNeck")
         return cls(c.mode, c.channels, c.layers, c.strides, c.bins, c.dim, c.classes)
 
     def __init__(

@@ -137,6 +137,16 @@ def out_size(size: int, strides: Sequence[int], layers: Sequence[int], maxpool: 
     return size
 
 
+def require_classes(classes: int, head: str) -> None:
+    """Refuse a model section whose ``classes`` is still 0 (the trainer fills in the number of
+    training subjects); ``head`` names what needs the count (``BNNeck``, ``classifier``)."""
+    if classes < 1:
+        raise ValueError(
+            "model.classes is 0 (the number of training subjects, filled in by the trainer): "
+            f"give the {head}'s class count"
+        )
+
+
 class GaitBase(nn.Module):
     """GaitBase: ResNet-9-style backbone, temporal max pooling, horizontal pooling, separate
     FCs and a BNNeck with per-part cosine classifiers.
@@ -160,11 +170,7 @@ class GaitBase(nn.Module):
 
     @classmethod
     def from_config(cls, c: GaitBaseConfig) -> GaitBase:
-        if c.classes < 1:
-            raise ValueError(
-                "model.classes is 0 (the number of training subjects, filled in by the trainer): "
-                "give the BNNeck's class count"
-            )
+        require_classes(c.classes, "BNNeck")
         return cls(c.channels, c.layers, c.strides, c.maxpool, c.bins, c.dim, c.classes)
 
     def __init__(

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gaittrain.models.focal import focal
+from gaittrain.models.gaitbase import require_classes
 from gaittrain.models.sequences import by_length
 from gaittrain.schema import ConfigError, float_field, int_field, ints_field
 
@@ -156,11 +157,7 @@ class GaitGL(nn.Module):
 
     @classmethod
     def from_config(cls, c: GaitGLConfig) -> GaitGL:
-        if c.classes < 1:
-            raise ValueError(
-                "model.classes is 0 (the number of training subjects, filled in by the trainer): "
-                "give the classifier's class count"
-            )
+        require_classes(c.classes, "classifier")
         return cls(c.branch, c.channels, c.halving, c.bins, c.dim, c.gem_p, c.classes)
 
     def __init__(
