@@ -588,12 +588,16 @@ def person_problem(blob: np.ndarray, recent: list[int]) -> str | None:
         ``"covers most of the frame"`` (over ``MAX_SHARE`` of it), ``"not shaped like a
         person"`` (height / width outside ``ASPECT``, or as tall as the frame: a whole person
         does not touch both its top and its bottom), ``"size jump"`` (area over ``SIZE_JUMP``
-        times the median of ``recent``, or under its inverse), else None.
+        times the median of ``recent``, or under its inverse), else None. A blob cut by the
+        frame's left or right edge (a walker entering or leaving) is judged by its share of
+        the frame only: its shape and size are those of the part still in view.
     """
     area = cv2.countNonZero(blob)
-    _, _, w, h = cv2.boundingRect(blob)
+    x, _, w, h = cv2.boundingRect(blob)
     if area > MAX_SHARE * blob.size:
         return "covers most of the frame"
+    if x == 0 or x + w == blob.shape[1]:
+        return None
     if not ASPECT[0] <= h / w <= ASPECT[1] or h == blob.shape[0]:
         return "not shaped like a person"
     if recent and not 1 / SIZE_JUMP <= area / float(np.median(recent)) <= SIZE_JUMP:
