@@ -77,81 +77,97 @@ def _progress(total_frames: int, per_seq: int, plan: str):
     return wrap
 
 
+def _frames_option():
+    return click.option(
+        "--frames",
+        type=click.IntRange(1, 10000),
+        default=30,
+        show_default=True,
+        help="Frames per sequence (25 frames/s).",
+    )
+
+
+def _tree_options() -> list:
+    """The options every tree-writing synth command shares: seed, workers, artifacts,
+    overwrite."""
+    return [
+        click.option(
+            "--seed",
+            type=SEED,
+            default=0,
+            show_default=True,
+            help="Population seed: same arguments + seed = identical bytes.",
+        ),
+        workers_option("Parallel processes."),
+        click.option("--clean", is_flag=True, help="Switch every segmentation artifact off."),
+        click.option(
+            "--artifact",
+            "artifact_rates",
+            multiple=True,
+            metavar="NAME=RATE",
+            help="Set one artifact's rate (repeatable): speckle, ragged, holes, "
+            "blob, empty (per frame); shadow, out_of_frame, short "
+            "(per sequence). See docs/synth.md.",
+        ),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Replace an existing synth tree made with other arguments.",
+        ),
+    ]
+
+
+def _apply(options: list):
+    """A decorator applying ``options`` so that --help lists them in this order."""
+
+    def decorate(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
 def _options(layout_name: str):
     layout = LAYOUTS[layout_name]
     w, h = layout.size
     recordings = ", ".join(f"{c}-{s:02d}" for c, s in layout.recordings)
 
-    def decorate(f):
-        for opt in reversed(
-            [
-                click.argument("out", type=click.Path(path_type=Path)),
-                click.option(
-                    "--subjects",
-                    default="10",
-                    show_default=True,
-                    help="How many subjects (ids 1..N), or ids and ranges: 1-74,80.",
+    return _apply(
+        [
+            click.argument("out", type=click.Path(path_type=Path)),
+            click.option(
+                "--subjects",
+                default="10",
+                show_default=True,
+                help="How many subjects (ids 1..N), or ids and ranges: 1-74,80.",
+            ),
+            _frames_option(),
+            click.option(
+                "--views",
+                default=None,
+                help=f"Comma-separated view angles [default: all of "
+                f"{', '.join(f'{v:03d}' for v in layout.views)}].",
+            ),
+            click.option(
+                "--conditions",
+                default=None,
+                help=f"Comma-separated recordings [default: all of {recordings}]."
+                + (
+                    " A bare condition (nm) means all its numbers."
+                    if layout_name == "casia-b"
+                    else ""
                 ),
-                click.option(
-                    "--frames",
-                    type=click.IntRange(1, 10000),
-                    default=30,
-                    show_default=True,
-                    help="Frames per sequence (25 frames/s).",
-                ),
-                click.option(
-                    "--views",
-                    default=None,
-                    help=f"Comma-separated view angles [default: all of "
-                    f"{', '.join(f'{v:03d}' for v in layout.views)}].",
-                ),
-                click.option(
-                    "--conditions",
-                    default=None,
-                    help=f"Comma-separated recordings [default: all of {recordings}]."
-                    + (
-                        " A bare condition (nm) means all its numbers."
-                        if layout_name == "casia-b"
-                        else ""
-                    ),
-                ),
-                click.option(
-                    "--size",
-                    default=None,
-                    metavar="WxH",
-                    help=f"Frame size in pixels [default: {w}x{h}].",
-                ),
-                click.option(
-                    "--seed",
-                    type=SEED,
-                    default=0,
-                    show_default=True,
-                    help="Population seed: same arguments + seed = identical bytes.",
-                ),
-                workers_option("Parallel processes."),
-                click.option(
-                    "--clean", is_flag=True, help="Switch every segmentation artifact off."
-                ),
-                click.option(
-                    "--artifact",
-                    "artifact_rates",
-                    multiple=True,
-                    metavar="NAME=RATE",
-                    help="Set one artifact's rate (repeatable): speckle, ragged, holes, "
-                    "blob, empty (per frame); shadow, out_of_frame, short "
-                    "(per sequence). See docs/synth.md.",
-                ),
-                click.option(
-                    "--overwrite",
-                    is_flag=True,
-                    help="Replace an existing synth tree made with other arguments.",
-                ),
-            ]
-        ):
-            f = opt(f)
-        return f
-
-    return decorate
+            ),
+            click.option(
+                "--size",
+                default=None,
+                metavar="WxH",
+                help=f"Frame size in pixels [default: {w}x{h}].",
+            ),
+            *_tree_options(),
+        ]
+    )
 
 
 def _run(
@@ -275,25 +291,7 @@ def _wild_options(dataset: str):
                 help="Sequences of walkers of no subject [default: as many as test subjects].",
             )
         )
-    rest = [
-        click.option("--frames", type=click.IntRange(1, 10000), default=30, show_default=True,
-                     help="Frames per sequence (25 frames/s)."),
-        click.option("--seed", type=SEED, default=0, show_default=True,
-                     help="Population seed: same arguments + seed = identical bytes."),
-        workers_option("Parallel processes."),
-        click.option("--clean", is_flag=True, help="Switch every segmentation artifact off."),
-        click.option("--artifact", "artifact_rates", multiple=True, metavar="NAME=RATE",
-                     help="Set one artifact's rate (repeatable), as for gait synth casia-b."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace an existing synth tree made with other arguments."),
-    ]  # fmt: skip
-
-    def decorate(f):
-        for opt in reversed(fixed + rest):
-            f = opt(f)
-        return f
-
-    return decorate
+    return _apply([*fixed, _frames_option(), *_tree_options()])
 
 
 def _run_wild(dataset: str, out, subjects, test, sequences, cameras, frames, seed, workers,
