@@ -16,6 +16,7 @@
     python bench/train_bench.py [--repeats 3]
 
 Prints tables and writes bench/results/train_bench.json.
+Each model's step against OpenGait's own code for it, CPU time: bench/opengait_step.py.
 """
 
 from __future__ import annotations
