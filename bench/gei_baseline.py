@@ -9,6 +9,14 @@ NM 40-75 %, BG lower, CL lowest under this protocol.
     python bench/gei_baseline.py --subjects 50 --frames 30 --seed 0
 
 Prints the per-view table and writes JSON to bench/results/gei_baseline.json.
+
+With ``--pack`` it embeds a Gait3D pack instead (``gait prep gait3d``, e.g. of ``gait synth
+gait3d``): the GEI of each sequence of the partition file's TRAIN_SET fits the PCA, and those of
+its TEST_SET are written as ``gait score``'s inputs (OpenGait's evaluator's arrays, one part), so
+that ``gait score INPUTS --protocol gait3d --partition FILE`` scores them as it scores a model's
+(``make wild-demo`` sets the two side by side):
+
+    python bench/gei_baseline.py --pack g3.h5 --partition Gait3D.json --inputs gei-inputs.npz
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from gaitprep.normalize import normalize_frame
+from gaitprep.pack import Pack
 from gaitprep.synth import CASIA_B, Artifacts, SequenceSpec, render_sequence
+from gaitprep.wild import opengait_keys
+from gaittrain.evaluation.score import load_partition, save_inputs
 
 GALLERY = [("nm", i) for i in (1, 2, 3, 4)]
 PROBES = {"NM": [("nm", 5), ("nm", 6)], "BG": [("bg", 1), ("bg", 2)], "CL": [("cl", 1), ("cl", 2)]}
@@ -95,6 +106,25 @@ def evaluate(geis, subjects, energy) -> dict:
     return result
 
 
+def pack_inputs(pack: Path, partition: Path, inputs: Path, energy: float) -> dict:
+    """GEI + PCA embeddings of a Gait3D ``pack``'s test sequences, written to ``inputs`` as
+    ``gait score`` reads them; the PCA is fitted on the training subjects' sequences."""
+    train = set(load_partition(partition, "TRAIN_SET"))
+    test = set(load_partition(partition, "TEST_SET"))
+    with Pack(pack) as p:
+        dataset = str(p.file.attrs["dataset"])
+        every = p.keys()
+        keys = [k for k in every if k[0] in train | test]
+        geis = {k: p[k].mean(0, dtype=np.float32).ravel() / 255.0 for k in keys}
+    fit = np.stack([g for k, g in geis.items() if k[0] in train])
+    mean, axes = pca_fit(fit, energy)
+    tested = [k for k in keys if k[0] in test]
+    emb = (np.stack([geis[k] for k in tested]) - mean) @ axes.T
+    labels, types, views = np.array([opengait_keys(dataset, k) for k in tested]).T
+    save_inputs(inputs, emb[:, :, None].astype(np.float32), labels, types, views)
+    return {"pca_components": int(axes.shape[0]), "fitted": len(fit), "tested": len(tested)}
+
+
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -106,7 +136,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", type=Path, default=Path("bench/results/gei_baseline.json"))
     ap.add_argument("--compare", type=Path, help="a `gait eval --report json` file to set beside")
+    ap.add_argument("--pack", type=Path, help="a Gait3D pack to embed instead of rendering")
+    ap.add_argument("--partition", type=Path, help="with --pack: its Gait3D partition file")
+    ap.add_argument("--inputs", type=Path, help="with --pack: the `gait score` inputs to write")
     args = ap.parse_args()
+    if args.pack:
+        if not (args.partition and args.inputs):
+            ap.error("--pack needs --partition and --inputs")
+        done = pack_inputs(args.pack, args.partition, args.inputs, args.energy)
+        print(
+            f"GEI + PCA ({done['pca_components']} components, fitted on {done['fitted']} "
+            f"training sequences): {done['tested']} test sequences written to {args.inputs}"
+        )
+        return
 
     subjects = list(range(1, args.subjects + 1))
     t0 = time.perf_counter()
