@@ -40,14 +40,18 @@ CERTIFIED = ["int8", "lowrank"]
 def fallbacks(monkeypatch) -> list:
     """Whether each block a certified path ranked was computed whole in float64 (its bound
     left too much open), in order."""
-    certify, found = certified.certify, []
+    found = []
 
-    def spy(*args):
-        ranked = certify(*args)
-        found.append(ranked.fallback)
+    def spy(certify):
+        def ranked(*args):
+            out = certify(*args)
+            found.append(out.fallback)
+            return out
+
         return ranked
 
-    monkeypatch.setattr(certified, "certify", spy)
+    for name in ("certify", "certify_lower"):  # int8's intervals, lowrank's lower ends
+        monkeypatch.setattr(certified, name, spy(getattr(certified, name)))
     return found
 
 
@@ -188,34 +192,84 @@ def test_bound_holds_for_every_pair(levels, path):
 @pytest.mark.parametrize("storage", [torch.float32, torch.float16])
 @pytest.mark.parametrize("rank", [1, None, 32], ids=["rank-1", "chosen", "whole-dim"])
 def test_lowrank_bound_holds_for_every_pair(rank, storage):
-    """lower <= D <= upper for every pair of :func:`extremes` (stored in float32 or float16)
-    whatever the rank: 1 (most of every part left out), the one chosen from the spectrum, and
-    the whole width; and the bound is tight where the gallery is low-rank."""
+    """lower <= D for every pair of :func:`extremes` (stored in float32 or float16) whatever
+    the rank: 1 (most of every part left out), the one chosen from the spectrum, and the whole
+    width; and the bound is tight where the gallery is low-rank."""
     probe, gallery = (x.to(storage) for x in extremes())
     basis = lowrank.fit(gallery, rank)
     assert basis.rank == (rank or 8) and basis.epsilon < 1e-5
-    lower, upper = lowrank.interval(
+    lower = lowrank.interval(
         lowrank.project(probe, basis, True), lowrank.project(gallery, basis, False)
     )
     exact = certified.exact_block(probe, gallery)
-    assert lower.shape == upper.shape == exact.shape
+    assert lower.shape == exact.shape and lower.is_contiguous()
     assert bool((lower.double() <= exact).all()), float((lower.double() - exact).max())
-    assert bool((exact <= upper.double()).all()), float((exact - upper.double()).max())
+    assert bool((lower.double() < exact)[exact > 0].all())  # strictly, beyond float64 rounding
     gallery, _ = structured(60, 1, 5, 32, 0.0, seed=2, rank=6)  # rank 6: all of it kept
     probe, _ = structured(35, 1, 5, 32, 0.3, seed=2, rank=6)  # near the first 35
     probe, gallery = probe.to(storage), gallery.to(storage)
     basis = lowrank.fit(gallery)
-    lower, upper = lowrank.interval(
+    lower = lowrank.interval(
         lowrank.project(probe, basis, True), lowrank.project(gallery, basis, False)
     )
     exact = certified.exact_block(probe, gallery)
-    assert bool(((lower.double() <= exact) & (exact <= upper.double())).all())
-    assert float(((upper - lower) / (upper + lower)).median()) < 1e-4  # and is useful
+    assert bool((lower.double() <= exact).all())
+    assert float(((exact - lower) / exact).median()) < 1e-4  # and is useful
 
 
 def test_lowrank_examples():
     found = doctest.testmod(lowrank)
     assert found.failed == 0 and found.attempted >= 5
+
+
+@pytest.mark.parametrize("rank", [1, None], ids=["rank-1", "chosen"])
+def test_lowrank_upper_ends_hold_for_every_pair(rank):
+    """upper_ends >= D >= lower for every pair of :func:`extremes`, whatever the rank (the
+    re-check's second stage computes them for the pairs the lower ends leave)."""
+    probe, gallery = extremes()
+    basis = lowrank.fit(gallery, rank)
+    p_p, g_p = lowrank.project(probe, basis, True), lowrank.project(gallery, basis, False)
+    i, j = (x.flatten() for x in torch.meshgrid(torch.arange(35), torch.arange(35), indexing="ij"))
+    upper = lowrank.upper_ends(p_p, g_p, i, j).view(35, 35)
+    exact = certified.exact_block(probe, gallery)
+    assert upper.dtype == torch.float64
+    assert bool((exact <= upper).all()), float((exact - upper).max())
+    assert bool((lowrank.interval(p_p, g_p).double() <= exact).all())
+
+
+@pytest.mark.parametrize("matches", ["one", "four", "none", "mixed"])
+def test_lowrank_ranks_from_lower_ends_equal_float64(matches, path, fallbacks):
+    """certify_lower's thresholds and second stage against the float64 figures: one correct
+    match per probe, four (the farthest decides the threshold), none (the threshold comes
+    from the pair of smallest lower end) and a mix, with exact duplicates of each probe's
+    nearest sequence (of another subject, and of the same), twins 1e-6 relative beyond or
+    inside it, and a zero probe; 3 blocks of 40 probes."""
+    g = torch.Generator().manual_seed(11)
+    gallery, g_ids = structured(120, 4, 6, 64, 0.4, seed=4, rank=6)
+    probe, p_ids = structured(120, 1, 6, 64, 0.4, seed=4, rank=6)
+    probe = probe + 0.2 * torch.randn(probe.shape, generator=g)
+    p_ids = {"one": p_ids * 4, "four": p_ids, "none": p_ids + 1000}.get(
+        matches, np.where(np.arange(120) % 3 == 0, p_ids + 1000, p_ids)
+    )
+    if matches == "one":
+        g_ids = np.arange(len(gallery))  # each probe's subject: one sequence of the four
+    nearest = certified.exact_block(probe, gallery).argmin(dim=1)
+    copies = gallery[nearest[:40]]
+    twins = copies * (1 + 1e-6 * torch.randn(40, 1, 1, generator=g).sign())
+    gallery = torch.cat([gallery, copies, twins])
+    g_ids = np.concatenate([g_ids, g_ids[nearest[:40].numpy()], 5000 + np.arange(40)])
+    probe[7] = 0.0
+    rank, sizes = lowrank.fit(gallery).rank, (len(gallery), 6, 64)
+    cap = next(
+        m for m in range(1 << 20, 1 << 30, 1 << 16) if lowrank.block_rows(*sizes, rank, m) >= 40
+    )
+    fast = retrieve(probe, p_ids, gallery, g_ids, precision="lowrank", max_memory=cap)
+    ref = reference64(probe, p_ids, gallery, g_ids)
+    np.testing.assert_array_equal(fast.first, ref[0])
+    np.testing.assert_array_equal(fast.nearest, ref[3])
+    np.testing.assert_allclose(fast.ap, ref[1], atol=1e-12)
+    np.testing.assert_allclose(fast.inp, ref[2], atol=1e-12)
+    assert len(fallbacks) == 3 and not any(fallbacks)  # blocks of 40, the bounds decided
 
 
 @pytest.mark.slow

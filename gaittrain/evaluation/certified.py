@@ -37,8 +37,9 @@ float64 distances, whatever the data; only the time depends on it.
 On CPUs with AVX-512 VNNI and a C compiler, steps 1-4 run in the fused kernels of
 :mod:`gaittrain.evaluation.native` (a tile's products stay in registers; the re-check reads the
 stored rows); elsewhere (CUDA included) in PyTorch, :func:`torch._int_mm` for the products.
-Step 4 (:func:`certify`) takes intervals from any approximation: the low-rank path
-(:mod:`gaittrain.evaluation.lowrank`) ranks through it too.
+Step 4 (:func:`certify`) takes intervals from any approximation; the low-rank path
+(:mod:`gaittrain.evaluation.lowrank`) bounds distances from below only and ranks through
+:func:`certify_lower`.
 """
 
 from __future__ import annotations
@@ -537,11 +538,7 @@ def certify(probe: torch.Tensor, gallery: torch.Tensor, matches: torch.Tensor, t
     i, j = torch.cat([i, rows[valid]]), torch.cat([j, matches[valid]])
     exact = torch.cat([exact, dm[valid]])
     up = upper[i, j]
-    # The nearest: the first (in gallery order) of the smallest exact distances of the row.
-    row_best = torch.full((b,), torch.inf, dtype=torch.float64, device=device)
-    row_best = row_best.scatter_reduce(0, i, exact, "amin")
-    first = torch.where(exact == row_best[i], j, n)
-    nearest = torch.full((b,), n, device=device).scatter_reduce(0, i, first, "amin")
+    nearest = _nearest(i, j, exact, b, n)  # the first of the row's smallest exact distances
     # A match's rank: the pairs certainly nearer, then the candidates nearer (not counted yet).
     big = torch.iinfo(torch.int64).max
     ranks = torch.full(matches.shape, big, dtype=torch.int64, device=device)
@@ -553,6 +550,127 @@ def certify(probe: torch.Tensor, gallery: torch.Tensor, matches: torch.Tensor, t
         )
         ranks[:, t] = torch.where(valid[:, t], rank, big)
     return BlockRanks(ranks, nearest, len(exact), tried, False)
+
+
+def certify_lower(
+    probe: torch.Tensor,
+    gallery: torch.Tensor,
+    matches: torch.Tensor,
+    lower: torch.Tensor,
+    upper_of,
+    limit: float,
+) -> BlockRanks:
+    """Exact ranks of a block from lower ends of every pair's distance and upper ends of the
+    few pairs they leave (the low-rank path, :mod:`gaittrain.evaluation.lowrank`).
+
+    Each row's threshold is float32 at or above the largest exact distance of its matches (a
+    row without matches: of its pair of smallest lower end, an upper end of its nearest
+    distance). A pair whose lower end exceeds it is farther than every match of its row and
+    than its nearest sequence: it neither is the nearest nor comes before a match, tied or not.
+    The pairs left (the survivors, the matches among them) get their upper ends, and from
+    there on it is step 4 of the module's docstring on them alone: a survivor whose upper end
+    is below a match's distance is certainly nearer; those whose lower end is at most the
+    row's smallest upper end (or a match's distance), or whose ends hold a match's distance,
+    are computed exactly.
+
+    Parameters
+    ----------
+    probe, gallery, matches
+        As :func:`rank_block` takes them.
+    lower : Tensor float32 [b, >= n]
+        A lower end of every pair's distance (columns past n: padding).
+    upper_of : callable
+        ``upper_of(i, j)``: float64 upper ends [L] of the distances of pairs ``(i, j)``.
+    limit : float
+        Pairs to compute exactly per probe (beyond its matches) above which the block is
+        computed whole in float64 (:func:`exact_block`), as it is where more than
+        :data:`SURVIVORS_FRACTION` of the pairs survive the threshold.
+    """
+    b, n = probe.shape[0], gallery.shape[0]
+    device = probe.device
+    valid = matches >= 0
+    rows = torch.arange(b, device=device)[:, None].expand_as(matches)
+    dm = torch.full(matches.shape, torch.nan, dtype=torch.float64, device=device)
+    dm[valid] = exact_pairs(probe, gallery, rows[valid], matches[valid])
+    dm_hi = _float32_around(dm)[1]
+    lower = lower[:, :n]
+    threshold = torch.where(valid, dm_hi, -torch.inf).amax(dim=1)  # [b]
+    alone = (~valid.any(dim=1)).nonzero()[:, 0]
+    if len(alone) and n:
+        nearest_lower = lower[alone].argmin(dim=1)
+        threshold[alone] = _float32_around(exact_pairs(probe, gallery, alone, nearest_lower))[1]
+    survive = lower <= threshold[:, None]
+    if int(survive.count_nonzero()) > SURVIVORS_FRACTION * b * n:
+        return _whole(probe, gallery, matches, valid)
+    i, j = survive.nonzero(as_tuple=True)
+    del survive
+    low, up = lower[i, j].double(), upper_of(i, j)
+    same = matches[i] == j[:, None]  # [L, M]: which survivor is which match
+    is_match = same.any(dim=1)
+    if int(is_match.sum()) != int(valid.sum()):  # the proof says every match survives
+        raise RuntimeError("certify_lower: a lower end exceeds a match's exact distance")
+    # the nearest is among the survivors whose lower end is at most the row's least upper end
+    least = torch.where(valid, dm, torch.inf).amin(dim=1)
+    least = least.scatter_reduce(0, i, up, "amin")
+    check = low <= least[i]
+    surely = torch.zeros(matches.shape, dtype=torch.int64, device=device)
+    for t in range(matches.shape[1]):
+        below = up < dm[i, t]  # NaN (padding): none
+        surely[:, t] = torch.zeros(b, dtype=torch.int64, device=device).index_add_(
+            0, i, below.long()
+        )
+        check |= ~below & (low <= dm_hi[i, t])
+    check &= ~is_match  # known already
+    if int(check.sum()) > limit * b:
+        return _whole(probe, gallery, matches, valid)
+    exact = torch.where(same, dm[i], 0.0).sum(dim=1)  # the matches' distances
+    exact[check] = exact_pairs(probe, gallery, i[check], j[check])
+    keep = check | is_match
+    i, j, up, exact = i[keep], j[keep], up[keep], exact[keep]
+    nearest = _nearest(i, j, exact, b, n)
+    big = torch.iinfo(torch.int64).max
+    ranks = torch.full(matches.shape, big, dtype=torch.int64, device=device)
+    at = matches.clamp(min=0)
+    for t in range(matches.shape[1]):
+        d, m = dm[i, t], at[i, t]
+        nearer = (up >= d) & ((exact < d) | ((exact == d) & (j < m)))  # not counted yet
+        rank = surely[:, t] + torch.zeros(b, dtype=torch.int64, device=device).index_add_(
+            0, i, nearer.long()
+        )
+        ranks[:, t] = torch.where(valid[:, t], rank, big)
+    return BlockRanks(ranks, nearest, int(check.sum()) + int(valid.sum()), 1, False)
+
+
+#: A block where more than this fraction of the pairs survive certify_lower's threshold is
+#: computed whole in float64 (their upper ends, gathered, would cost more).
+SURVIVORS_FRACTION = 1 / 8
+
+
+def _whole(probe, gallery, matches, valid) -> BlockRanks:
+    """A block's :class:`BlockRanks` from every pair's float64 distance (:func:`exact_block`),
+    a quarter of its rows at a time (so that the working set per pair of the block stays
+    below :data:`~gaittrain.evaluation.lowrank.PAIR_BYTES` with its lower ends)."""
+    step = -(-probe.shape[0] // WHOLE_PIECES)
+    ranks, nearest = [], []
+    for s in range(0, probe.shape[0], step):
+        whole = exact_block(probe[s : s + step], gallery)
+        ranks.append(match_ranks(whole, matches[s : s + step]))
+        nearest.append(whole.argmin(dim=1))
+        del whole
+    return BlockRanks(torch.cat(ranks), torch.cat(nearest), int(valid.sum()), 1, True)
+
+
+#: The pieces a block that certify_lower computes whole is cut into.
+WHOLE_PIECES = 4
+
+
+def _nearest(i, j, exact, b: int, n: int) -> torch.Tensor:
+    """[b]: each row's first (in gallery order) of its smallest exact distances, from pairs
+    ``(i, j)`` of distances ``exact`` (n where a row has none)."""
+    row_best = torch.full((b,), torch.inf, dtype=torch.float64, device=exact.device)
+    row_best = row_best.scatter_reduce(0, i, exact, "amin")
+    first = torch.where(exact == row_best[i], j, n)
+    return torch.full((b,), n, device=exact.device).scatter_reduce(0, i, first, "amin")
 
 
 def interval(probe: Quantized, gallery: Quantized, n: int, levels: int):

@@ -1,14 +1,13 @@
-r"""Exact nearest neighbours from low-rank products: project, bound, re-check.
+r"""Exact nearest neighbours from low-rank products: project, bound from below, re-check.
 
 Trained gait embeddings are nearly low-rank part by part: most of a part's energy lies in a few
 dozen of its directions (measured in docs/evaluation.md). Here every part is projected onto the
-top r of them, every pair's Euclidean protocol distance :math:`D = \frac{1}{P}\sum_k r_k`,
-:math:`r_k = \sqrt{S_k}`, :math:`S_k = \lVert p_k - g_k\rVert^2`, is approximated from
-r-dimensional float32 products and bounded rigorously, and the pairs whose bounds leave the
-answer open are computed exactly by :func:`gaittrain.evaluation.certified.certify` (step 4 of
-:mod:`~gaittrain.evaluation.certified`): the figures are those of float64 distances, whatever
-the data; only the time depends on it. Only matrix products and elementwise operations are
-used, on any CPU (or GPU).
+top r of them, a lower bound of every pair's Euclidean protocol distance :math:`D =
+\frac{1}{P}\sum_k r_k`, :math:`r_k = \sqrt{S_k}`, :math:`S_k = \lVert p_k - g_k\rVert^2`, is
+computed from r-dimensional float32 products, and the few pairs whose lower end does not rule
+them out are computed exactly by :func:`gaittrain.evaluation.certified.certify_lower`: the
+figures are those of float64 distances, whatever the data; only the time depends on it. Only
+matrix products and elementwise operations are used, on any CPU (or GPU).
 
 1. **Fit** (:func:`fit`), per part, from the gallery being ranked (at most :data:`FIT_ROWS`
    evenly spaced sequences): :math:`V` [dim, r], the top r eigenvectors of the part's
@@ -19,19 +18,29 @@ used, on any CPU (or GPU).
 2. **Project** (:func:`project`) every sequence's part x (probe or gallery): its coordinates
    :math:`\hat a = \mathrm{fl}(V^\top x)` (a float32 product), :math:`n = \mathrm{fl}\lVert
    x\rVert^2` and :math:`\bar\rho`, a bound on the norm :math:`\rho` of its residual
-   :math:`e = x - V\hat a` (below).
-3. **Bound** (:func:`interval`), per part: :math:`\tilde S = \mathrm{fl}(n_p + n_g -
-   2\,\hat a_p \cdot \hat a_g)`, one float32 product of width r + 2 (the norms ride along as
-   two more coordinates: :math:`[\hat a_p, n_p, 1] \cdot [-2\hat a_g, 1, n_g]`), and
-   :math:`|S - \tilde S| \le \delta = 2\bar\rho_p\bar\rho_g + c\,(n_p + n_g) + t` (proof
-   below), so :math:`\sqrt{\max(\tilde S - \delta, 0)} \le r_k \le \sqrt{\tilde S + \delta}`;
-   summed over the parts (fused per tile of pairs, one pass over the products), the ends of
-   an interval that holds D. In exact arithmetic (:math:`\hat a = a`, :math:`V` orthonormal,
-   :math:`c = t = 0`) these are the Pythagorean bounds: :math:`S = \lVert a_p - a_g\rVert^2 +
-   \lVert e_p - e_g\rVert^2` with :math:`(\rho_p - \rho_g)^2 \le \lVert e_p - e_g\rVert^2 \le
-   (\rho_p + \rho_g)^2`, and :math:`\tilde S \mp \delta = \lVert a_p - a_g\rVert^2 + (\rho_p
-   \mp \rho_g)^2`.
-4. **Re-check**: :func:`~gaittrain.evaluation.certified.certify`, as for int8 products.
+   :math:`e = x - V\hat a` (below), as one side of a product of width r + 3: probes
+   :math:`[\hat a, n^-_p, 1, \bar\rho_p]`, gallery :math:`[-2\hat a, 1, n^-_g, -2\bar\rho_g]`,
+   with :math:`n^-_p \le (1 - c)\,n_p` and :math:`n^-_g \le (1 - c)\,n_g - 2t` (computed in
+   float64, rounded down to float32).
+3. **Bound** (:func:`interval`), per part, from one float32 product of width K = r + 3:
+   :math:`\underline S = \mathrm{fl}(n^-_p + n^-_g - 2\,\hat a_p \cdot \hat a_g - 2\bar\rho_p
+   \bar\rho_g) \le S` (proof below), so :math:`r_k \ge \sqrt{\max(\underline S, 0)}`; summed
+   over the parts (fused per tile of pairs: one square root per pair and part), the lower end
+   :math:`\underline D \le D`. In exact arithmetic (:math:`\hat a = a`, :math:`V`
+   orthonormal, :math:`c = t = 0`) this is Pythagoras: :math:`S = \lVert a_p - a_g\rVert^2 +
+   \lVert e_p - e_g\rVert^2 \ge \lVert a_p - a_g\rVert^2 + (\rho_p - \rho_g)^2`.
+4. **Re-check** (:func:`~gaittrain.evaluation.certified.certify_lower`): a pair matters only
+   if it may be nearer than (or as near as) one of the probe's correct matches, or than the
+   nearest. Every pair whose lower end exceeds its row's threshold (float32 above the largest
+   exact distance of the row's matches, or, for a probe without matches, of the pair of
+   smallest lower end) is farther than all of them; the few left (a handful per probe) get an
+   upper end too (:func:`upper_ends`): :math:`\sqrt{\bar S}`, :math:`\bar S = n_p + n_g -
+   2\hat a_p \cdot \hat a_g + 2\bar\rho_p\bar\rho_g + c\,(n_p + n_g) + t \ge S` evaluated in
+   float64 from the same coordinates (the proof below bounds :math:`|S - (n_p + n_g - 2\hat
+   a_p \cdot \hat a_g)|` by :math:`2\rho_p\rho_g + c_0 (n_p + n_g) + t`, and float64's
+   rounding is far below :math:`(c - c_0)(n_p + n_g)`), summed and raised by the relative
+   margin. Those certainly nearer than a match are counted; those whose interval may hold the
+   nearest distance or a match's are computed exactly.
 
 **Proof of the bound.** Write :math:`a = V^\top x` (exact), :math:`E = V^\top V - I`
 (:math:`\lVert E\rVert \le \varepsilon`, measured in float64 when fitting) and
@@ -53,25 +62,36 @@ relative to the sum of their magnitudes):
   \lVert V\rVert_F \approx dim\,\sqrt{r}\,u`, and :math:`\lVert\hat a\rVert \le (1 +
   \varepsilon + \kappa)\lVert x\rVert`; the three middle terms are at most :math:`(2\kappa +
   \varepsilon)(1 + \varepsilon + \kappa)^2 \lVert p\rVert\lVert g\rVert`;
-* :math:`n` is within :math:`\gamma_{dim+1}\lVert x\rVert^2` of :math:`\lVert x\rVert^2`,
-  and the product of width :math:`K = r + 2` within :math:`\gamma_K (n_p + n_g + 2\sum_i
-  |\hat a_{p,i} \hat a_{g,i}|) \le 2.03\,\gamma_K (n_p + n_g)`;
+* :math:`n` is within :math:`\gamma_{dim+1}\lVert x\rVert^2` of :math:`\lVert x\rVert^2`;
 * the residual: :math:`\rho^2 = \lVert x\rVert^2 - \lVert\hat a\rVert^2 - 2 (a - \hat a)
   \cdot \hat a + \hat a^\top E \hat a \le n - \mathrm{fl}\lVert\hat a\rVert^2 + \lambda n`
   with :math:`\lambda = 1.1\,((dim + r + 2) u + 2\kappa + \varepsilon)`, evaluated in float64
-  and rounded up to float32: :math:`\bar\rho \ge \rho`.
+  and rounded up to float32: :math:`\bar\rho \ge \rho`;
+* the product of width K: its exact value :math:`\Sigma = n^-_p + n^-_g - 2\hat a_p \cdot
+  \hat a_g - 2\bar\rho_p\bar\rho_g` is rounded by at most :math:`\gamma_K` times the sum of
+  its terms' magnitudes, :math:`|n^-_p| + |n^-_g| + 2(\sum_i |\hat a_{p,i}\hat a_{g,i}| +
+  \bar\rho_p\bar\rho_g) \le n_p + n_g + (\lVert\hat a_p\rVert^2 + \bar\rho_p^2) +
+  (\lVert\hat a_g\rVert^2 + \bar\rho_g^2) + 2t \le 2.03\,(n_p + n_g) + 2t` (Cauchy-Schwarz in
+  r + 1 dimensions, and :math:`\lVert\hat a\rVert^2 + \bar\rho^2 \le 1.01\,n` by the bounds
+  above).
 
 Adding them, with :math:`2\lVert p\rVert\lVert g\rVert \le \lVert p\rVert^2 + \lVert
-g\rVert^2`: :math:`|S - \tilde S| \le 2\rho_p\rho_g + c\,(n_p + n_g)` with :math:`c = 1.1
-\,((dim + 1) u + 2\kappa + \varepsilon + 2.03\,\gamma_K)` (the 1.1 covers the products of
-small factors left out); :math:`t = 2^{-100}` covers products that underflow. In float32,
-:math:`\delta`'s features are scaled by :math:`1 + 2^{-20}` so that its three roundings
-cannot take it below the true value, each part's ends are rounded once more (the subtraction
-or addition, the square root) and the sum over parts is rounded: the sums are widened by the
-relative margin :data:`~gaittrain.evaluation.certified.SUM_MARGIN` (:math:`2^{-14}`, far
-above :math:`\gamma_P` for fewer than 1,000 parts). The float32 products must be IEEE ones:
-they are computed with :func:`torch.set_float32_matmul_precision` "highest" (no TF32 on
-CUDA, no bf16 in oneDNN).
+g\rVert^2`: :math:`S \ge n_p + n_g - 2\hat a_p \cdot \hat a_g - 2\rho_p\rho_g - c_0(n_p +
+n_g) - t` with :math:`c_0 = 1.1\,((dim + 1) u + 2\kappa + \varepsilon)` (:math:`t =
+2^{-100}` covers products that underflow), so :math:`S \ge \Sigma + (c - c_0)(n_p + n_g) + t
+\ge \mathrm{fl}(\Sigma) = \underline S` for :math:`c = 1.1\,((dim + 1) u + 2\kappa +
+\varepsilon + 2.03\,\gamma_K)` (the 1.1 covers the products of small factors left out and the
+float64 evaluation of :math:`n^-`; :math:`\gamma_K\,2t \le t`). Each part's square root is
+rounded once more and the sum over parts is rounded: the sum is lowered by the relative margin
+:data:`~gaittrain.evaluation.certified.SUM_MARGIN` (:math:`2^{-14}`, far above
+:math:`\gamma_P` for fewer than 1,000 parts, and above the float64 rounding of the re-checked
+distances it is compared with). The float32 products must be IEEE ones: they are computed with
+:func:`torch.set_float32_matmul_precision` "highest" (no TF32 on CUDA, no bf16 in oneDNN).
+
+Only the lower end is needed (step 4): a pair and part costs a product of width r + 3 and one
+square root. Both ends of the interval (the upper one from the same product with the sign of the
+:math:`\bar\rho` term and of the margins turned, and its own square root) doubled the
+elementwise work, which cost about as much as the products (measured, docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -139,7 +159,7 @@ class Basis:
     def rounding(self) -> float:
         r""":math:`c` (the module's docstring)."""
         dim = self.directions.shape[1]
-        gamma_k = _gamma(self.rank + 2)
+        gamma_k = _gamma(self.rank + 3)
         return 1.1 * ((dim + 1) * U + 2 * self.kappa + self.epsilon + 2.03 * gamma_k)
 
 
@@ -219,16 +239,14 @@ class Projected:
 
     Attributes
     ----------
-    coords : Tensor float32 [chunks, rows, rank + 2]
-        Probe side: :math:`[\hat a, n, 1]`; gallery side: :math:`[-2\hat a, 1, n]` (so that
-        their product is :math:`\tilde S`); zero rows past ``n`` up to whole :data:`ROWS`
-        (probes) or :data:`TILE` (gallery), zero parts past ``parts`` up to whole
-        :data:`PART_CHUNK` (they add 0 to both ends of every interval: one fused step, one
-        compiled graph).
-    spread : Tensor float32 [2, chunks, rows, 1] (probes) or [2, chunks, 1, rows] (gallery)
-        :math:`\delta = p_0 g_0 + p_1 + g_1` from probe features :math:`(2\bar\rho,
-        c\,n + t)` and gallery features :math:`(\bar\rho, c\,n)`, scaled by
-        :math:`1 + 2^{-20}` (the module's docstring); zero past ``n`` and ``parts``.
+    coords : Tensor float32 [chunks, rows, rank + 3]
+        Probe side: :math:`[\hat a, n^-, 1, \bar\rho]`; gallery side: :math:`[-2\hat a, 1, n^-,
+        -2\bar\rho]` (so that their product is :math:`\underline S`, the module's docstring);
+        zero rows past ``n`` up to whole :data:`ROWS` (probes) or :data:`TILE` (gallery), zero
+        parts past ``parts`` up to whole :data:`PART_CHUNK` (they add 0 to every lower end:
+        one fused step, one compiled graph).
+    norms : Tensor float32 [chunks, rows]
+        :math:`n` (the upper ends of :func:`upper_ends`); zero past ``n`` and ``parts``.
     n, parts : int
         The sequences and their parts.
     basis : Basis
@@ -236,18 +254,20 @@ class Projected:
     """
 
     coords: torch.Tensor
-    spread: torch.Tensor
+    norms: torch.Tensor
     n: int
     parts: int
     basis: Basis
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.coords, self.spread))
+        return sum(t.numel() * t.element_size() for t in (self.coords, self.norms))
 
 
-#: Scales :math:`\delta`'s features so that their float32 roundings cannot lower it.
-SPREAD_SCALE = 1 + 2.0**-20
+def _round_down(x: torch.Tensor) -> torch.Tensor:
+    """float32 at most float64 ``x`` (the nearest such)."""
+    y = x.float()
+    return torch.where(y.double() > x, torch.nextafter(y, torch.full_like(y, -torch.inf)), y)
 
 
 def project(x: torch.Tensor, basis: Basis, probe_side: bool) -> Projected:
@@ -259,102 +279,119 @@ def project(x: torch.Tensor, basis: Basis, probe_side: bool) -> Projected:
     >>> g = torch.randn(100, 2, 32)
     >>> basis = fit(g)
     >>> p = project(g, basis, probe_side=False)
-    >>> p.coords.shape  # 2 parts padded to 16, 100 sequences to a tile; rank 8 and the norms
-    torch.Size([16, 512, 10])
+    >>> p.coords.shape  # 2 parts padded to 16, 100 sequences to a tile; rank 8, norms, residual
+    torch.Size([16, 512, 11])
     >>> x = g.transpose(0, 1)
     >>> residual = (x - x @ basis.directions @ basis.directions.mT).norm(dim=-1)
-    >>> bool((p.spread[0, :2, 0, :100] >= residual).all())  # the gallery's first feature
+    >>> bool((-p.coords[:2, :100, -1] / 2 >= residual).all())  # the gallery's last coordinate
     True
     """
     n, parts, _ = x.shape
     rank, lam, c = basis.rank, basis.residual_margin, basis.rounding
     rows = -(-n // (ROWS if probe_side else TILE)) * (ROWS if probe_side else TILE)
     chunks = -(-parts // PART_CHUNK) * PART_CHUNK
-    coords = torch.zeros(chunks, rows, rank + 2, device=x.device)
-    spread = torch.zeros(2, chunks, rows, device=x.device)
+    coords = torch.zeros(chunks, rows, rank + 3, device=x.device)
+    norms = torch.zeros(chunks, rows, device=x.device)
     for s in range(0, n, PROJECT_ROWS):
         chunk = x[s : s + PROJECT_ROWS].float()
         e = s + chunk.shape[0]
         with ieee_float32():
             a = torch.bmm(chunk.transpose(0, 1), basis.directions)  # [parts, m, rank]
-        norm = (chunk**2).sum(-1).T  # [parts, m]
-        bound = norm.double() - (a**2).sum(-1).double() + lam * norm.double()
+        norm = (chunk**2).sum(-1).T.double()  # [parts, m]
+        bound = norm - (a**2).sum(-1).double() + lam * norm
         rho = bound.clamp_min_(0).sqrt_().float().mul_(1 + 2.0**-22)  # rounded up
+        one = torch.ones_like(rho)
         if probe_side:
-            coords[:parts, s:e] = torch.cat(
-                [a, norm[..., None], torch.ones_like(norm)[..., None]], -1
-            )
-            spread[0, :parts, s:e] = 2 * rho * SPREAD_SCALE
-            spread[1, :parts, s:e] = (c * norm + TINY) * SPREAD_SCALE
+            kept = _round_down(norm * (1 - c))
+            columns = [a, kept[..., None], one[..., None], rho[..., None]]
         else:
-            coords[:parts, s:e] = torch.cat(
-                [-2 * a, torch.ones_like(norm)[..., None], norm[..., None]], -1
-            )
-            spread[0, :parts, s:e] = rho
-            spread[1, :parts, s:e] = c * norm * SPREAD_SCALE
-    spread = spread[..., None] if probe_side else spread[:, :, None, :]
-    return Projected(coords, spread, n, parts, basis)
+            kept = _round_down(norm * (1 - c) - 2 * TINY)
+            columns = [-2 * a, one[..., None], kept[..., None], -2 * rho[..., None]]
+        coords[:parts, s:e] = torch.cat(columns, -1)
+        norms[:parts, s:e] = norm
+    return Projected(coords, norms, n, parts, basis)
 
 
-def _fold(s, p0, p1, g0, g1, lower, upper):
-    r"""Add the ends of every part's interval to ``lower`` and ``upper`` [rows, cols], from a
-    chunk of parts' :math:`\tilde S` ``s`` [parts, rows, cols] and :math:`\delta`'s features
-    (:class:`Projected`'s ``spread``: [parts, rows, 1] and [parts, 1, cols])."""
-    d = p0 * g0 + p1 + g1
-    lower = lower + torch.sqrt(torch.relu(s - d)).sum(0)
-    return lower, upper + torch.sqrt(torch.relu(s + d)).sum(0)
+def _fold(s, lower):
+    r"""Add the lower ends of every part's distance to ``lower`` [rows, cols], from a chunk of
+    parts' :math:`\underline S` ``s`` [parts, rows, cols]."""
+    return lower + torch.sqrt(torch.relu(s)).sum(0)
 
 
 @functools.cache
 def _compiled_fold():
     """:func:`_fold` fused (:func:`~gaittrain.evaluation.certified.compiled`): unfused, its
-    passes over the products cost ten times the products themselves (measured on CPU)."""
+    passes over the products cost several times the products themselves (measured on CPU:
+    PyTorch's own square root is slow where its argument is 0)."""
     s, z = torch.zeros(PART_CHUNK, ROWS, TILE), torch.zeros(ROWS, TILE)
-    row, col = s[:, :, :1], s[:, :1, :]
-    return certified.compiled(_fold, s, row, row, col, col, z, z)
+    return certified.compiled(_fold, s, z)
 
 
-def interval(probe: Projected, gallery: Projected) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lower``, ``upper`` [b, n] (contiguous) of every pair's distance (the module's
-    docstring, step 3), a tile of :data:`ROWS` probes x :data:`TILE` gallery sequences and
-    :data:`PART_CHUNK` parts at a time."""
+def interval(probe: Projected, gallery: Projected) -> torch.Tensor:
+    """The lower end [b, n] (contiguous) of every pair's distance (the module's docstring, step
+    3), a tile of :data:`ROWS` probes x :data:`TILE` gallery sequences and :data:`PART_CHUNK`
+    parts at a time."""
     chunks, b, n = probe.coords.shape[0], probe.n, gallery.n
     device = probe.coords.device
     fold = _compiled_fold() if device.type == "cpu" else _fold
     lower = torch.empty(b, n, device=device)
-    upper = torch.empty(b, n, device=device)
     s = torch.empty(PART_CHUNK, ROWS, TILE, device=device)
     with ieee_float32():
         for j in range(0, n, TILE):
-            g = gallery.coords[:, j : j + TILE].mT  # [chunks, rank + 2, TILE]
-            g0, g1 = gallery.spread[..., j : j + TILE]
+            g = gallery.coords[:, j : j + TILE].mT  # [chunks, rank + 3, TILE]
+            t = min(TILE, n - j)  # the padding's columns and rows left out
             for i in range(0, b, ROWS):
-                p0, p1 = probe.spread[:, :, i : i + ROWS]
                 lo = torch.zeros(ROWS, TILE, device=device)
-                hi = torch.zeros(ROWS, TILE, device=device)
                 for k in range(0, chunks, PART_CHUNK):
                     ks = slice(k, k + PART_CHUNK)
-                    torch.bmm(probe.coords[ks, i : i + ROWS], g[ks], out=s)
-                    lo, hi = fold(s, p0[ks], p1[ks], g0[ks], g1[ks], lo, hi)
-                t = min(TILE, n - j)  # the padding's columns and rows left out
+                    lo = fold(torch.bmm(probe.coords[ks, i : i + ROWS], g[ks], out=s), lo)
                 lower[i : i + ROWS, j : j + t] = lo[: min(ROWS, b - i), :t]
-                upper[i : i + ROWS, j : j + t] = hi[: min(ROWS, b - i), :t]
-    margin, parts = certified.SUM_MARGIN, probe.parts
-    return lower.mul_((1 - margin) / parts), upper.mul_((1 + margin) / parts)
+    return lower.mul_((1 - certified.SUM_MARGIN) / probe.parts)
+
+
+def upper_ends(probe: Projected, gallery: Projected, i, j) -> torch.Tensor:
+    r"""float64 upper ends [L] of the distances of pairs ``(i[t], j[t])`` (the few that
+    :func:`interval`'s lower ends leave open): per part :math:`\sqrt{\bar S}`, :math:`\bar S =
+    n_p + n_g - 2\hat a_p \cdot \hat a_g + 2\bar\rho_p\bar\rho_g + c\,(n_p + n_g) + t` from the
+    projected coordinates, evaluated in float64 (the module's docstring, step 4),
+    :data:`UPPER_PAIRS` pairs at a time."""
+    rank, parts, c = probe.basis.rank, probe.parts, probe.basis.rounding
+    out = torch.empty(len(i), dtype=torch.float64, device=probe.coords.device)
+    for s in range(0, len(i), UPPER_PAIRS):
+        ps, gs = i[s : s + UPPER_PAIRS], j[s : s + UPPER_PAIRS]
+        p = probe.coords[:parts].index_select(1, ps).double()  # [parts, L, rank + 3]
+        g = gallery.coords[:parts].index_select(1, gs).double()
+        norm = probe.norms[:parts, ps].double() + gallery.norms[:parts, gs].double()
+        across = (p[..., :rank] * g[..., :rank]).sum(-1) - p[..., -1] * g[..., -1]
+        sq = (norm * (1 + c) + across + TINY).clamp_min_(0)
+        out[s : s + UPPER_PAIRS] = sq.sqrt_().sum(0) * ((1 + certified.SUM_MARGIN) / parts)
+    return out
+
+
+#: Pairs whose upper ends are computed at once (their float64 coordinates and products: about
+#: 3 x parts x (rank + 3) x 8 bytes each, 3.3 MB at 62 parts and rank 32, less than the fused
+#: step's products, freed by then).
+UPPER_PAIRS = 64
 
 
 def block_rows(n_gallery: int, parts: int, dim: int, rank: int, max_memory: int) -> int:
     """Probes per block so that :func:`rank_block`'s working set stays under ``max_memory``
     (whole tiles of :data:`ROWS` where there is room for one): per probe and gallery sequence,
-    the interval's two ends (8 bytes), the masks and the int64 copy PyTorch makes of a mask to
-    count it (counted as 32 in all); per probe, its coordinates and features; and, whatever
-    the block, the padding of its last tile of probes, one fused step's products and sums,
-    the projection's and the re-check's temporaries."""
-    per_row = n_gallery * 40 + parts * (rank + 4) * 4
-    fixed = ROWS * parts * (rank + 4) * 4 + (PART_CHUNK + 6) * ROWS * TILE * 4
+    the lower end (4 bytes) and what ranking from it takes (counted as :data:`PAIR_BYTES` in
+    all); per probe, its coordinates; and, whatever the block, the padding
+    of its last tile of probes, one fused step's products and sums, the projection's and the
+    re-check's temporaries."""
+    per_row = n_gallery * PAIR_BYTES + parts * (rank + 3) * 4
+    fixed = ROWS * parts * (rank + 3) * 4 + (PART_CHUNK + 3) * ROWS * TILE * 4
     fixed += PROJECT_ROWS * parts * dim * 12 + certified.RECHECK_CHUNK * parts * dim * 8 * 3
     rows = max(1, int((max_memory - fixed) // per_row))
     return rows // ROWS * ROWS if rows >= ROWS else rows
+
+
+#: Bytes per probe and gallery pair of a block (:func:`block_rows`): the lower end (4), the
+#: survivors' mask and lists, or a quarter of the block's float64 distances and their masks
+#: where it is computed whole (:func:`~gaittrain.evaluation.certified.certify_lower`).
+PAIR_BYTES = 16
 
 
 def rank_block(
@@ -365,8 +402,8 @@ def rank_block(
     matches: torch.Tensor,
 ) -> certified.BlockRanks:
     """The nearest gallery sequence of every probe and the exact ranks of its correct matches
-    (ties broken by gallery order), from low-rank distances re-checked wherever their bound
-    leaves the answer open (:func:`~gaittrain.evaluation.certified.certify`; a block where
+    (ties broken by gallery order), from low-rank lower bounds: the pairs they do not rule out
+    are computed exactly (:func:`~gaittrain.evaluation.certified.certify_lower`; a block where
     more than :data:`~gaittrain.evaluation.certified.FALLBACK_FRACTION` of the pairs stay
     open is computed whole in float64).
 
@@ -380,8 +417,9 @@ def rank_block(
         Each probe's correct gallery indices, padded with -1.
     """
     limit = certified.FALLBACK_FRACTION * gallery.shape[0]
+    lower = interval(probe_p, gallery_p)
 
-    def tries():  # one approximation, made when certify asks for it
-        yield (*interval(probe_p, gallery_p), limit)
+    def upper_of(i, j):
+        return upper_ends(probe_p, gallery_p, i, j)
 
-    return certified.certify(probe, gallery, matches, tries())
+    return certified.certify_lower(probe, gallery, matches, lower, upper_of, limit)
