@@ -10,11 +10,15 @@ For a video (any format OpenCV reads) or a folder of frames:
      smoothly across the image, fitted robustly on the pixels away from the walker
      (:func:`fit_photometry`), so that a brightness or colour-temperature drift, an exposure
      jump or a lamp at one side is undone before subtracting;
-   * calls a pixel foreground when its colour is far from the mean for its variance, and
-     shadow-coloured when it is a darker copy of the background (:func:`foreground`);
-   * learns from every frame, except around where the walker was last seen (selective update,
-     :func:`update_background`), so that it follows the scene but not the walker; a pixel
-     hidden so for ``STILL`` frames is learned again (what stays is not a walker);
+   * calls a pixel foreground when its colour is far from the mean for its variance and from
+     every other colour the scene showed there in a few frames it keeps from the last second
+     or so (a swaying pole shows the scene in turns with itself: both are the scene, and
+     neither widens the other's tolerance), and shadow-coloured when it is a darker copy of the
+     background (:func:`foreground`);
+   * learns from every frame where a pixel looks like its mean, except around where the walker
+     was last seen or a rejected blob is (selective update, :func:`update_background`), so
+     that it follows the scene but neither the walker nor what passes in front of the scene; a
+     pixel left out so for ``STILL`` frames is learned again (what stays is not a walker);
    * takes the frame as the new scene when most of it changed at once (lights switched, a
      change the fit cannot undo, :func:`relearn`) instead of calling it a walker; that frame
      is rejected.
@@ -28,7 +32,9 @@ For a video (any format OpenCV reads) or a folder of frames:
    body (:func:`drop_shadows`); the walker is one of these blobs, of at least ``min_area``
    pixels: the largest where it first appears, then, among those at least a third of the
    largest, the one nearest to its previous position (a swaying object or a passer-by does not
-   take over) that looks like a person (:func:`pick_walker`);
+   take over) that looks like a person (:func:`pick_walker`); the adaptive model then drops its
+   edge pixels that look more like the scene than like the walker beside them
+   (:func:`trim_edge`: the camera's blur and the video's compression mix the two there);
 4. a blob that covers most of the frame, is not shaped like a standing person, or whose area
    jumps against the tracked walker's recent areas is rejected and counted by reason
    (:func:`person_problem`); frames without a blob are skipped and counted. :func:`doubts`
@@ -167,14 +173,24 @@ def count_frames(video: Path) -> int:
 #: chi-square with 3 degrees of freedom, beyond 36 once in 13 million pixels).
 THRESHOLD = 36.0
 #: A foreground pixel is shadow-coloured when it is the background darkened by a ratio in this
-#: range and its colour, once that ratio is undone, is within SHADOW_CHROMA variances of it.
+#: range and its colour, once that ratio is undone, is within SHADOW_CHROMA variances of it
+#: (noise alone: a chi-square with about 2 degrees of freedom, beyond 6 once in 20).
 SHADOW_RATIO = (0.5, 0.95)
-SHADOW_CHROMA = 3.0
+SHADOW_CHROMA = 6.0
 #: The share of the mean and variance learned from each frame.
 RATE = 0.05
 #: The smallest standard deviation a pixel keeps (grey levels), and the one a model learned from
 #: a single image starts with.
 MIN_SIGMA, IMAGE_SIGMA = 2.0, 4.0
+#: The median of a chi-square with 3 degrees of freedom, divided by 3: the median, in
+#: variances, of noise's squared deviation averaged over the three channels (twice that for the
+#: difference of two frames).
+CHI2_MEDIAN = 0.7887
+#: The frames kept besides the mean: every STRIDE-th frame learned replaces the oldest of
+#: SAMPLES, so that they span the last SAMPLES * STRIDE frames (a second or more at 25 frames a
+#: second). A pixel unlike the mean but like one of them, where it is unlike the mean too, shows
+#: another state of the scene (a swaying pole now in front of it, now not).
+SAMPLES, STRIDE = 8, 4
 #: About how many pixels, on a regular grid, the photometric fit uses; pixels this bright in any
 #: channel are clipped and say nothing about the gain.
 FIT_PIXELS, SATURATED = 5000, 250
@@ -184,9 +200,10 @@ FIT_PIXELS, SATURATED = 5000, 250
 SCENE_CHANGE = 0.35
 CHANGED = "the whole scene changed (re-learned)"
 UNSURE = 16.0
-#: After this many frames around the walker, a pixel is learned again: what stays that long is
-#: the scene (a ghost, a change of the light taken for the walker), not a walker; the inside of
-#: a walker coming straight at the camera, learned so, is filled back as a hole.
+#: After this many frames left out of the learning (around the walker, or unlike its mean), a
+#: pixel is learned again: what stays that long is the scene (a ghost, a change of the light
+#: taken for the walker), not a walker; the inside of a walker coming straight at the camera,
+#: learned so, is filled back as a hole.
 STILL = 50
 
 #: Clean-up: the closing that joins a body's parts, as a share of the frame's height; the share
@@ -216,10 +233,13 @@ class Background:
         Per-pixel mean colour, float32 [H, W, 3].
     var : ndarray
         Per-pixel variance of one channel (grey levels squared), float32 [H, W].
+    samples : ndarray
+        ``SAMPLES`` recent frames of the scene, uint8 [SAMPLES, H, W, 3].
     """
 
     mean: np.ndarray
     var: np.ndarray
+    samples: np.ndarray
 
 
 def learn_background(frames: np.ndarray) -> Background:
@@ -233,16 +253,21 @@ def learn_background(frames: np.ndarray) -> Background:
     Returns
     -------
     Background
-        The per-pixel median (a passer-by in a few frames does not count) and the mean squared
-        deviation from it, smoothed over 5 x 5 pixels and at least ``MIN_SIGMA**2``; from one
-        frame, ``IMAGE_SIGMA**2`` everywhere (the model then learns the noise).
+        The per-pixel median (a passer-by in a few frames does not count); the variance from
+        the median squared difference between consecutive frames (a pole swaying over the pixel
+        changes it in a few of them only, so that it does not widen it), the median over 5 x 5
+        pixels, at least ``MIN_SIGMA**2``; from one frame, ``IMAGE_SIGMA**2`` everywhere (the
+        model then learns the noise). The samples are ``SAMPLES`` of the frames, evenly spaced.
     """
     stack = np.asarray(frames, np.float32)
     mean = np.median(stack, axis=0)
+    pick = np.linspace(0, len(stack) - 1, SAMPLES).round().astype(int)
+    samples = np.asarray(frames, np.uint8)[pick]
     if len(stack) == 1:
-        return Background(mean, np.full(mean.shape[:2], IMAGE_SIGMA**2, np.float32))
-    var = cv2.blur(((stack - mean) ** 2).mean(axis=(0, 3)), (5, 5))
-    return Background(mean, np.maximum(var, MIN_SIGMA**2).astype(np.float32))
+        return Background(mean, np.full(mean.shape[:2], IMAGE_SIGMA**2, np.float32), samples)
+    spread = np.median((np.diff(stack, axis=0) ** 2).mean(axis=3), axis=0) / (2 * CHI2_MEDIAN)
+    var = np.maximum(cv2.medianBlur(spread.astype(np.float32), 5), MIN_SIGMA**2)
+    return Background(mean, var.astype(np.float32), samples)
 
 
 def fit_photometry(
@@ -312,16 +337,23 @@ def foreground(model: Background, frame: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray
-        uint8 [H, W]: 255 foreground (squared distance over the variance above ``THRESHOLD``),
-        127 shadow (a foreground pixel that is the background darkened by a ratio within
+        uint8 [H, W]: 255 foreground (squared distance over the variance above ``THRESHOLD``
+        from the mean and from each sample that is itself that far from the mean), 127 shadow
+        (a foreground pixel that is the background darkened by a ratio within
         ``SHADOW_RATIO``, its colour otherwise the background's), 0 background.
     """
 
     def dot(a, b):  # the per-pixel dot product of two [H, W, 3] arrays
         return np.einsum("ijc,ijc->ij", a, b)
 
-    diff = frame - model.mean
-    moved = dot(diff, diff) > THRESHOLD * model.var
+    moved = unlike(model.mean, model.var, frame)
+    y, x = np.nonzero(moved)  # only these are compared with the samples
+    kept = model.samples[:, y, x].astype(np.float32)  # [SAMPLES, n, 3]
+    tolerance = THRESHOLD * model.var[y, x]
+    to_frame, to_mean = kept - frame[y, x], kept - model.mean[y, x]
+    other = np.einsum("knc,knc->kn", to_mean, to_mean) > tolerance  # another state
+    seen = other & (np.einsum("knc,knc->kn", to_frame, to_frame) <= tolerance)
+    moved[y, x] = ~seen.any(0)
     ratio = dot(frame, model.mean) / np.maximum(dot(model.mean, model.mean), 1.0)
     off = frame - ratio[..., None] * model.mean
     chroma = dot(off, off)
@@ -330,14 +362,27 @@ def foreground(model: Background, frame: np.ndarray) -> np.ndarray:
     return np.where(shadow, 127, np.where(moved, 255, 0)).astype(np.uint8)
 
 
+def unlike(mean: np.ndarray, var: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """bool [H, W]: where ``frame`` is more than ``THRESHOLD`` variances (``var``, [H, W]) from
+    ``mean`` (both [H, W, 3])."""
+    diff = frame - mean
+    return np.einsum("ijc,ijc->ij", diff, diff) > THRESHOLD * var
+
+
 def update_background(
-    model: Background, frame: np.ndarray, learn: np.ndarray, rate: float = RATE
+    model: Background,
+    frame: np.ndarray,
+    learn: np.ndarray,
+    store: np.ndarray | None = None,
+    slot: int = 0,
+    rate: float = RATE,
 ) -> Background:
-    """The model after learning ``rate`` of ``frame`` (in its photometry) where ``learn``.
+    """The model after learning ``rate`` of ``frame`` (in its photometry) where ``learn``, and
+    keeping it as sample ``slot`` where ``store``.
 
     The mean moves towards the frame; the variance towards the squared difference (at most 9
     times the variance per frame, so that one passing object does not blow it up, and at least
-    ``MIN_SIGMA**2``), so that a swaying branch's pixels grow tolerant.
+    ``MIN_SIGMA**2``).
 
     Parameters
     ----------
@@ -346,7 +391,12 @@ def update_background(
     frame : ndarray
         float [H, W, 3] in the model's photometry.
     learn : ndarray
-        bool [H, W]: where to learn (everywhere but the dilated walker).
+        bool [H, W]: where to learn (where the frame looks like the mean, away from the walker).
+    store : ndarray, optional
+        bool [H, W]: where the frame replaces sample ``slot`` (away from the walker); None keeps
+        the samples.
+    slot : int
+        Which sample.
     rate : float
         The share learned from this frame.
 
@@ -360,7 +410,12 @@ def update_background(
     mean = model.mean + a[..., None] * diff
     spread = np.minimum(np.einsum("ijc,ijc->ij", diff, diff) / 3, 9 * model.var)
     var = np.maximum(model.var + a * (spread - model.var), MIN_SIGMA**2)
-    return Background(mean.astype(np.float32), var.astype(np.float32))
+    samples = model.samples
+    if store is not None:
+        samples = samples.copy()
+        kept = np.clip(frame.round(), 0, 255).astype(np.uint8)
+        samples[slot] = np.where(store[..., None], kept, samples[slot])
+    return Background(mean.astype(np.float32), var.astype(np.float32), samples)
 
 
 def relearn(model: Background, frame: np.ndarray, hidden: np.ndarray) -> Background:
@@ -372,7 +427,8 @@ def relearn(model: Background, frame: np.ndarray, hidden: np.ndarray) -> Backgro
     carried under the walker by normalized convolution (a lamp switched on at one side
     brightens the hidden part as much as its surroundings). That guess's variance is
     ``UNSURE`` times the old one, so that it is not taken for the walker while the model learns
-    the scene there (:func:`update_background`) once the walker has moved on.
+    the scene there (:func:`update_background`) once the walker has moved on. Every sample is
+    the new mean.
 
     Parameters
     ----------
@@ -392,9 +448,10 @@ def relearn(model: Background, frame: np.ndarray, hidden: np.ndarray) -> Backgro
     sigma = frame.shape[0] / 10
     light = cv2.GaussianBlur(ratio, (0, 0), sigma)
     light /= np.maximum(cv2.GaussianBlur(seen, (0, 0), sigma), 1e-3)[..., None]
-    mean = np.where(hidden[..., None], model.mean * light, frame)
-    var = np.where(hidden, model.var * UNSURE, model.var)
-    return Background(mean.astype(np.float32), var.astype(np.float32))
+    mean = np.where(hidden[..., None], model.mean * light, frame).astype(np.float32)
+    var = np.where(hidden, model.var * UNSURE, model.var).astype(np.float32)
+    samples = np.repeat(np.clip(mean.round(), 0, 255).astype(np.uint8)[None], SAMPLES, 0)
+    return Background(mean, var, samples)
 
 
 def _dilated(blob: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -419,7 +476,9 @@ class Adaptive:
         self.img: np.ndarray | None = None  # the last frame
         self.frame: np.ndarray | None = None  # the last frame, in the model's photometry
         self.away: np.ndarray | None = None  # the last walker, dilated
-        self.hidden_for: np.ndarray | None = None  # frames each pixel has been in self.away
+        self.left_out: np.ndarray | None = None  # frames each pixel has not been learned
+        self.guessed: np.ndarray | None = None  # the scene guessed at a change, not seen since
+        self.learned = 0  # frames learned, for the samples' turns
         self.before: Background | None = None  # the model before a change, for one frame
 
     def teach(self, img: np.ndarray) -> None:
@@ -438,7 +497,8 @@ class Adaptive:
             self.model = learn_background(np.stack(self.taught or [img]))
             self.taught = []
             self.away = np.zeros(img.shape[:2], bool)
-            self.hidden_for = np.zeros(img.shape[:2], np.int32)
+            self.left_out = np.zeros(img.shape[:2], np.int32)
+            self.guessed = np.zeros(img.shape[:2], bool)
         self.img = img
         fg, changed = self._subtract(img, self.model)
         if changed and self.before is not None:
@@ -447,6 +507,7 @@ class Adaptive:
                 self.frame = frame
             else:
                 self.model, fg, changed = self.before, fg_before, False
+                self.guessed[:] = False
         self.before = None
         return fg, changed
 
@@ -464,17 +525,31 @@ class Adaptive:
         return fg, bool((fg[~self.away] == 255).mean() > SCENE_CHANGE)
 
     def learn(self, walker: np.ndarray | None, changed: bool) -> None:
-        """Learn the last frame except around ``walker`` (the blob where the walker was last
-        seen, or None); where ``changed``, take the frame as the new scene (:func:`relearn`),
-        keeping the model from before for the next frame."""
+        """Learn the last frame where it looks like the model's mean, except around ``walker``
+        (where the walker was last seen and a blob was rejected, or None), and keep every
+        ``STRIDE``-th frame as a sample except around ``walker``; a pixel left out for
+        ``STILL`` frames is learned and kept, the scene guessed behind the walker at a change
+        is learned until it looks like the mean. Where ``changed``, take the frame as the new
+        scene (:func:`relearn`), keeping the model from before for the next frame."""
         self.away = _dilated(walker, self.frame.shape[:2])
         if changed:  # the light fitted to the old scene means nothing: the frame as it is
             self.before = self.model
             self.model = relearn(self.model, self.img.astype(np.float32), self.away)
+            self.guessed = self.away.copy()
             return
-        self.hidden_for = np.where(self.away, self.hidden_for + 1, 0)
-        learn = ~self.away | (self.hidden_for > STILL)  # a "walker" that stays is the scene
-        self.model = update_background(self.model, self.frame, learn)
+        far = unlike(self.model.mean, self.model.var, self.frame)
+        self.guessed &= far
+        skip = self.away | (far & ~self.guessed)
+        self.left_out = np.where(skip, self.left_out + 1, 0)
+        still = self.left_out > STILL  # a "walker" that stays is the scene
+        self.learned += 1
+        turn, slot = divmod(self.learned, STRIDE)
+        store = ~self.away | still if slot == 0 else None
+        self.model = update_background(self.model, self.frame, ~skip | still, store, turn % SAMPLES)
+
+    def trim(self, blob: np.ndarray) -> np.ndarray:
+        """``blob`` less its edge pixels that look more like the scene (:func:`trim_edge`)."""
+        return trim_edge(blob, self.frame, self.model.mean)
 
 
 class OpenCV:
@@ -512,21 +587,62 @@ class OpenCV:
     def learn(self, walker: np.ndarray | None, changed: bool) -> None:
         """Nothing: OpenCV's subtractors learned in :meth:`foreground`."""
 
+    def trim(self, blob: np.ndarray) -> np.ndarray:
+        """``blob`` as it is."""
+        return blob
+
 
 def clean_mask(foreground: np.ndarray, shadows: bool = False) -> np.ndarray:
     """A subtractor's output (255 foreground, 127 shadow) as a cleaned binary mask: shadows
     dropped (kept as foreground with ``shadows``), specks opened away (3 x 3), parts closed
     together (a square of about ``CLOSING`` of the frame's height, 7 x 7 at 240 pixels), holes
-    filled."""
+    filled: what the mask encloses, not what it encloses with the frame's edge (the background
+    between the arm and the leg of a walker cut by the edge goes on beyond the frame)."""
     mask = np.where(foreground >= (127 if shadows else 255), 255, 0).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     k = max(3, round(CLOSING * mask.shape[0]) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
-    filled = mask.copy()  # flood the background from a border; what it misses are holes
-    h, w = mask.shape
-    flood = np.zeros((h + 2, w + 2), np.uint8)
-    cv2.floodFill(filled, flood, (0, 0), 255)
-    return mask | cv2.bitwise_not(filled) if mask[0, 0] == 0 else mask
+    filled = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    h, w = filled.shape  # flood the background from around the frame; what it misses are holes
+    cv2.floodFill(filled, np.zeros((h + 2, w + 2), np.uint8), (0, 0), 255)
+    return mask | cv2.bitwise_not(filled[1:-1, 1:-1])
+
+
+def trim_edge(blob: np.ndarray, frame: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``blob`` without its edge pixels that look more like the scene than like the walker
+    beside them.
+
+    An edge pixel (in the blob, next to a pixel outside it) mixes the walker and the scene: the
+    camera's blur and the video's compression (colour kept at half the resolution) spread each
+    over the other, so that a pixel of the scene just outside the walker is foreground too. It
+    is dropped when its colour is nearer to the scene's (``mean``) than to the walker's there:
+    the mean colour of the blob's inner pixels (those not on its edge) within 5 x 5 pixels.
+
+    Parameters
+    ----------
+    blob : ndarray
+        uint8 [H, W], 0 / 255: the walker's blob.
+    frame, mean : ndarray
+        float [H, W, 3]: the frame and the scene's colour, in the same photometry.
+
+    Returns
+    -------
+    ndarray
+        uint8 [H, W], 0 / 255.
+    """
+    x, y, w, h = cv2.boundingRect(blob)
+    box = np.s_[max(y - 2, 0) : y + h + 2, max(x - 2, 0) : x + w + 2]  # the blob and 2 px more
+    part, colour, scene = blob[box], frame[box].astype(np.float32), mean[box]
+    inner = cv2.erode(part, np.ones((3, 3), np.uint8)) > 0
+    weight = inner.astype(np.float32)
+    count = cv2.boxFilter(weight, -1, (5, 5), normalize=False)
+    total = cv2.boxFilter(colour * weight[..., None], -1, (5, 5), normalize=False)
+    walker = total / np.maximum(count, 1.0)[..., None]
+    to_walker = ((colour - walker) ** 2).sum(-1)
+    to_scene = ((colour - scene) ** 2).sum(-1)
+    out = blob.copy()
+    out[box][(part > 0) & ~inner & (count > 0) & (to_scene < to_walker)] = 0
+    return out
 
 
 def _largest(mask: np.ndarray) -> np.ndarray | None:
@@ -544,7 +660,9 @@ def drop_shadows(blob: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     of the blob that do not touch its body (its foreground pixels, cleaned, the largest part)
     and lie wholly within the lowest ``1 - GROUND`` of its height are dropped. Shadow-coloured
     parts higher up are the walker's own clothes (a grey coat on a grey scene looks like a
-    shadow of it) and stay; so does a blob without foreground pixels.
+    shadow of it) and stay; so does a blob without foreground pixels, and a blob mostly
+    shadow-coloured above that lowest part (where its cast shadow cannot be): a walker dressed
+    like the scene's shadow.
 
     Parameters
     ----------
@@ -559,7 +677,9 @@ def drop_shadows(blob: np.ndarray, foreground: np.ndarray) -> np.ndarray:
         uint8 [H, W], 0 / 255: the largest part of what is left.
     """
     strong = np.where(blob > 0, foreground, 0)
-    if cv2.countNonZero(strong == 255) < 0.5 * cv2.countNonZero(blob):
+    _, top, _, height = cv2.boundingRect(blob)
+    upper = slice(0, top + int(GROUND * height))  # above the ground: the walker alone
+    if cv2.countNonZero(strong[upper] == 255) < 0.5 * cv2.countNonZero(blob[upper]):
         return blob  # mostly shadow-coloured: a walker dressed like the scene's shadow
     body = _largest(clean_mask(strong))
     if body is None:
@@ -567,7 +687,6 @@ def drop_shadows(blob: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     shadowy = np.where((blob > 0) & (foreground < 255), 255, 0).astype(np.uint8)
     shadowy &= ~cv2.dilate(body, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(shadowy, connectivity=8)
-    _, top, _, height = cv2.boundingRect(blob)
     ground = np.flatnonzero(stats[1:, cv2.CC_STAT_TOP] >= top + GROUND * height) + 1
     return _largest(np.where(np.isin(labels, ground), 0, blob).astype(np.uint8))
 
@@ -700,6 +819,7 @@ def segment(
             walker, centre, problem = pick_walker(mask, min_area, previous, recent, shadows)
         unseen += 1
         if walker is not None and problem is None:
+            walker = model.trim(walker)
             found.masks.append((index, walker))
             recent = (recent + [cv2.countNonZero(walker)])[-SIZE_MEMORY:]
             previous, last, jumps, unseen = centre, walker, 0, 0
@@ -708,9 +828,15 @@ def segment(
         else:
             found.reject(problem)
             jumps = jumps + 1 if problem == "size jump" else 0
-        # The model learns the frame except where the walker was last seen; a frame that changed
-        # whole, or whose "walker" covers most of it, is taken as the scene anew.
-        model.learn(last, changed=problem in (CHANGED, "covers most of the frame"))
+        # The model learns the frame except where the walker was last seen and where a blob was
+        # rejected (it may be the walker, not shaped like one while it passes something); a
+        # frame that changed whole, or whose "walker" covers most of it, is taken as the scene
+        # anew.
+        anew = problem in (CHANGED, "covers most of the frame")
+        spared = last
+        if walker is not None and problem is not None and not anew:
+            spared = walker if last is None else cv2.max(walker, last)
+        model.learn(spared, changed=anew)
         if unseen >= FORGET:
             previous, last, recent = None, None, []
         if jumps == 3:

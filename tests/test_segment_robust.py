@@ -18,8 +18,10 @@ import pytest
 
 from gaitprep.segment import (
     CHANGED,
+    Adaptive,
     Segmented,
     SegmentError,
+    clean_mask,
     doubts,
     person_problem,
     segment,
@@ -66,15 +68,15 @@ def synth(subject: int = 1, condition: str = "nm", view: int = 90, **conditions)
 @pytest.mark.parametrize(
     "options, floor",
     [
-        ({}, 0.90),  # measured 0.942
-        ({"drift": 0.2}, 0.90),  # 0.950
-        ({"drift": -0.3}, 0.87),  # 0.922
-        ({"jumps": 2}, 0.88),  # 0.934 (at frames 38 and 49, during the walk)
-        ({"colour_drift": 0.2}, 0.88),  # 0.935
-        ({"contrast": 0.25}, 0.84),  # 0.892: clothes 21 grey levels from the scene's colour
-        ({"noise": 15.0}, 0.90),  # 0.953
-        ({"lamps": 2}, 0.89),  # 0.944
-        ({"shadow": 0.4, "distractors": 3, "drift": 0.2}, 0.83),  # 0.888
+        ({}, 0.90),  # measured 0.965
+        ({"drift": 0.2}, 0.90),  # 0.962
+        ({"drift": -0.3}, 0.87),  # 0.968
+        ({"jumps": 2}, 0.88),  # 0.967 (at frames 38 and 49, during the walk)
+        ({"colour_drift": 0.2}, 0.88),  # 0.962
+        ({"contrast": 0.25}, 0.84),  # 0.918: clothes 21 grey levels from the scene's colour
+        ({"noise": 15.0}, 0.90),  # 0.958
+        ({"lamps": 2}, 0.89),  # 0.965
+        ({"shadow": 0.4, "distractors": 3, "drift": 0.2}, 0.83),  # 0.938
     ],
     ids=lambda v: str(v) if isinstance(v, dict) else None,
 )
@@ -87,8 +89,8 @@ def test_the_adaptive_model_holds_under_one_condition(options, floor, tmp_path: 
 
 def test_what_failed_before_holds_now(tmp_path: Path) -> None:
     """The brightness rising 40 % over the clip: today's method (MOG2 learning at 0.001 after
-    the learned frames) loses the walker (IoU 0.000 here: every frame is foreground and
-    rejected), the adaptive model keeps it (0.953)."""
+    the learned frames) loses the walker (IoU 0.011 here: nearly every frame is foreground and
+    rejected), the adaptive model keeps it (0.960)."""
     video, masks = synth(drift=0.4)
     _, before = run(video, masks, tmp_path, method="mog2")
     _, after = run(video, masks, tmp_path, method="adaptive")
@@ -100,7 +102,7 @@ def test_what_failed_before_holds_now(tmp_path: Path) -> None:
 def test_the_held_out_scene_meets_the_target(i: int, tmp_path: Path) -> None:
     """The bench's held-out scene (stripes and blotches, noise σ 4, a swaying pole, the walker's
     shadow, brightness +20 % over the clip): the target is mean IoU >= 0.85 and no silhouette
-    in an empty frame (measured 0.912 and 0.901)."""
+    in an empty frame (measured 0.955 and 0.929)."""
     condition, view = BENCH.RECORDINGS[i]
     spec = SequenceSpec("casia-b", 11 + i, condition, 1, view, WALK, *SIZE, 0, Artifacts.none())
     video, masks = BENCH.held_out_video(render_sequence(spec), EMPTY, i)
@@ -119,7 +121,7 @@ def _light_switched(video: np.ndarray, at: int) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("at, floor", [(15, 0.88), (35, 0.80)])  # measured 0.936, 0.866
+@pytest.mark.parametrize("at, floor", [(15, 0.88), (35, 0.80)])  # measured 0.964, 0.883
 def test_a_switched_light_is_relearned_not_a_walker(at: int, floor: float, tmp_path) -> None:
     """The frame where the light changes is rejected and counted (the model takes it as the new
     scene), no empty frame gets a silhouette; switched while the walker is in view, the part of
@@ -258,3 +260,87 @@ def test_a_walker_cut_by_the_frames_edge_is_judged_by_its_share_only(edge: str) 
     assert person_problem(inside, []) == "not shaped like a person"
     full = np.full((120, 160), 255, np.uint8)
     assert person_problem(full, []) == "covers most of the frame"
+
+
+def _swaying_pole_scene(
+    empty: int = 30, walk: int = 40, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A textured scene (160 x 120, noise σ 3) with a thin bar swaying ±3 px about column 80
+    (period 11 frames), then a walker-shaped blob in a cloth of its own crossing in front of
+    it, 2 px a frame: the frames and the walker's true masks. (`gait synth video`'s swaying
+    pole stands at the frame's right edge, which its walker does not reach.)"""
+    rng = np.random.default_rng(seed)
+    h, w = 120, 160
+    scene = 120 + cv2.GaussianBlur(rng.normal(0, 30, (h, w, 3)), (0, 0), 1.5)
+    cloth = np.array([40.0, 90.0, 190.0]) + cv2.GaussianBlur(
+        rng.normal(0, 20, (h, w, 3)), (0, 0), 1
+    )
+    frames, masks = [], []
+    for t in range(empty + walk):
+        x = 80 + 3 * np.sin(2 * np.pi * t / 11)
+        bar = np.clip(2.5 - np.abs(np.arange(w) - x), 0, 1)[None, :, None]  # 4 px, soft edges
+        img = scene * (1 - bar) + np.array([70.0, 70.0, 80.0]) * bar
+        mask = np.zeros((h, w), np.uint8)
+        if t >= empty:
+            cx = 40 + 2 * (t - empty)
+            cv2.ellipse(mask, (cx, 72), (8, 30), 0, 0, 360, 255, -1)
+            cv2.circle(mask, (cx, 34), 7, 255, -1)
+            img[mask > 0] = cloth[mask > 0]
+        img = img + rng.normal(0, 3, img.shape)
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return frames, masks
+
+
+def test_a_swaying_pole_neither_hides_the_walker_nor_becomes_one(tmp_path: Path) -> None:
+    """A pixel that a swaying pole covers in some frames keeps the scene's tolerance (the pole
+    is another state of the scene, not noise): the walker in front of the pole is found there,
+    and the pole alone is no walker. Measured: 0.89 or more of the walker's pixels over the
+    pole's band found in every frame (0.22 before the samples and the robust variance), mean
+    IoU 0.957 while it crosses the band (0.273: the walker was cut in two there and 4 frames
+    were rejected), 0.983 over the walk, no silhouette in the 10 empty frames after the 20
+    learned."""
+    learn, empty = 20, 30
+    frames, masks = _swaying_pole_scene(empty=empty)
+    band = np.zeros(masks[0].shape, bool)
+    band[:, 74:87] = True  # where the pole sways
+    model = Adaptive()
+    for img in frames[:learn]:
+        model.teach(img)
+    shares = []
+    for img, mask in zip(frames[learn:], masks[learn:], strict=True):
+        fg, changed = model.foreground(img)
+        over = (mask > 0) & band
+        if over.sum() > 50:
+            shares.append(float((fg[over] > 0).mean()))
+        model.learn(mask if mask.any() else None, changed)
+    for t, img in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{t:04d}.png"), img)
+    found = segment(tmp_path, learn_frames=learn)
+    got = dict(found.masks)
+    ious = {}
+    for t in range(empty, len(frames)):
+        true, mine = masks[t] > 0, got.get(t, np.zeros_like(masks[t])) > 0
+        ious[t] = (true & mine).sum() / (true | mine).sum()
+    crossing = [ious[t] for t in ious if ((masks[t] > 0) & band).sum() > 50]
+    print(f"over the pole: {min(shares):.2f}; crossing IoU {np.mean(crossing):.3f}")
+    assert min(shares) >= 0.8
+    assert (
+        np.mean(crossing) >= 0.85 and min(crossing) >= 0.75 and np.mean(list(ious.values())) >= 0.9
+    )
+    assert not any(learn <= t < empty for t in got) and found.rejected == {}
+
+
+def test_what_a_cut_walker_encloses_with_the_frames_edge_is_no_hole() -> None:
+    """The scene between the arm and the leg of a walker cut by the frame's edge goes on beyond
+    the frame: it is not filled as a hole (it was, and cost an entering walker up to a fifth of
+    its IoU on the independent held-out render); what the walker encloses is."""
+    fg = np.zeros((120, 160), np.uint8)
+    fg[20:110, 130:145] = 255  # the body, near the right edge
+    fg[40:46, 145:160] = 255  # an arm reaching the edge
+    fg[90:96, 145:160] = 255  # a leg reaching the edge
+    fg[56:74, 16:64] = 255
+    fg[62:68, 24:56] = 0  # a ring: its inside is a hole
+    mask = clean_mask(fg)
+    assert mask[50:85, 148:160].max() == 0
+    assert mask[62:68, 24:56].min() == 255
