@@ -44,8 +44,11 @@ def gei(spec: SequenceSpec) -> np.ndarray | None:
     """A sequence's Gait Energy Image (its mean normalized frame); None if no frame is valid."""
     frames = [normalize_frame(f)[0] for f in render_sequence(spec)]
     frames = [f for f in frames if f is not None]
-    if not frames:
-        return None
+    return energy_image(frames) if frames else None
+
+
+def energy_image(frames) -> np.ndarray:
+    """The mean of normalized uint8 frames [n, H, W] (or a list of them), in [0, 1]."""
     return np.mean(frames, axis=0, dtype=np.float32) / 255.0
 
 
@@ -115,7 +118,7 @@ def pack_inputs(pack: Path, partition: Path, inputs: Path, energy: float) -> dic
         dataset = str(p.file.attrs["dataset"])
         every = p.keys()
         keys = [k for k in every if k[0] in train | test]
-        geis = {k: p[k].mean(0, dtype=np.float32).ravel() / 255.0 for k in keys}
+        geis = {k: energy_image(p[k]).ravel() for k in keys}
     fit = np.stack([g for k, g in geis.items() if k[0] in train])
     mean, axes = pca_fit(fit, energy)
     tested = [k for k in keys if k[0] in test]
