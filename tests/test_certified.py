@@ -291,18 +291,31 @@ def test_lowrank_on_full_rank_noise_is_still_exact(path, fallbacks):
     assert fallbacks and all(fallbacks)  # blocks computed whole
 
 
-def test_pytorch_recheck_is_exact_distances(monkeypatch):
-    """Without the kernels, the re-check (chunks of buffers made once) gives exact_distances'
-    float64 values bit for bit, float16 and float32 rows, a last chunk not whole."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_pytorch_recheck_is_exact_distances(monkeypatch, fused):
+    """Without the kernels, the re-check gives exact_distances' float64 values: fused (one
+    compiled graph for every shape, chunks padded) to float64 rounding, or op by op (chunks of
+    buffers made once) bit for bit; float16 and float32 rows, a last chunk not whole, two
+    shapes of table."""
     monkeypatch.setattr(native, "kernels", lambda: None)
+    if fused:
+        assert certified._compiled_pairs(torch.float32) is not None  # CI has a C++ compiler
+    else:
+        monkeypatch.setattr(certified, "_compiled_pairs", lambda dtype: None)
     g = torch.Generator().manual_seed(12)
-    probe, gallery = torch.randn(30, 4, 32, generator=g), torch.randn(50, 4, 32, generator=g)
-    n = 3 * certified.RECHECK_CHUNK + 5
-    i, j = torch.randint(0, 30, (n,), generator=g), torch.randint(0, 50, (n,), generator=g)
-    for dtype in (torch.float16, torch.float32):
-        p, q = probe.to(dtype), gallery.to(dtype)
-        got = certified.exact_pairs(p, q, i, j)
-        assert torch.equal(got, certified.exact_distances(p[i], q[j]))
+    for rows, cols, parts, dim in ((30, 50, 4, 32), (7, 90, 3, 20)):
+        probe = torch.randn(rows, parts, dim, generator=g)
+        gallery = torch.randn(cols, parts, dim, generator=g)
+        n = 3 * certified.RECHECK_CHUNK + 5
+        i = torch.randint(0, rows, (n,), generator=g)
+        j = torch.randint(0, cols, (n,), generator=g)
+        for dtype in (torch.float16, torch.float32):
+            p, q = probe.to(dtype), gallery.to(dtype)
+            got, want = certified.exact_pairs(p, q, i, j), certified.exact_distances(p[i], q[j])
+            if fused:
+                torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+            else:
+                assert torch.equal(got, want)
 
 
 def test_native_pieces_equal_their_pytorch_versions(kernels):
