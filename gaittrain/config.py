@@ -321,17 +321,35 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
 _LEGACY_LOSS_KEYS = {"name", "alpha", "margin", "t_n", "t_p", "lam", "anchor", "detach_center"}
 
 
-def config_from_dict(data: dict) -> Config:
-    """A validated Config from a plain mapping (e.g. the copy stored in a checkpoint).
+def config_from_dict(data: dict, saved: bool = False) -> Config:
+    """A validated Config from a plain mapping (e.g. the copy stored in a checkpoint: ``saved``).
 
     A checkpoint written before the loss section became a tagged union holds all eight loss keys
-    whatever the loss: only the chosen loss's keys are kept from it.
+    whatever the loss: only the chosen loss's keys are kept from it. A ``saved`` center-ranked
+    section without a reading was stored before the loss had readings: it is r0, the only one
+    then (the default reading is another since; a saved config says what the run trained with).
     """
     loss = data.get("loss") if isinstance(data, dict) else None
     if isinstance(loss, dict) and set(loss) == _LEGACY_LOSS_KEYS and loss["name"] in LOSSES:
         own = {f.name for f in fields(LOSSES[loss["name"]])}
-        data = {**data, "loss": {k: v for k, v in loss.items() if k in own}}
+        data = {**data, "loss": (loss := {k: v for k, v in loss.items() if k in own})}
+    if saved and isinstance(loss, dict) and loss.get("name") == "center_ranked":
+        data = {**data, "loss": {"reading": "r0", **loss}}
     return build(Config, data, "").validate()
+
+
+def saved_config(path: Path) -> Config:
+    """The config a run folder saved (``config.yaml``), read as :func:`config_from_dict` reads a
+    saved one; every problem is a one-line :class:`ConfigError` naming the file."""
+    data = load_yaml_file(path, ConfigError) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping of sections, got {type(data).__name__}"
+        )
+    try:
+        return config_from_dict(data, saved=True)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -42,7 +42,7 @@ def load_model(ckpt: Path, device: torch.device) -> TrainedModel:
     """The model of a checkpoint (a file, or a run folder's latest), in eval mode."""
     path = resolve_checkpoint(ckpt)
     state, fingerprint = checkpoint.load_with_fingerprint(path)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], saved=True)
     try:
         model = build_model(_with_classes(cfg, state["model"]).model)
         model.load_state_dict(state["model"])

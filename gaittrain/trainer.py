@@ -28,7 +28,7 @@ from gaitprep.errors import GaitError, OutputError, describe_os_error, first_lin
 from gaitprep.files import OutputLock, atomic_write
 from gaittrain import checkpoint, run_folder
 from gaittrain.checkpoint import CheckpointError
-from gaittrain.config import Config, dump_config, load_config
+from gaittrain.config import Config, dump_config, saved_config
 from gaittrain.data.dataset import PackDataset, collate, pack_subjects, to_model_input
 from gaittrain.data.sampler import PKSampler
 from gaittrain.data.splits import train_subjects
@@ -247,7 +247,7 @@ def _check_same_run(paths: RunPaths, cfg: Config, data: dict, saved_data) -> Non
             f"--resume: the run in {paths.root} was imported (gait import-checkpoint) and holds "
             "no training state to continue; train a new run with another --out"
         )
-    saved = load_config(paths.config)
+    saved = saved_config(paths.config)
     if saved.train.iterations != cfg.train.iterations and cfg.schedule.name == "cosine":
         raise TrainError(
             f"--resume: --iterations {cfg.train.iterations} would stretch the cosine schedule of "

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gaittrain.config import ConfigError, load_config
+from gaittrain.config import ConfigError, dump_config, load_config
+from gaittrain.losses import CenterRankedLoss
+from gaittrain.losses.center_ranked import DEFAULT_READING, READING_DEFAULTS
 from gaittrain.objective import metric_loss
 from tests.reference import ref_center_ranked_reading
 from tests.test_center_ranked_variants import (
@@ -108,10 +110,25 @@ def test_the_config_refuses_what_a_reading_does_not_take(sets: list[str], needle
     assert needle in str(e.value)
 
 
-def test_r0_is_the_default_and_unchanged() -> None:
-    cfg = load_config(None)
-    assert cfg.loss.reading == "r0"
+def test_each_reading_takes_its_tuned_settings_unless_given() -> None:
+    """``loss: {name: center_ranked}`` is reading r2 with its tuned settings, stated in full in
+    the config a run saves; each other reading takes its own; a value given wins; the loss built
+    from a section equals the loss built with every value spelled out, bit for bit."""
+    assert (DEFAULT_READING, load_config(None, ["loss.name=center_ranked"]).loss.reading) == (
+        "r2",
+        "r2",
+    )
     features, labels = uneven_batch(3)
-    plain = build({}, None)
-    explicit = build({"reading": "r0"}, None)
-    torch.testing.assert_close(plain(features, labels), explicit(features, labels), rtol=0, atol=0)
+    for reading, tuned in READING_DEFAULTS.items():
+        section = load_config(None, [f"loss={{name: center_ranked, reading: {reading}}}"]).loss
+        loss = CenterRankedLoss(reading=reading)
+        for key, value in tuned.items():
+            assert getattr(section, key) == value and getattr(loss, key) == value, (reading, key)
+        explicit = CenterRankedLoss(reading=reading, **tuned).double()
+        built = metric_loss(load_config(None, [f"loss.reading={reading}"])).double()
+        torch.testing.assert_close(
+            built(features, labels), explicit(features, labels), rtol=0, atol=0
+        )
+    given = load_config(None, ["loss={name: center_ranked, reading: r2, margin: 0.2}"]).loss
+    assert (given.margin, given.temperature, given.normalize) == (0.2, 1.237, False)
+    assert "margin: 0.4279" in dump_config(load_config(None, ["loss.name=center_ranked"]))

@@ -30,6 +30,10 @@ PARTS, DIM, CLASSES = 3, 8, 7
 SIZES = (4, 1, 3, 2)  # samples per class in a batch: uneven, one class of a single sample
 RAW = {"normalize": False, "alpha": 4.0, "margin": 1.5}  # boundaries on the raw features' scale
 TUNED = {"alpha": 1.1, "margin": 0.5, "t_p": 4.0, "t_n": 3.0, "lam": 0.5}
+#: Reading r0 with every setting the loop references default to (the ranked list's values, not
+#: r0's tuned defaults, which test_center_ranked_readings.py checks): these tests are of formulas.
+R0 = {"reading": "r0", "alpha": 1.2, "margin": 0.4, "t_n": 10.0, "lam": 1.0, "normalize": True}
+R0 |= {"temperature": 10.0, "beta": 0.1}
 
 
 def uneven_batch(
@@ -66,9 +70,9 @@ def memory_state(
 
 def build(kwargs: dict, memory: tuple[torch.Tensor, list[bool]] | None) -> CenterRankedLoss:
     if memory is None:
-        return CenterRankedLoss(**kwargs).double()
+        return CenterRankedLoss(**{**R0, **kwargs}).double()
     loss = CenterRankedLoss(
-        **kwargs, centers="memory", num_classes=CLASSES, parts=PARTS, dim=DIM
+        **{**R0, **kwargs}, centers="memory", num_classes=CLASSES, parts=PARTS, dim=DIM
     ).double()
     loss.memory.copy_(memory[0])
     loss.seen.copy_(torch.tensor(memory[1]))
@@ -209,7 +213,7 @@ def earlier_center_ranked(
     features: torch.Tensor, labels: torch.Tensor, anchor: str, detach_center: bool
 ) -> torch.Tensor:
     """CenterRankedLoss.compute as it was before anchor "both", the memory and normalize."""
-    loss = CenterRankedLoss(anchor="center", detach_center=detach_center)
+    loss = CenterRankedLoss(**R0, anchor="center", detach_center=detach_center)
     features = torch.nn.functional.normalize(features, dim=-1)
     own, slot = class_slots(labels)
     members = own.to(features.dtype)
@@ -234,13 +238,15 @@ def test_defaults_are_unchanged_bit_for_bit(anchor: str, detach_center: bool, dt
     for seed in range(3):
         features, labels = uneven_batch(seed)
         features = features.to(dtype)
-        loss = CenterRankedLoss(anchor=anchor, detach_center=detach_center)
+        loss = CenterRankedLoss(**R0, anchor=anchor, detach_center=detach_center)
         value, grad = loss_and_grad(loss, features, labels)
         old_value, old_grad = loss_and_grad(
             lambda f, y: earlier_center_ranked(f, y, anchor, detach_center), features, labels
         )
         assert torch.equal(value, old_value) and torch.equal(grad, old_grad)
-    assert dict(CenterRankedLoss().named_buffers()) == {}  # no state: old checkpoints still load
+    assert (
+        dict(CenterRankedLoss(**R0).named_buffers()) == {}
+    )  # no state: old checkpoints still load
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +255,7 @@ def test_defaults_are_unchanged_bit_for_bit(anchor: str, detach_center: bool, dt
 
 def memory_loss(num_classes: int = 3, parts: int = 1, dim: int = 2, **kwargs) -> CenterRankedLoss:
     return CenterRankedLoss(
-        centers="memory", num_classes=num_classes, parts=parts, dim=dim, **kwargs
+        **{**R0, **kwargs}, centers="memory", num_classes=num_classes, parts=parts, dim=dim
     ).double()
 
 
@@ -285,11 +291,13 @@ def test_memory_update_by_hand_on_normalized_features():
 def test_unseen_classes_are_masked(anchor: str):
     """A fresh memory is all unseen: the loss is the batch loss, whatever the unused slots hold."""
     features, labels = uneven_batch(5)
-    loss = CenterRankedLoss(anchor=anchor, centers="memory", num_classes=CLASSES, parts=3, dim=8)
+    loss = CenterRankedLoss(
+        **R0, anchor=anchor, centers="memory", num_classes=CLASSES, parts=3, dim=8
+    )
     loss = loss.double()
     loss.memory.copy_(features[:, :1].expand(-1, CLASSES, -1))  # every slot on a sample
     value, grad = loss_and_grad(loss, features, labels)
-    batch_loss = CenterRankedLoss(anchor=anchor)
+    batch_loss = CenterRankedLoss(**R0, anchor=anchor)
     batch_value, batch_grad = loss_and_grad(batch_loss, features, labels)
     torch.testing.assert_close(value, batch_value)
     torch.testing.assert_close(grad, batch_grad)
@@ -303,7 +311,9 @@ def test_absent_classes_act_as_negatives(anchor: str):
     absent = next(k for k in range(CLASSES) if k not in labels.tolist())
     loss = build({"anchor": anchor}, None)
     batch_value, batch_grad = loss_and_grad(loss, features, labels)
-    loss = CenterRankedLoss(anchor=anchor, centers="memory", num_classes=CLASSES, parts=3, dim=8)
+    loss = CenterRankedLoss(
+        **R0, anchor=anchor, centers="memory", num_classes=CLASSES, parts=3, dim=8
+    )
     loss = loss.double()
     unit = features / features.norm(dim=-1, keepdim=True)
     near = unit[:, 0] + 0.3 * unit[:, 1]  # near sample 0, off its ray (the gradient is tangent)
@@ -328,7 +338,7 @@ def test_memory_of_a_previous_batch_is_used():
     """The memory a call leaves is what the next call ranks against."""
     first, first_labels = uneven_batch(7, sizes=(2, 2, 2, 2, 2), classes=5)
     second, second_labels = uneven_batch(8, sizes=(3, 3), classes=5)
-    loss = CenterRankedLoss(anchor="sample", centers="memory", num_classes=5, parts=3, dim=8)
+    loss = CenterRankedLoss(**R0, anchor="sample", centers="memory", num_classes=5, parts=3, dim=8)
     loss = loss.double()
     loss(first, first_labels)
     state = (loss.memory.clone(), loss.seen.tolist())
@@ -338,7 +348,7 @@ def test_memory_of_a_previous_batch_is_used():
         second, second_labels, anchor="sample", memory=state[0], seen=state[1]
     )
     torch.testing.assert_close(value, expected)
-    assert not torch.isclose(value, CenterRankedLoss(anchor="sample")(second, second_labels))
+    assert not torch.isclose(value, CenterRankedLoss(**R0, anchor="sample")(second, second_labels))
 
 
 def test_eval_mode_reads_the_memory_and_leaves_it():
@@ -369,7 +379,7 @@ def test_non_finite_centers_are_not_remembered():
 
 
 def test_memory_on_a_float32_objective_takes_float64_features():
-    loss = CenterRankedLoss(centers="memory", num_classes=CLASSES, parts=3, dim=8)
+    loss = CenterRankedLoss(**R0, centers="memory", num_classes=CLASSES, parts=3, dim=8)
     features, labels = uneven_batch(10)
     value = loss(features, labels)
     assert value.dtype == torch.float64 and loss.memory.dtype == torch.float32
@@ -384,7 +394,8 @@ def memory_config(*sets: str):
     return load_config(
         None,
         [
-            "loss={name: center_ranked, anchor: both, centers: memory, memory_momentum: 0.8}",
+            "loss={name: center_ranked, reading: r0, anchor: both, centers: memory, "
+            "memory_momentum: 0.8}",
             "model.dim=8",
             *sets,
         ],
@@ -426,10 +437,11 @@ def test_batch_centers_keep_the_objective_state_as_it_was():
 
 OPTIONS = [
     "{name: center_ranked}",
-    "{name: center_ranked, anchor: both}",
-    "{name: center_ranked, anchor: sample, centers: memory}",
-    "{name: center_ranked, anchor: both, centers: memory, normalize: false, alpha: 4, margin: 1}",
-    "{name: center_ranked, anchor: center, normalize: false, alpha: 4, margin: 1}",
+    "{name: center_ranked, reading: r0, anchor: both}",
+    "{name: center_ranked, reading: r0, anchor: sample, centers: memory}",
+    "{name: center_ranked, reading: r0, anchor: both, centers: memory, normalize: false, "
+    "alpha: 4, margin: 1}",
+    "{name: center_ranked, reading: r0, anchor: center, normalize: false, alpha: 4, margin: 1}",
 ]
 
 
@@ -455,9 +467,9 @@ def test_cross_entropy_combines_with_every_option(section: str):
 
 def test_memory_needs_its_sizes():
     with pytest.raises(ValueError, match="centers='memory' needs num_classes"):
-        CenterRankedLoss(centers="memory")
+        CenterRankedLoss(**R0, centers="memory")
     with pytest.raises(ValueError, match="needs dim"):
-        CenterRankedLoss(centers="memory", num_classes=4, parts=3)
+        CenterRankedLoss(**R0, centers="memory", num_classes=4, parts=3)
     with pytest.raises(ValueError, match=r"metric_loss\(cfg, num_classes=\.\.\., parts=\.\.\.\)"):
         metric_loss(memory_config())
     assert metric_loss(memory_config(), num_classes=4, parts=2).memory.shape == (2, 4, 8)
@@ -478,7 +490,7 @@ def test_memory_needs_its_sizes():
 )
 def test_invalid_options_raise(kwargs: dict, match: str):
     with pytest.raises(ValueError, match=match):
-        CenterRankedLoss(**kwargs)
+        CenterRankedLoss(**{**R0, **kwargs})
 
 
 def test_memory_refuses_labels_and_features_it_cannot_hold():

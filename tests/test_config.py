@@ -72,7 +72,7 @@ def test_set_overrides_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_center_ranked_options_defaults_and_choices() -> None:
-    loss = load_config(None, []).loss
+    loss = load_config(None, ["loss={name: center_ranked, reading: r0}"]).loss
     assert (loss.anchor, loss.centers, loss.memory_momentum, loss.normalize) == (
         "center",
         "batch",
@@ -80,7 +80,8 @@ def test_center_ranked_options_defaults_and_choices() -> None:
         True,
     )
     section = (
-        "{name: center_ranked, anchor: both, centers: memory, memory_momentum: 0, normalize: false}"
+        "{name: center_ranked, reading: r0, anchor: both, centers: memory, memory_momentum: 0, "
+        "normalize: false}"
     )
     loss = load_config(None, [f"loss={section}"]).loss
     assert (loss.anchor, loss.centers, loss.memory_momentum, loss.normalize) == (

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gaitcli.main import cli
 from gaitprep.layout import CASIA_B
 from gaitprep.prep import PrepJob, run_prep
-from gaittrain.config import ConfigError, config_from_dict, dump_config, load_config
+from gaittrain.config import ConfigError, config_from_dict, dump_config, load_config, saved_config
 from gaittrain.data.splits import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +85,10 @@ REFUSED = {
         "ranked_list); known: name, margin",
     ),
     "loss_switch_keeps_other_keys": (
-        None,
+        "loss: {name: center_ranked, reading: r0, alpha: 1.2, margin: 0.4}\n",
         ["--set", "loss.name=triplet"],
         "--set loss.name=triplet: the loss section holds keys given for center_ranked "
-        "(alpha, margin, t_n, t_p, lam)",
+        "(reading, alpha, margin)",
     ),
     "height_48": (
         "data: {height: 48}\n",
@@ -191,8 +191,8 @@ def test_triplet_margin_is_its_own_default(tmp_path: Path) -> None:
 
 def test_each_loss_dumps_only_its_keys_and_loads_back(tmp_path: Path) -> None:
     sections = {
-        "center_ranked": "{name: center_ranked, alpha: 1.1, margin: 0.3, t_n: 5.0, t_p: 1.0, "
-        "lam: 0.5, anchor: sample, detach_center: true}",
+        "center_ranked": "{name: center_ranked, reading: r0, alpha: 1.1, margin: 0.3, t_n: 5.0, "
+        "t_p: 1.0, lam: 0.5, anchor: sample, detach_center: true}",
         "ranked_list": "{name: ranked_list, alpha: 1.0, margin: 0.2, lam: 2.0}",
         "triplet": "{name: triplet, margin: 0.3}",
     }
@@ -222,6 +222,23 @@ def test_each_loss_dumps_only_its_keys_and_loads_back(tmp_path: Path) -> None:
         assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     centered = load_config(TINY, [f"loss={sections['center_ranked']}"]).loss
     assert (centered.anchor, centered.detach_center, centered.t_p) == ("sample", True, 1.0)
+
+
+def test_a_center_ranked_config_stored_before_the_readings_is_r0(tmp_path: Path) -> None:
+    """A run saved before the loss had readings (no ``reading`` key, r0 the only one) resumes
+    as r0 with its stored values, not as today's default reading; one saved since keeps its
+    reading, whatever the default."""
+    stored = load_config(TINY).to_dict()
+    stored["loss"] = {"name": "center_ranked", "alpha": 1.2, "margin": 0.4, "t_n": 10.0}
+    stored["loss"] |= {"t_p": 0.0, "lam": 1.0, "anchor": "center", "detach_center": False}
+    loss = config_from_dict(stored, saved=True).loss
+    assert (loss.reading, loss.alpha, loss.margin, loss.normalize) == ("r0", 1.2, 0.4, True)
+    assert config_from_dict(stored).loss.reading == "r2"  # a new config: today's default
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stored))
+    assert saved_config(path).loss.reading == "r0"  # a run folder's, as the trainer reads it
+    stored["loss"] = {"name": "center_ranked", "reading": "r3"}
+    assert config_from_dict(stored, saved=True).loss.reading == "r3"
 
 
 def test_height_must_suit_the_bins(tmp_path: Path) -> None:

@@ -324,15 +324,17 @@ def test_geometry_of_one_class_per_sample_has_no_positives():
 
 LOSSES: dict[str, Callable[[], torch.nn.Module]] = {
     "center_ranked": lambda: CenterRankedLoss(),
-    "center_ranked-sample": lambda: CenterRankedLoss(anchor="sample", detach_center=True),
+    "center_ranked-sample": lambda: CenterRankedLoss(
+        reading="r0", anchor="sample", detach_center=True
+    ),
     "center_ranked-both-raw": lambda: CenterRankedLoss(
-        anchor="both", normalize=False, alpha=4.0, margin=1.5
+        reading="r0", anchor="both", normalize=False, alpha=4.0, margin=1.5
     ),
     "center_ranked-both-memory": lambda: CenterRankedLoss(
-        anchor="both", centers="memory", num_classes=P + 2, parts=PARTS, dim=DIM
+        reading="r0", anchor="both", centers="memory", num_classes=P + 2, parts=PARTS, dim=DIM
     ),
     "center_ranked-sample-memory": lambda: CenterRankedLoss(
-        anchor="sample", centers="memory", num_classes=P, parts=PARTS, dim=DIM
+        reading="r0", anchor="sample", centers="memory", num_classes=P, parts=PARTS, dim=DIM
     ),
     "center_ranked-r1": lambda: CenterRankedLoss(reading="r1"),
     "center_ranked-r2": lambda: CenterRankedLoss(reading="r2", margin=0.3),
@@ -407,11 +409,11 @@ def test_center_ranked_odd_batches_make_no_sync(
     memory, a first call (nothing remembered) and a second (other classes remembered)."""
     labels = torch.tensor(labels)
     features = torch.randn(PARTS, len(labels), DIM, requires_grad=True)
-    loss = CenterRankedLoss(anchor=anchor)
+    loss = CenterRankedLoss(reading="r0", anchor=anchor)
     if centers == "memory":
         labels = torch.tensor([sorted(set(IDS + (3, 9))).index(y) for y in labels.tolist()])
         loss = CenterRankedLoss(
-            anchor=anchor, centers="memory", num_classes=6, parts=PARTS, dim=DIM
+            reading="r0", anchor=anchor, centers="memory", num_classes=6, parts=PARTS, dim=DIM
         )
         loss(torch.randn(PARTS, 6, DIM), torch.arange(6))  # every class remembered
     with syncs as calls:
@@ -429,7 +431,7 @@ def test_center_ranked_odd_batches_make_no_sync(
 # The loss section of each objective under test, by name.
 OBJECTIVES = {
     "center_ranked": "{name: center_ranked}",
-    "center_ranked-memory": "{name: center_ranked, anchor: sample, centers: memory, "
+    "center_ranked-memory": "{name: center_ranked, reading: r0, anchor: sample, centers: memory, "
     "normalize: false, alpha: 4.0, margin: 1.5}",
     "ranked_list": "{name: ranked_list}",
     "triplet": "{name: triplet}",

@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from gaittrain.losses import CenterRankedLoss, PartCrossEntropyLoss, RankedListLoss, TripletLoss
 from tests.reference import dist, ref_center_ranked_variant, weighted_mean
+from tests.test_center_ranked_variants import R0
 
 IDS = (7, 1003, 42, 5, 64, 2)  # subject ids as a dataset has them: arbitrary, not 0..P-1
 
@@ -26,6 +27,14 @@ IDS = (7, 1003, 42, 5, 64, 2)  # subject ids as a dataset has them: arbitrary, n
 
 #: The center-ranked loop reference (every option of the loss) lives with the other references.
 ref_center_ranked = ref_center_ranked_variant
+
+
+class CenterRankedR0(CenterRankedLoss):
+    """Reading r0 with the settings the loop references default to: these tests are of r0's
+    formulas (the default reading and the readings' defaults: test_center_ranked_readings.py)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{**R0, **kwargs})
 
 
 def ref_ranked_list(
@@ -141,18 +150,18 @@ def triplet_terms(features: torch.Tensor, margin: float) -> torch.Tensor:
 # Cases: (loss class, reference, hyper-parameters)
 
 METRIC_CASES = [
-    pytest.param(CenterRankedLoss, ref_center_ranked, {}, id="center_ranked"),
+    pytest.param(CenterRankedR0, ref_center_ranked, {}, id="center_ranked"),
     pytest.param(
-        CenterRankedLoss,
+        CenterRankedR0,
         ref_center_ranked,
         {"alpha": 1.1, "margin": 0.5, "t_p": 4.0, "t_n": 3.0, "lam": 0.5, "detach_center": True},
         id="center_ranked-tuned-detached",
     ),
     pytest.param(
-        CenterRankedLoss, ref_center_ranked, {"anchor": "sample"}, id="center_ranked-sample"
+        CenterRankedR0, ref_center_ranked, {"anchor": "sample"}, id="center_ranked-sample"
     ),
     pytest.param(
-        CenterRankedLoss,
+        CenterRankedR0,
         ref_center_ranked,
         {
             "anchor": "sample",
@@ -230,8 +239,8 @@ def test_cross_entropy_matches_reference(label_smoothing: float):
 # the input; the backward holds them constant by definition. So gradcheck applies where both agree:
 # uniform weights (T = 0) and centers that are not detached, on inputs away from the boundaries.
 GRADCHECK_CASES = [
-    pytest.param(CenterRankedLoss(t_n=0.0), 1, id="center_ranked"),
-    pytest.param(CenterRankedLoss(t_n=0.0, anchor="sample"), 1, id="center_ranked-sample"),
+    pytest.param(CenterRankedR0(t_n=0.0), 1, id="center_ranked"),
+    pytest.param(CenterRankedR0(t_n=0.0, anchor="sample"), 1, id="center_ranked-sample"),
     pytest.param(RankedListLoss(t_n=0.0), 1, id="ranked_list"),
     pytest.param(TripletLoss(), 0, id="triplet"),
 ]
@@ -281,7 +290,7 @@ def test_one_sample_per_class_and_one_class(
         assert value == 0 and not grad.any()
     if classes == 1:
         assert math.isnan(loss.stats["neg_dist"])  # a mean over no pair
-    elif cls is CenterRankedLoss:
+    elif cls is CenterRankedR0:
         assert loss.stats["pos_dist"] < 1e-5  # each sample is its own center
 
 
@@ -358,7 +367,7 @@ def test_stats_match_their_definitions():
         "neg_dist": mean(neg),
     }
     for anchor in ("center", "sample"):
-        loss = CenterRankedLoss(anchor=anchor)
+        loss = CenterRankedR0(anchor=anchor)
         loss(features, labels)
         assert pair_stats(loss) == pytest.approx(expected)
 
@@ -403,7 +412,7 @@ def test_stats_match_their_definitions():
 
 @pytest.mark.parametrize(
     "loss",
-    [CenterRankedLoss(), RankedListLoss(), TripletLoss(), PartCrossEntropyLoss(4, 8, 3)],
+    [CenterRankedR0(), RankedListLoss(), TripletLoss(), PartCrossEntropyLoss(4, 8, 3)],
     ids=["center_ranked", "ranked_list", "triplet", "cross_entropy"],
 )
 def test_half_precision_and_autocast_compute_in_float32(loss: torch.nn.Module):
@@ -467,7 +476,7 @@ def test_invalid_arguments_raise(make: Callable, match: str):
     ],
 )
 def test_invalid_inputs_raise(features: torch.Tensor, labels: torch.Tensor, match: str):
-    for loss in (CenterRankedLoss(), RankedListLoss(), TripletLoss()):
+    for loss in (CenterRankedR0(), RankedListLoss(), TripletLoss()):
         with pytest.raises(ValueError, match=match):
             loss(features, labels)
 

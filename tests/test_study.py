@@ -232,7 +232,7 @@ def test_the_grid_is_the_product_of_the_axes(tmp_path) -> None:
     assert (cfg.data.batch.p, cfg.data.batch.k, cfg.seed) == (3, 4, 7)
     assert cfg.loss.name == "triplet" and cfg.loss.margin == 0.3
     assert study.runs[0].config.loss.name == "center_ranked"
-    assert study.runs[0].config.loss.margin == 0.4  # the loss's own default: the section replaced
+    assert study.runs[0].config.loss.margin == 0.4279  # its own default (r2's): section replaced
     for r in study.runs:  # base + overrides for every run; checkpoints at every evaluation
         assert r.config.model.dim == 64 and r.config.schedule.name == "constant"
         assert r.config.train.checkpoint_every == 1 and r.config.train.iterations == 2

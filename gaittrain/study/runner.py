@@ -44,7 +44,7 @@ from gaitprep.errors import GaitError, one_line
 from gaitprep.files import OutputLock
 from gaitprep.pack import Pack
 from gaittrain import checkpoint, run_folder
-from gaittrain.config import ConfigError, load_config
+from gaittrain.config import ConfigError, saved_config
 from gaittrain.data.dataset import pack_subjects
 from gaittrain.device import Runtime, setup, teardown
 from gaittrain.evaluation.embed import embed_dataset, open_model_and_pack
@@ -176,7 +176,7 @@ def what_changed(spec: RunSpec | Trial, run_dir: Path, ctx: Context) -> str | No
     paths = RunPaths(run_dir)
     if paths.config.is_file():
         try:
-            saved = load_config(paths.config).to_dict()
+            saved = saved_config(paths.config).to_dict()
         except ConfigError as e:
             return f"its config.yaml no longer loads ({e})"
         changed = run_folder.config_difference(saved, spec.config.to_dict())
