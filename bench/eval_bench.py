@@ -23,9 +23,9 @@ half the bytes). With --full they are written once to build/bench/ou-embeddings-
 `gait eval` does; the rank-1 tables of the precisions are compared.
 
 Each case runs in a fresh process so that its peak resident memory is its own; the distance
-blocks are capped by --max-memory. The low-rank path's fused step (for rank 32) and the
-re-check are compiled before the clock starts (once per process, seconds; the int8 kernels
-are built before too), and ``auto``'s
+blocks are capped by --max-memory. The low-rank path's fused step and the re-check are
+compiled before the clock starts (once per process, seconds; the int8 kernels are built before
+too), and ``auto``'s
 calibration (once per machine, kept in $GAIT_CACHE) runs before the OU-MVLP view pair's. The
 fraction of the compute bound is the distance FLOPs per second over the float32 matmul rate
 measured in the same run (on --device). ``--baseline DIR``
@@ -81,7 +81,7 @@ def warm_up(precision: str) -> None:
     if precision == "lowrank":
         from gaittrain.evaluation import lowrank
 
-        lowrank._compiled_tile(64, 35)  # 62 parts padded; rank 32, these embeddings' + 3
+        lowrank._compiled_fold()
     pairs = getattr(certified, "_compiled_pairs", None)  # absent from a --baseline before it
     if precision != "fp32" and pairs is not None:
         for dtype in (torch.float32, torch.float16):

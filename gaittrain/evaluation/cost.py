@@ -49,7 +49,7 @@ OPEN = {"int8": 5, "lowrank": 2}
 #: The synthetic block a calibration ranks: probes, gallery sequences, parts.
 BLOCK = (256, 2048, 16)
 #: Bumped when what a calibration measures changes (older entries are measured again).
-VERSION = 3  # 2: lowrank's lower ends only; 3: fused re-check, one graph per tile
+VERSION = 3  # 2: lowrank's lower ends only; 3: the fused re-check
 
 
 def fast_int8(device: torch.device | str) -> bool:

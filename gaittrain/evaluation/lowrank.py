@@ -312,44 +312,39 @@ def project(x: torch.Tensor, basis: Basis, probe_side: bool) -> Projected:
     return Projected(coords, norms, n, parts, basis)
 
 
-def _tile(probe, gallery):
-    r"""The lower ends [rows, cols] of a tile of pairs, summed over the parts: ``probe``
-    [parts, rows, K] and ``gallery`` [parts, K, cols] give every part's :math:`\underline S`
-    (one float32 product, :data:`PART_CHUNK` parts at a time), and each adds
-    :math:`\sqrt{\max(\underline S, 0)}`."""
-    lower = probe.new_zeros(probe.shape[1], gallery.shape[2])
-    for k in range(0, probe.shape[0], PART_CHUNK):
-        s = torch.bmm(probe[k : k + PART_CHUNK], gallery[k : k + PART_CHUNK])
-        lower = lower + torch.sqrt(torch.relu(s)).sum(0)
-    return lower
+def _fold(s, lower):
+    r"""Add the lower ends of every part's distance to ``lower`` [rows, cols], from a chunk of
+    parts' :math:`\underline S` ``s`` [parts, rows, cols]."""
+    return lower + torch.sqrt(torch.relu(s)).sum(0)
 
 
 @functools.cache
-def _compiled_tile(parts: int, width: int):
-    """:func:`_tile` as one graph for ``parts`` (padded) parts and products of ``width`` (rank
-    + 3) (:func:`~gaittrain.evaluation.certified.compiled`): the square roots and sums fused
-    after each product, a tile's products in one call (op by op, the passes over the products
-    cost several times the products themselves, measured on CPU: PyTorch's own square root is
-    slow where its argument is 0; one call per chunk of parts cost 5 % more in Python)."""
-    with ieee_float32():
-        p, g = torch.zeros(parts, ROWS, width), torch.zeros(parts, width, TILE)
-        return certified.compiled(_tile, p, g)
+def _compiled_fold():
+    """:func:`_fold` fused (:func:`~gaittrain.evaluation.certified.compiled`): unfused, its
+    passes over the products cost several times the products themselves (measured on CPU:
+    PyTorch's own square root is slow where its argument is 0)."""
+    s, z = torch.zeros(PART_CHUNK, ROWS, TILE), torch.zeros(ROWS, TILE)
+    return certified.compiled(_fold, s, z)
 
 
 def interval(probe: Projected, gallery: Projected) -> torch.Tensor:
     """The lower end [b, n] (contiguous) of every pair's distance (the module's docstring, step
-    3), a tile of :data:`ROWS` probes x :data:`TILE` gallery sequences at a time."""
+    3), a tile of :data:`ROWS` probes x :data:`TILE` gallery sequences and :data:`PART_CHUNK`
+    parts at a time."""
     chunks, b, n = probe.coords.shape[0], probe.n, gallery.n
     device = probe.coords.device
-    width = probe.coords.shape[2]
-    tile = _compiled_tile(chunks, width) if device.type == "cpu" else _tile
+    fold = _compiled_fold() if device.type == "cpu" else _fold
     lower = torch.empty(b, n, device=device)
+    s = torch.empty(PART_CHUNK, ROWS, TILE, device=device)
     with ieee_float32():
         for j in range(0, n, TILE):
             g = gallery.coords[:, j : j + TILE].mT  # [chunks, rank + 3, TILE]
             t = min(TILE, n - j)  # the padding's columns and rows left out
             for i in range(0, b, ROWS):
-                lo = tile(probe.coords[:, i : i + ROWS], g)
+                lo = torch.zeros(ROWS, TILE, device=device)
+                for k in range(0, chunks, PART_CHUNK):
+                    ks = slice(k, k + PART_CHUNK)
+                    lo = fold(torch.bmm(probe.coords[ks, i : i + ROWS], g[ks], out=s), lo)
                 lower[i : i + ROWS, j : j + t] = lo[: min(ROWS, b - i), :t]
     return lower.mul_((1 - certified.SUM_MARGIN) / probe.parts)
 
