@@ -540,7 +540,7 @@ def test_a_changed_study_is_refused_naming_the_run(copied, tmp_path) -> None:
     for args in (["--run", "2"], [], ["--summarize"]):
         r = gait("study", changed, "--pack", copied["pack"], "--out", out, *args)
         line = assert_one_line_error(
-            r, "optim.lr was 0.001 when it was trained, the study now gives 0.002", "--overwrite"
+            r, "optim.lr was 0.002009 when it was trained, the study now gives 0.002", "--overwrite"
         )
         first = "run 2 (triplet-seed0)" if args[:1] == ["--run"] else "run 0 (center_ranked-seed0)"
         assert first in line
@@ -551,7 +551,7 @@ def test_a_changed_study_is_refused_naming_the_run(copied, tmp_path) -> None:
     # --overwrite trains the changed run again from scratch; the others stay as they are.
     r = gait("study", changed, "--pack", copied["pack"], "--out", out, "--run", "2", "--overwrite")
     assert r.exit_code == 0, r.output
-    assert "run 3/4 triplet-seed0: optim.lr was 0.001" in r.output
+    assert "run 3/4 triplet-seed0: optim.lr was 0.002009" in r.output  # tiny.yaml's
     assert "--overwrite: training it again from scratch" in r.output
     assert "triplet-seed0: training a new run" in r.output
     assert "lr: 0.002" in (out / "runs" / RUNS[2] / "config.yaml").read_text()

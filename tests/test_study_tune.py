@@ -21,7 +21,7 @@ from gaittrain.study import tune
 from gaittrain.study.runner import Context, StudyPaths
 from gaittrain.study.spec import StudyError, Subjects, load_study
 from gaittrain.study.summary import build_summary
-from tests.cli import assert_one_line_error, gait, make_pack
+from tests.cli import TINY, assert_one_line_error, gait, make_pack
 from tests.test_study import STUDY as BASE_STUDY
 
 #: 2 losses x 1 seed, 2 iterations, evaluated after each, 2 trials of 1 iteration per loss. The
@@ -444,12 +444,12 @@ def test_the_best_trial_is_chosen_by_validation_score_only(tmp_path, pack, fake)
     )
     assert cfg.seed == 0 and cfg.train.iterations == 2 and cfg.data.frames == 6
     cfg = load_config(out / "runs" / "triplet-seed0" / "config.yaml")
-    assert (cfg.optim.lr, cfg.loss.margin) == (0.001, 0.2)  # trial 0: the defaults
+    assert (cfg.optim.lr, cfg.loss.margin) == (load_config(TINY).optim.lr, 0.2)  # the defaults
     runs = {r["name"]: r for r in s["runs"]}
     assert runs["center_ranked-seed0"]["tuned_values"] == chosen
     html = (out / "study.html").read_text()
     assert 'id="tuning"' in html and "trial 1: optim.lr=" in html
-    assert "the defaults (trial 0): optim.lr=0.001, loss.margin=0.2" in html
+    assert "the defaults (trial 0): optim.lr=0.002009, loss.margin=0.2" in html  # tiny.yaml's
 
 
 @pytest.mark.slow

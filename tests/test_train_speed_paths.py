@@ -19,6 +19,12 @@ def pack(tmp_path_factory) -> Path:
     return make_pack(tmp_path_factory.mktemp("pack") / "sample.h5")
 
 
+# The loss and learning rate these tolerances were set with (tiny.yaml's until issue 23): the
+# test is of the memory format, and the default r2 at twice the rate moves the weights further.
+FIRST_LOSS = ["--set", "loss={name: center_ranked, reading: r0, alpha: 1.2, margin: 0.4}"]
+FIRST_LOSS += ["--set", "optim.lr=0.001"]
+
+
 def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_log(run / "log.jsonl")]
 
@@ -42,9 +48,8 @@ def test_channels_last_learns_what_contiguous_learns(pack: Path, tmp_path: Path)
     runs = {}
     for fmt in ("contiguous", "channels_last"):
         runs[fmt] = tmp_path / fmt
-        r = train_tiny(
-            pack, runs[fmt], "--set", "train.iterations=12", "--set", f"train.memory_format={fmt}"
-        )
+        settings = ["--set", "train.iterations=12", "--set", f"train.memory_format={fmt}"]
+        r = train_tiny(pack, runs[fmt], *settings, *FIRST_LOSS)
         assert r.exit_code == 0, r.output
     a, b = losses(runs["contiguous"]), losses(runs["channels_last"])
     assert len(a) == len(b) == 12
