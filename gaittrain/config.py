@@ -299,20 +299,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _read_sections(path: Path) -> dict:
+    """A config file's YAML, which must be a mapping of sections (one-line ConfigError)."""
+    data = load_yaml_file(path, ConfigError) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping of sections (model:, data:, ...), "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
 def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (None: all defaults), apply ``key=value`` overrides, validate.
 
     Everything is checked here, before a run writes anything; every problem is a one-line
     :class:`ConfigError`.
     """
-    data: Any = {}
-    if path is not None:
-        data = load_yaml_file(path, ConfigError) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: the config must be a mapping of sections (model:, data:, ...), "
-                f"got {type(data).__name__}"
-            )
+    data: Any = {} if path is None else _read_sections(path)
     apply_overrides(data, list(overrides))
     return build(Config, data, "").validate()
 
@@ -341,11 +345,7 @@ def config_from_dict(data: dict, saved: bool = False) -> Config:
 def saved_config(path: Path) -> Config:
     """The config a run folder saved (``config.yaml``), read as :func:`config_from_dict` reads a
     saved one; every problem is a one-line :class:`ConfigError` naming the file."""
-    data = load_yaml_file(path, ConfigError) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the config must be a mapping of sections, got {type(data).__name__}"
-        )
+    data = _read_sections(path)
     try:
         return config_from_dict(data, saved=True)
     except ConfigError as e:
